@@ -1,0 +1,1 @@
+"""Atelier's engine: no gradio, no fastapi, nothing heavy at import time."""

@@ -1,0 +1,151 @@
+"""Typed requests for image generation — the one place input is validated.
+
+Field names are AUTOMATIC1111's API names, so its JSON bodies parse as they are; the UI
+and extensions build the same objects. Unknown fields are ignored (A1111 clients send
+many), known ones are range-checked and every refusal names its field.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+
+from modules.errors import InvalidRequest
+from modules.images import decode_image
+
+MAX_PROMPT_CHARS = 20_000
+MAX_SIDE = 2048
+MAX_SEED = 2**32 - 1
+
+
+def _image(value):
+    try:
+        return decode_image(value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+ImageInput = Annotated[Any, BeforeValidator(_image), WithJsonSchema({"type": "string", "format": "base64"})]
+
+
+class GenerationRequest(BaseModel):
+    """Parameters shared by txt2img and img2img (AUTOMATIC1111 names)."""
+
+    model_config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+
+    prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    styles: list[str] = Field(default_factory=list, max_length=32)
+    seed: int = Field(-1, ge=-1, le=MAX_SEED, description="-1 picks a random seed")
+    subseed: int = Field(-1, ge=-1, le=MAX_SEED, description="variation seed")
+    subseed_strength: float = Field(0.0, ge=0.0, le=1.0)
+    sampler_name: str = Field("Euler a", max_length=64)
+    scheduler: str = Field("Automatic", max_length=64, description="schedule type: Automatic, Karras, Exponential, …")
+    batch_size: int = Field(1, ge=1, le=8)
+    n_iter: int = Field(1, ge=1, le=100, description="batch count")
+    steps: int = Field(20, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
+    height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
+    clip_skip: int | None = Field(None, ge=1, le=12, description="None: the CLIP_stop_at_last_layers setting")
+    denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1.0, le=4.0)
+    hr_upscaler: str = Field("Latent", max_length=64)
+    hr_second_pass_steps: int = Field(0, ge=0, le=150, description="0: same as steps")
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    override_settings: dict[str, Any] = Field(default_factory=dict)
+    override_settings_restore_afterwards: bool = True
+    send_images: bool = True
+    save_images: bool = True
+
+    @property
+    def checkpoint_override(self) -> str | None:
+        value = self.override_settings.get("sd_model_checkpoint")
+        return str(value) if value else None
+
+    @property
+    def effective_clip_skip(self) -> int:
+        if self.clip_skip is not None:
+            return self.clip_skip
+        value = self.override_settings.get("CLIP_stop_at_last_layers", 1)
+        return int(value) if isinstance(value, (int, float)) and 1 <= value <= 12 else 1
+
+    def hires_size(self) -> tuple[int, int]:
+        if self.hr_resize_x or self.hr_resize_y:
+            w = self.hr_resize_x or int(self.width * self.hr_resize_y / self.height)
+            h = self.hr_resize_y or int(self.height * self.hr_resize_x / self.width)
+        else:
+            w, h = int(self.width * self.hr_scale), int(self.height * self.hr_scale)
+        return (w // 8 * 8, h // 8 * 8)
+
+    @model_validator(mode="after")
+    def _check_hires(self):
+        if self.enable_hr:
+            w, h = self.hires_size()
+            if w > MAX_SIDE or h > MAX_SIDE:
+                raise ValueError(f"hires fix would make {w}x{h}; the largest side is {MAX_SIDE}: lower hr_scale")
+        return self
+
+
+class Txt2ImgRequest(GenerationRequest):
+    pass
+
+
+class Img2ImgRequest(GenerationRequest):
+    init_images: list[ImageInput] = Field(..., min_length=1, max_length=8)
+    resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    mask: ImageInput | None = None
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(1, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = Field(False, description="inpaint only the masked area")
+    inpaint_full_res_padding: int = Field(32, ge=0, le=256)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    include_init_images: bool = False
+
+    @property
+    def is_inpaint(self) -> bool:
+        return self.mask is not None
+
+
+def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:
+    """Validate a JSON body (or dict from the UI) into a request; errors name the field."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object", "body")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise invalid_from_pydantic(exc) from None
+
+
+def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors(include_url=False)[0]
+    loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+    msg = err.get("msg", "is invalid")
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    extra = f" ({len(exc.errors())} problems in all)" if len(exc.errors()) > 1 else ""
+    return InvalidRequest(msg + extra, loc)
+
+
+@dataclass
+class GeneratedImage:
+    image: Any  # PIL.Image
+    infotext: str
+    seed: int
+    subseed: int
+    path: Path | None = None  # where it was saved under outputs/, if it was
+
+
+@dataclass
+class GenerationResult:
+    images: list[GeneratedImage] = field(default_factory=list)
+    request: GenerationRequest | None = None
+    info: dict = field(default_factory=dict)  # the A1111 `info` object (all_seeds, infotexts, …)
+    interrupted: bool = False

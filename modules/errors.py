@@ -1,0 +1,53 @@
+"""Errors a person can cause, carrying the field at fault and how to fix it.
+
+The REST layer turns these into a 4xx with a JSON body; the UI shows the message.
+Errors of the machine (out of memory, a corrupt file) are also reported through
+`AtelierError` subclasses so the job boundary can describe them plainly.
+"""
+from __future__ import annotations
+
+
+class AtelierError(Exception):
+    """Base class: `status` is the HTTP status the API answers with."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+    def to_json(self) -> dict:
+        body = {"error": type(self).__name__, "detail": self.message}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
+
+
+class InvalidRequest(AtelierError):
+    """A parameter is out of range, of the wrong type or malformed."""
+
+    status = 422
+
+
+class PathRefused(AtelierError):
+    """A user-given name resolves outside the data folders."""
+
+    status = 400
+
+
+class NotFound(AtelierError):
+    status = 404
+
+
+class ModelLoadError(AtelierError):
+    """A model file could not be loaded: corrupt, foreign, unsafe or missing configs."""
+
+    status = 422
+
+
+class Busy(AtelierError):
+    status = 409

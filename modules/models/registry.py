@@ -1,0 +1,116 @@
+"""What is on disk: scans the model folders and describes each entry.
+
+The registry only reads file names, sizes and (on demand) hashes; it never loads weights.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modules.errors import NotFound
+from modules.paths import DataPaths, resolve_inside
+
+WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+
+
+@dataclass
+class ModelEntry:
+    kind: str  # checkpoint, lora, vae, embedding, llm, vlm, or an extension's kind
+    name: str  # path relative to the kind's folder, with forward slashes (what users type)
+    path: Path
+    format: str  # "diffusers", "hf", "safetensors", "pickle", "gguf"
+    size: int
+    arch: str | None = None  # sd1, sd2, sdxl, … when known
+    sha256: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        """AUTOMATIC1111's checkpoint title: `name [shorthash]` once the hash is known."""
+        return f"{self.name} [{self.short_hash}]" if self.sha256 else self.name
+
+    @property
+    def short_hash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def stem(self) -> str:
+        return Path(self.name).stem if self.format not in ("diffusers", "hf") else Path(self.name).name
+
+
+def _folder_size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def _format_of(path: Path) -> str | None:
+    if path.is_dir():
+        if (path / "model_index.json").exists():
+            return "diffusers"
+        if (path / "config.json").exists():
+            return "hf"
+        return None
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return "safetensors"
+    if suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        return "pickle"
+    if suffix == ".gguf":
+        return "gguf"
+    return None
+
+
+class ModelRegistry:
+    def __init__(self, paths: DataPaths):
+        self.paths = paths
+        self._entries: dict[str, dict[str, ModelEntry]] = {}
+        self._lock = threading.Lock()
+
+    def refresh(self, kind: str | None = None) -> None:
+        kinds = [kind] if kind else self.paths.model_kinds()
+        for k in kinds:
+            found = self._scan(k)
+            with self._lock:
+                self._entries[k] = found
+
+    def _scan(self, kind: str) -> dict[str, ModelEntry]:
+        folder = self.paths.model_dir(kind)
+        found: dict[str, ModelEntry] = {}
+        if not folder.is_dir():
+            return found
+        stack = [folder]
+        while stack:
+            current = stack.pop()
+            for child in sorted(current.iterdir()):
+                if child.name.startswith("."):
+                    continue
+                fmt = _format_of(child)
+                if fmt is None:
+                    if child.is_dir():
+                        stack.append(child)
+                    continue
+                name = child.relative_to(folder).as_posix()
+                size = _folder_size(child) if child.is_dir() else child.stat().st_size
+                found[name] = ModelEntry(kind=kind, name=name, path=child, format=fmt, size=size)
+        return found
+
+    def list(self, kind: str) -> list[ModelEntry]:
+        if kind not in self._entries:
+            self.refresh(kind)
+        return sorted(self._entries.get(kind, {}).values(), key=lambda e: e.name.lower())
+
+    def get(self, kind: str, name: str) -> ModelEntry:
+        """Find by name, by name without extension, or by A1111 title `name [hash]`."""
+        entries = {e.name: e for e in self.list(kind)}
+        key = name.strip()
+        if key.endswith("]") and " [" in key:
+            key = key.rsplit(" [", 1)[0]
+        # Refuse names that would leave the folder before any lookup.
+        resolve_inside(self.paths.model_dir(kind), key, field_name=f"{kind} name", must_exist=False)
+        if key in entries:
+            return entries[key]
+        for entry in entries.values():
+            if entry.stem == key or Path(entry.name).with_suffix("").as_posix() == key:
+                return entry
+        known = ", ".join(list(entries)[:20]) or "none"
+        raise NotFound(f"no {kind} named {name!r}; available: {known}", f"{kind} name")

@@ -1,0 +1,44 @@
+"""Where generated images go: outputs/<kind>/<YYYY-MM-DD>/NNNNN-<seed>.png, written atomically."""
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from pathlib import Path
+
+from modules import atomic
+
+_NUMBERED = re.compile(r"^(\d{5})-")
+
+
+class OutputWriter:
+    def __init__(self, outputs_dir: Path):
+        self.root = Path(outputs_dir)
+        self._lock = threading.Lock()
+
+    def folder_for(self, subdir: str, when: float | None = None) -> Path:
+        return self.root / subdir / time.strftime("%Y-%m-%d", time.localtime(when))
+
+    def _next_number(self, folder: Path) -> int:
+        highest = 0
+        if folder.is_dir():
+            for p in folder.iterdir():
+                m = _NUMBERED.match(p.name)
+                if m:
+                    highest = max(highest, int(m.group(1)))
+        return highest + 1
+
+    def save_png(self, image, subdir: str, seed: int, infotext: str | None) -> Path:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        if infotext:
+            info.add_text("parameters", infotext)
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", pnginfo=info)
+        with self._lock:  # numbering and the write together, so two jobs never take one number
+            folder = self.folder_for(subdir)
+            path = folder / f"{self._next_number(folder):05d}-{seed}.png"
+            atomic.write_bytes(path, buf.getvalue())
+        return path

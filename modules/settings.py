@@ -1,0 +1,105 @@
+"""Typed settings, persisted to config.json with atomic writes.
+
+A corrupt config.json is kept aside as config.json.bak and the defaults load, with a
+warning; nothing a user set is silently overwritten. Extensions add their own typed
+sections, stored under "extensions" → name in the same file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from modules import atomic
+from modules.errors import InvalidRequest
+
+log = logging.getLogger("atelier.settings")
+
+MemoryPolicy = Literal["auto", "gpu", "model_offload", "sequential_offload"]
+
+
+class Settings(BaseModel):
+    """Everything the Settings tab and /sdapi/v1/options can change. Names follow AUTOMATIC1111."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
+    sd_model_checkpoint: str = Field("", description="Checkpoint in use (name in models/Stable-diffusion)")
+    sd_vae: str = Field("Automatic", description="VAE: Automatic, None, or a file in models/VAE")
+    CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="CLIP skip")
+    sd_checkpoints_limit: int = Field(2, ge=1, le=16, description="Checkpoints kept in RAM")
+    sd_checkpoint_cache_gb: float = Field(16.0, ge=0.0, le=1024.0, description="RAM budget for cached checkpoints, GiB")
+    memory_policy: MemoryPolicy = Field("auto", description="auto, gpu, model_offload, sequential_offload")
+    vae_tiling_pixels: int = Field(1024 * 1024, ge=0, description="Tile the VAE above this many pixels (0: never)")
+    show_progress_every_n_steps: int = Field(2, ge=0, le=100, description="Live preview every N steps (0: off)")
+    samples_format: Literal["png"] = "png"
+    outdir_txt2img_samples: str = "txt2img-images"
+    outdir_img2img_samples: str = "img2img-images"
+    save_images_default: bool = True
+    ui_updates_per_second: float = Field(5.0, gt=0, le=30)
+    extensions_disabled: list[str] = Field(default_factory=list)
+    extensions: dict[str, dict] = Field(default_factory=dict, description="Sections added by extensions")
+
+
+class SettingsStore:
+    """Owns the live Settings and the file they persist to."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self.warning: str | None = None
+        self.value = self._load()
+
+    def _load(self) -> Settings:
+        if not self.path.exists():
+            return Settings()
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("top level is not an object")
+            return Settings.model_validate(data)
+        except (ValueError, ValidationError) as exc:
+            backup = self.path.with_name(self.path.name + ".bak")
+            shutil.copy2(self.path, backup)
+            self.warning = f"{self.path.name} could not be read ({exc.__class__.__name__}); it was kept as {backup.name} and the defaults are in use"
+            log.warning(self.warning)
+            return Settings()
+
+    def get(self) -> Settings:
+        return self.value
+
+    def update(self, changes: dict, save: bool = True) -> Settings:
+        """Validate and apply changes; an unknown key or bad value names the field."""
+        with self._lock:
+            fields = Settings.model_fields
+            unknown = [k for k in changes if k not in fields]
+            if unknown:
+                raise InvalidRequest(f"unknown setting; known settings: {', '.join(sorted(fields))}", unknown[0])
+            merged = self.value.model_dump()
+            merged.update(changes)
+            try:
+                new = Settings.model_validate(merged)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise InvalidRequest(err["msg"], ".".join(str(p) for p in err["loc"])) from None
+            self.value = new
+            if save:
+                self.save()
+            return new
+
+    def extension_section(self, name: str) -> dict:
+        return dict(self.value.extensions.get(name, {}))
+
+    def set_extension_section(self, name: str, values: dict, save: bool = True) -> None:
+        with self._lock:
+            sections = dict(self.value.extensions)
+            sections[name] = values
+            self.update({"extensions": sections}, save=save)
+
+    def save(self) -> None:
+        with self._lock:
+            atomic.write_json(self.path, self.value.model_dump())

@@ -1,0 +1,111 @@
+"""The Studio: built once at start, owns every long-lived part, passed explicitly.
+
+Construction is cheap (no torch import, no model load); `load()` does the heavy part
+in the background after the server's port is open.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modules.diffusion.samplers import SamplerRegistry
+from modules.extensions.hooks import HookRegistry
+from modules.extensions.tabs import TabRegistry
+from modules.jobs import Job, JobEngine
+from modules.models.registry import ModelRegistry
+from modules.outputs import OutputWriter
+from modules.paths import DataPaths
+from modules.settings import SettingsStore
+
+log = logging.getLogger("atelier")
+
+
+@dataclass
+class StudioOptions:
+    """What the command line decides (AUTOMATIC1111's flag names where one exists)."""
+
+    data_dir: Path = Path(".")
+    ckpt_dir: Path | None = None
+    lora_dir: Path | None = None
+    device: str = "auto"
+    listen: bool = False
+    share: bool = False
+    port: int = 7860
+    gradio_auth: str | None = None
+    api_auth: str | None = None
+    root_path: str = ""
+    enable_insecure_extension_access: bool = False
+    build_demo: bool = True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def exposed(self) -> bool:
+        """Reachable by others: listening beyond localhost or through a public link."""
+        return self.listen or self.share
+
+
+class Studio:
+    def __init__(self, options: StudioOptions):
+        self.options = options
+        overrides = {}
+        if options.ckpt_dir:
+            overrides["checkpoint"] = Path(options.ckpt_dir)
+        if options.lora_dir:
+            overrides["lora"] = Path(options.lora_dir)
+        self.paths = DataPaths(Path(options.data_dir).resolve(), overrides)
+        self.paths.ensure()
+        self.settings = SettingsStore(self.paths.config_file)
+        self.registry = ModelRegistry(self.paths)
+        self.outputs = OutputWriter(self.paths.outputs)
+        self.samplers = SamplerRegistry()
+        self.hooks = HookRegistry()
+        self.tabs = TabRegistry()
+        self.jobs = JobEngine()
+        self.models = None  # the ModelManager, made in load() once torch is imported
+        self.device = None
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self._register_jobs()
+
+    def _register_jobs(self) -> None:
+        from modules.diffusion import generate
+
+        self.jobs.register_kind("txt2img", lambda ctx, req: generate.run_txt2img(self, ctx, req))
+
+    # -- start-up -----------------------------------------------------
+    def load(self) -> None:
+        """The heavy part: device, demo model, the default checkpoint. Safe to call once."""
+        try:
+            from modules.devices import choose_device
+            from modules.models.demo import ensure_demo_checkpoint
+            from modules.models.manager import ModelManager
+
+            self.device = choose_device(self.options.device)
+            if self.options.build_demo:
+                ensure_demo_checkpoint(self.paths.model_dir("checkpoint"))
+            self.registry.refresh()
+            self.models = ModelManager(self.registry, self.settings, self.device)
+            if self.registry.list("checkpoint"):
+                self.models.load()
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("start-up loading failed; the UI stays up and shows this error")
+        finally:
+            self.ready.set()
+
+    def load_in_background(self) -> threading.Thread:
+        thread = threading.Thread(target=self.load, name="atelier-load", daemon=True)
+        thread.start()
+        return thread
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self.ready.wait(timeout)
+
+    # -- work ---------------------------------------------------------
+    def submit(self, kind: str, request) -> Job:
+        return self.jobs.submit(kind, request)
+
+    def shutdown(self) -> None:
+        self.jobs.shutdown()

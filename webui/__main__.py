@@ -1,0 +1,26 @@
+"""`python -m webui [flags]`: parse flags → build the Studio → serve. The port opens first;
+models load behind it while the UI shows a loading state."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from webui.flags import build_parser, options_from_args
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from modules.studio import Studio
+    from webui.server import serve
+
+    studio = Studio(options_from_args(args, REPO_ROOT))
+    serve(studio)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

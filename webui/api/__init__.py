@@ -1,0 +1,8 @@
+"""REST routers. Each is thin: JSON → typed request → studio job → JSON."""
+from __future__ import annotations
+
+
+def routers(studio) -> list:
+    from webui.api import sdapi
+
+    return [sdapi.router(studio)]

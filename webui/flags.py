@@ -1,0 +1,60 @@
+"""Command-line flags; AUTOMATIC1111's names where one exists. Unknown flags are a usage error."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from modules.studio import StudioOptions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python3 launch.py", description="Atelier, a local AI studio")
+    p.add_argument("--listen", action="store_true", help="serve on 0.0.0.0 so other machines can reach it")
+    p.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    p.add_argument("--data-dir", type=Path, default=None, help="folder for models/, outputs/, config.json (default: the repo)")
+    p.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoints folder (default: <data-dir>/models/Stable-diffusion)")
+    p.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default: <data-dir>/models/Lora)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="compute device (default: auto)")
+    p.add_argument("--share", action="store_true", help="ask Gradio for a public link")
+    p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the web UI")
+    p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the REST API")
+    p.add_argument("--root-path", default="", help="path prefix when served behind a reverse proxy")
+    p.add_argument("--enable-insecure-extension-access", action="store_true",
+                   help="allow installing extensions even when listening beyond localhost")
+    p.add_argument("--no-demo", action="store_true", help="do not build the random-weights demo model")
+    return p
+
+
+def parse_auth(value: str | None, flag: str) -> list[tuple[str, str]]:
+    """'user:pass,user2:pass2' -> [(user, pass), …]; a malformed pair is a usage error."""
+    if not value:
+        return []
+    pairs = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        user, sep, password = item.partition(":")
+        if not sep or not user or not password:
+            raise SystemExit(f"{flag}: expected USER:PASS[,USER2:PASS2], got {item!r}")
+        pairs.append((user, password))
+    return pairs
+
+
+def options_from_args(args: argparse.Namespace, repo_root: Path) -> StudioOptions:
+    parse_auth(args.gradio_auth, "--gradio-auth")
+    parse_auth(args.api_auth, "--api-auth")
+    return StudioOptions(
+        data_dir=args.data_dir or repo_root,
+        ckpt_dir=args.ckpt_dir,
+        lora_dir=args.lora_dir,
+        device=args.device,
+        listen=args.listen,
+        share=args.share,
+        port=args.port,
+        gradio_auth=args.gradio_auth,
+        api_auth=args.api_auth,
+        root_path=args.root_path,
+        enable_insecure_extension_access=args.enable_insecure_extension_access,
+        build_demo=not args.no_demo,
+    )
