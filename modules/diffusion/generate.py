@@ -15,6 +15,8 @@ if TYPE_CHECKING:
 def run_txt2img(studio: "Studio", ctx: JobContext, req: Txt2ImgRequest) -> GenerationResult:
     import torch
 
+    # Extension hooks (issue 5) run here, on the job worker, never in the UI event loop.
+    req = studio.hooks.before_generate(req)
     seed = req.seed if req.seed != -1 else random.randrange(2**32)
     result = GenerationResult(request=req)
     with studio.models.checkpoint(req.checkpoint_override) as ckpt:
@@ -38,14 +40,21 @@ def run_txt2img(studio: "Studio", ctx: JobContext, req: Txt2ImgRequest) -> Gener
                 generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                 callback_on_step_end=on_step,
             )
+            batch = GenerationResult(request=req)
             for image, s in zip(out.images, seeds):
                 text = infotext.build(req.prompt, req.negative_prompt, {
                     "Steps": req.steps, "Sampler": req.sampler_name, "Schedule type": req.scheduler,
                     "CFG scale": req.cfg_scale, "Seed": s, "Size": f"{req.width}x{req.height}",
                     "Model": ckpt.entry.stem,
                 })
-                path = studio.outputs.save_png(image, studio.settings.get().outdir_txt2img_samples, s, text) if req.save_images else None
-                result.images.append(GeneratedImage(image=image, infotext=text, seed=s, subseed=s, path=path))
+                batch.images.append(GeneratedImage(image=image, infotext=text, seed=s, subseed=s))
+            # after_generate may post-process the batch before it is saved; on_image_saved follows each save.
+            batch = studio.hooks.after_generate(batch)
+            for g in batch.images:
+                if req.save_images:
+                    g.path = studio.outputs.save_png(g.image, studio.settings.get().outdir_txt2img_samples, g.seed, g.infotext)
+                    studio.hooks.image_saved(g)
+                result.images.append(g)
             ctx.take_skip()
             if ctx.interrupted:
                 result.interrupted = True
