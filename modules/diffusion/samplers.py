@@ -85,6 +85,10 @@ class SamplerRegistry:
     def add(self, spec: SamplerSpec) -> None:
         self._specs[spec.name] = spec
 
+    def remove(self, name: str) -> None:
+        """Drop a sampler (an extension that added it was disabled)."""
+        self._specs.pop(name, None)
+
     def names(self) -> list[str]:
         return list(self._specs)
 
