@@ -1,35 +1,75 @@
 """One ASGI app on one port: the REST API, auth, and the Gradio UI mounted at /."""
 from __future__ import annotations
 
-import base64
+import json
 import logging
 import secrets
 import threading
 
-from modules.errors import AtelierError
+from modules.errors import AtelierError, NotFound
 from modules.studio import Studio
 from webui.flags import parse_auth
 
 log = logging.getLogger("atelier.server")
 
 
-def _basic_auth_ok(header: str | None, pairs: list[tuple[str, str]]) -> bool:
-    if not header or not header.lower().startswith("basic "):
-        return False
-    try:
-        user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return any(secrets.compare_digest(user, u) and secrets.compare_digest(password, p) for u, p in pairs)
+def api_credentials(studio: Studio) -> list[tuple[str, str]]:
+    """--api-auth; without it, --gradio-auth guards the API too (here the API is always on,
+    unlike A1111's opt-in --api, so a UI password must not leave a back door open)."""
+    return parse_auth(studio.options.api_auth, "--api-auth") or parse_auth(studio.options.gradio_auth, "--gradio-auth")
 
 
-def create_app(studio: Studio):
-    from fastapi import FastAPI, Request
+class ErrorShield:
+    """Outermost guard: an unexpected exception becomes a short JSON 500, logged once, never a traceback page."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.exception("unexpected error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            body = json.dumps({"error": "InternalError", "field": None,
+                               "detail": f"unexpected {type(exc).__name__}; the server log has the details"}).encode()
+            await send({"type": "http.response.start", "status": 500,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+
+class RootPath:
+    """--root-path: tell the app its public prefix. Works behind proxies that strip the prefix and
+    those that keep it (Starlette routes on the path without the prefix either way)."""
+
+    def __init__(self, app, root_path: str):
+        self.app = app
+        self.root_path = "/" + root_path.strip("/") if root_path.strip("/") else ""
+
+    async def __call__(self, scope, receive, send):
+        if self.root_path and scope["type"] in ("http", "websocket"):
+            scope = dict(scope)
+            scope["root_path"] = self.root_path
+        await self.app(scope, receive, send)
+
+
+def _install_error_handlers(app) -> None:
+    from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-
-    app = FastAPI(title="Atelier", docs_url="/docs", openapi_url="/openapi.json")
-    api_pairs = parse_auth(studio.options.api_auth, "--api-auth")
+    from starlette.exceptions import HTTPException
 
     @app.exception_handler(AtelierError)
     async def _atelier_error(request: Request, exc: AtelierError):
@@ -38,25 +78,31 @@ def create_app(studio: Studio):
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
         errors = exc.errors()
+
+        def field(e) -> str:
+            return ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")) or "body"
+
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         return JSONResponse(
-            {"error": "InvalidRequest", "field": ".".join(loc) or "body", "detail": first.get("msg", "invalid request"),
-             "errors": [{"field": ".".join(str(p) for p in e.get("loc", ())), "detail": e.get("msg")} for e in errors[:20]]},
+            {"error": "InvalidRequest", "field": field(first), "detail": first.get("msg", "invalid request"),
+             "errors": [{"field": field(e), "detail": e.get("msg")} for e in errors[:20]]},
             status_code=422,
         )
 
-    @app.middleware("http")
-    async def _api_auth(request: Request, call_next):
-        path = request.url.path
-        if api_pairs and (path.startswith("/sdapi/") or path.startswith("/ext/") or path.startswith("/atelier/")
-                          or path in ("/docs", "/openapi.json")):
-            if not _basic_auth_ok(request.headers.get("authorization"), api_pairs):
-                return JSONResponse({"error": "Unauthorized", "detail": "this API needs --api-auth credentials (HTTP Basic)"},
-                                    status_code=401, headers={"WWW-Authenticate": "Basic"})
-        return await call_next(request)
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": type(exc).__name__, "field": None, "detail": exc.detail},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    @app.get("/atelier/health")
+
+def create_app(studio: Studio):
+    from fastapi import FastAPI
+
+    app = FastAPI(title="Atelier", version="1", docs_url="/docs", openapi_url="/openapi.json",
+                  description="AUTOMATIC1111-compatible REST API (/sdapi/v1) and Atelier's own routes. See docs/api.md.")
+    _install_error_handlers(app)
+
+    @app.get("/atelier/health", tags=["atelier"])
     def health():
         return {"ready": studio.ready.is_set(), "load_error": studio.load_error}
 
@@ -65,34 +111,61 @@ def create_app(studio: Studio):
     for router in routers(studio):
         app.include_router(router)
 
+    @app.api_route("/sdapi/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    def unknown_api(rest: str):
+        # Without this, an unknown /sdapi path would fall through to the UI and answer with HTML.
+        raise NotFound(f"no such endpoint /sdapi/{rest[:100]} for this method; /docs lists them", "path")
+
+    from webui.api.auth import ApiAuth
+
+    api_app = app  # the name `app` is rebound below; auth must read this app's routes
+    app.add_middleware(ApiAuth, pairs=api_credentials(studio), routes_of=lambda: api_app.router.routes)
+    app.add_middleware(ErrorShield)
+
     import gradio as gr
 
     from webui.ui import build_ui
 
     blocks = build_ui(studio)
     gradio_auth = parse_auth(studio.options.gradio_auth, "--gradio-auth") or None
-    app = gr.mount_gradio_app(app, blocks, path="/", auth=gradio_auth, root_path=studio.options.root_path or None)
-    return app
+    root = studio.options.root_path.strip("/")
+    app = gr.mount_gradio_app(app, blocks, path="/", auth=gradio_auth, root_path=("/" + root) if root else None)
+    return RootPath(app, studio.options.root_path) if root else app
+
+
+def start_warnings(studio: Studio) -> list[str]:
+    """What is open to others: printed at start when --listen/--share leave the UI or API without auth."""
+    opts = studio.options
+    if not opts.exposed:
+        return []
+    how = " and ".join(x for x, on in (("--listen", opts.listen), ("--share", opts.share)) if on)
+    out = []
+    if not opts.gradio_auth:
+        out.append(f"{how} without --gradio-auth: anyone who can reach this server can use the web UI")
+    if not api_credentials(studio):
+        out.append(f"{how} without --api-auth: anyone who can reach this server can use the REST API")
+    return out
 
 
 def serve(studio: Studio) -> None:
     import uvicorn
 
-    if studio.options.exposed and not (studio.options.gradio_auth or studio.options.api_auth):
-        log.warning("the studio is reachable by others (--listen/--share) and has no --gradio-auth/--api-auth: anyone can use it")
+    for warning in start_warnings(studio):
+        log.warning(warning)
     app = create_app(studio)
     host = "0.0.0.0" if studio.options.listen else "127.0.0.1"
-    config = uvicorn.Config(app, host=host, port=studio.options.port, log_level="warning",
-                            root_path=studio.options.root_path or "")
+    config = uvicorn.Config(app, host=host, port=studio.options.port, log_level="warning", timeout_keep_alive=30)
     server = uvicorn.Server(config)
 
     def after_start():
         # Heavy imports and model loading start only once the port answers.
         while not server.started and not server.should_exit:
             threading.Event().wait(0.05)
-        print(f"Running on local URL:  http://{'127.0.0.1' if host == '0.0.0.0' else host}:{studio.options.port}", flush=True)
+        prefix = studio.options.root_path.strip("/")
+        print(f"Running on local URL:  http://{'127.0.0.1' if host == '0.0.0.0' else host}:{studio.options.port}"
+              f"{'/' + prefix if prefix else ''}", flush=True)
         if studio.options.share:
-            _start_share(studio)
+            threading.Thread(target=_start_share, args=(studio,), name="atelier-share", daemon=True).start()
         studio.load_in_background()
 
     threading.Thread(target=after_start, daemon=True).start()
@@ -110,4 +183,5 @@ def _start_share(studio: Studio) -> None:
         url = networking.setup_tunnel("127.0.0.1", studio.options.port, secrets.token_urlsafe(32), None, None)
         print(f"Running on public URL: {url}", flush=True)
     except Exception as exc:
-        log.warning("--share: no public link could be made (%s); the local server keeps running", exc)
+        log.warning("--share: no public link could be made (%s: %s); the local server keeps serving",
+                    type(exc).__name__, exc)

@@ -1,27 +1,224 @@
-"""AUTOMATIC1111-compatible /sdapi/v1 (minimal; the web UI/API issue completes it)."""
+"""AUTOMATIC1111-compatible /sdapi/v1: generation, progress, interrupt/skip, png-info.
+
+Same paths, field names and response shapes as A1111's modules/api/api.py, so its
+clients (webuiapi, bots, Krita/Photoshop plug-ins) work unchanged. Each endpoint is
+thin: JSON → the typed request of modules/diffusion/params.py → a job on the studio's
+queue (the same queue the UI uses) → JSON. The model and listing endpoints live in
+sdapi_models.py; both share one router.
+"""
 from __future__ import annotations
 
 import json
+import time
 
-from modules.diffusion.params import Txt2ImgRequest, parse_request
-from modules.images import encode_png_base64
+from modules.diffusion import infotext
+from modules.diffusion.params import Img2ImgRequest, Txt2ImgRequest, parse_request
+from modules.errors import AtelierError, InvalidRequest
+from modules.jobs import JobState
+from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
+from webui.api.common import Waiter, b64_png, ensure_ready, read_json_object, request_schema
+
+# A1111 request fields that carry images: never echoed back unless include_init_images.
+_IMAGE_FIELDS = ("init_images", "mask")
 
 
 def router(studio):
-    from fastapi import APIRouter, Body
+    from fastapi import APIRouter
+    from fastapi.concurrency import run_in_threadpool
+
+    from webui.api import sdapi_models
 
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
+    waiter = Waiter()
 
-    @r.post("/txt2img")
-    def txt2img(body: dict = Body(...)):
-        req = parse_request(Txt2ImgRequest, body)
-        job = studio.submit("txt2img", req).wait()
+    async def generate(kind: str, cls, body: dict) -> dict:
+        body = _a1111_defaults(body)
+        # Decoding base64 images is CPU work: off the event loop.
+        req = await run_in_threadpool(parse_request, cls, body)
+        await ensure_ready(studio, waiter)
+        _refuse_unsupported(body)
+        studio.samplers.resolve(req.sampler_name, req.scheduler)  # refuse a bad sampler/schedule before queueing
+        override = req.checkpoint_override
+        if override:
+            _checkpoint_entry(studio, override, "override_settings.sd_model_checkpoint")
+        job = studio.submit(_job_kind(studio, kind, req), req)
+        await waiter.job(job)
         job.raise_for_error()
-        res = job.result
-        return {
-            "images": [encode_png_base64(g.image, g.infotext) for g in res.images],
-            "parameters": req.model_dump(mode="json"),
-            "info": json.dumps({"infotexts": [g.infotext for g in res.images], "all_seeds": [g.seed for g in res.images]}),
-        }
+        return await run_in_threadpool(_generation_response, job, req, body)
 
+    @r.post("/txt2img", openapi_extra=request_schema(Txt2ImgRequest))
+    async def txt2img(request: Request):
+        """Text to image. Body: A1111's StableDiffusionProcessingTxt2Img fields."""
+        return await generate("txt2img", Txt2ImgRequest, await read_json_object(request))
+
+    @r.post("/img2img", openapi_extra=request_schema(Img2ImgRequest))
+    async def img2img(request: Request):
+        """Image to image; with `mask`, inpainting. Body: A1111's StableDiffusionProcessingImg2Img fields."""
+        return await generate("img2img", Img2ImgRequest, await read_json_object(request))
+
+    @r.get("/progress")
+    def progress(skip_current_image: bool = False):
+        """Progress of the running job: A1111's ProgressResponse."""
+        return _progress(studio, skip_current_image)
+
+    @r.post("/interrupt")
+    def interrupt():
+        """Stop the running job after its current step; what is done is returned to its caller."""
+        studio.jobs.interrupt()
+        return {}
+
+    @r.post("/skip")
+    def skip():
+        """Drop the image being made and go on with the next one of the batch."""
+        studio.jobs.skip()
+        return None
+
+    @r.post("/png-info", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "base64"}}, "required": ["image"]}}}}})
+    async def png_info(request: Request):
+        """Read the generation parameters out of a PNG: {"info", "items", "parameters"}."""
+        body = await read_json_object(request)
+        return await run_in_threadpool(_png_info, body)
+
+    sdapi_models.add_routes(r, studio, waiter)
     return r
+
+
+# -- requests -------------------------------------------------------------------
+def _a1111_defaults(body: dict) -> dict:
+    """A1111's API treats null as "the default" and does not save images unless asked."""
+    body = {k: v for k, v in body.items() if v is not None}
+    if not body.get("sampler_name") and isinstance(body.get("sampler_index"), str) and body["sampler_index"]:
+        body["sampler_name"] = body["sampler_index"]
+    body.setdefault("save_images", False)
+    return body
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Scripts silently skipped would make wrong pictures; say so instead (A1111 answers 422 too)."""
+    name = body.get("script_name")
+    if isinstance(name, str) and name.strip():
+        raise InvalidRequest(f"script {name[:80]!r} is not available in Atelier; leave script_name empty", "script_name")
+    scripts = body.get("alwayson_scripts")
+    if isinstance(scripts, dict) and scripts:
+        first = str(next(iter(scripts)))[:80]
+        raise InvalidRequest(f"always-on script {first!r} is not available in Atelier; send alwayson_scripts {{}}",
+                             "alwayson_scripts")
+
+
+def _checkpoint_entry(studio, name, field: str):
+    """Find a checkpoint by name or A1111 title; refresh the folder once before giving up (as A1111 does)."""
+    from modules.errors import NotFound
+
+    if not isinstance(name, str):
+        raise InvalidRequest("must be a checkpoint name (a string)", field)
+    try:
+        try:
+            return studio.registry.get("checkpoint", name)
+        except NotFound:
+            studio.registry.refresh("checkpoint")
+            return studio.registry.get("checkpoint", name)
+    except AtelierError as exc:
+        exc.field = field
+        raise
+
+
+def _job_kind(studio, kind: str, req) -> str:
+    if kind == "img2img" and getattr(req, "is_inpaint", False) and "inpaint" in studio.jobs.kinds():
+        return "inpaint"
+    return kind
+
+
+# -- responses ------------------------------------------------------------------
+def _generation_response(job, req, body: dict) -> dict:
+    result = job.result
+    images = list(result.images) if result is not None else []
+    encoded = [b64_png(g.image, g.infotext) for g in images] if req.send_images else []
+    return {"images": encoded, "parameters": _echo_parameters(req, body), "info": json.dumps(_info(job, req, images))}
+
+
+def _echo_parameters(req, body: dict) -> dict:
+    """A1111 echoes the request (its own field names, defaults filled in); images only when asked."""
+    params = {k: v for k, v in body.items() if k not in _IMAGE_FIELDS}
+    params.update(req.model_dump(mode="json", exclude=set(_IMAGE_FIELDS)))
+    if "init_images" in type(req).model_fields:
+        keep = bool(getattr(req, "include_init_images", False))
+        for key in _IMAGE_FIELDS:
+            params[key] = body.get(key) if keep else None
+    return params
+
+
+def _info(job, req, images) -> dict:
+    """A1111's `processed.js()`: seeds, infotexts and the main parameters; the generator's own info wins."""
+    first = infotext.parse(images[0].infotext) if images else {}
+    seeds = [g.seed for g in images]
+    subseeds = [g.subseed for g in images]
+    info = {
+        "prompt": req.prompt, "all_prompts": [req.prompt] * len(images),
+        "negative_prompt": req.negative_prompt, "all_negative_prompts": [req.negative_prompt] * len(images),
+        "seed": seeds[0] if seeds else req.seed, "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else req.subseed, "all_subseeds": subseeds,
+        "subseed_strength": req.subseed_strength, "width": req.width, "height": req.height,
+        "sampler_name": req.sampler_name, "scheduler": req.scheduler, "cfg_scale": req.cfg_scale, "steps": req.steps,
+        "batch_size": req.batch_size, "restore_faces": False, "face_restoration_model": None,
+        "sd_model_name": first.get("Model"), "sd_model_hash": first.get("Model hash"),
+        "sd_vae_name": first.get("VAE"), "sd_vae_hash": first.get("VAE hash"),
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": req.denoising_strength,
+        "extra_generation_params": {}, "index_of_first_image": 0,
+        "infotexts": [g.infotext for g in images], "styles": list(req.styles),
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started_at or job.created_at)),
+        "clip_skip": req.effective_clip_skip, "is_using_inpainting_conditioning": False,
+        "version": "atelier", "interrupted": job.state in (JobState.INTERRUPTED, JobState.CANCELLED),
+    }
+    if job.result is not None and isinstance(getattr(job.result, "info", None), dict):
+        info.update(job.result.info)
+    return info
+
+
+def _progress(studio, skip_current_image: bool) -> dict:
+    """A1111's ProgressResponse from the job engine: the running job, else idle (progress 0, job_count 0)."""
+    last = studio.jobs.last()
+    job = last if last is not None and last.state == JobState.RUNNING else None
+    pending = studio.jobs.pending()
+    state = {"skipped": False, "interrupted": False, "stopping_generation": False, "job": "", "job_count": 0,
+             "job_timestamp": "0", "job_no": 0, "sampling_step": 0, "sampling_steps": 0, "queue_pending": pending}
+    if job is None:
+        if pending:
+            state["job_count"] = 1
+        return {"progress": 0.0, "eta_relative": 0.0, "state": state, "current_image": None,
+                "textinfo": f"Waiting: {pending} in the queue" if pending else None}
+    p = job.progress
+    state.update({
+        "skipped": job.skip_requested, "interrupted": job.interrupt_requested, "job": f"{job.kind}({job.id})",
+        "job_count": p.parts, "job_no": p.part, "sampling_step": p.step, "sampling_steps": p.total,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(job.started_at or job.created_at)),
+    })
+    preview = job.preview
+    current = None
+    if preview is not None and not skip_current_image:
+        try:
+            current = b64_png(preview)
+        except (OSError, ValueError, AttributeError):  # a preview being replaced mid-read: skip this poll
+            current = None
+    return {"progress": round(min(1.0, job.progress.fraction), 4), "eta_relative": round(job.eta or 0.0, 3),
+            "state": state, "current_image": current, "textinfo": p.text or None}
+
+
+# -- png-info -------------------------------------------------------------------
+def _png_info(body: dict) -> dict:
+    from modules.images import decode_image
+
+    value = body.get("image")
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest("send the image as a base64 string", "image")
+    try:
+        image = decode_image(value)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc), "image") from None
+    items = {}
+    for key, val in (image.info or {}).items():
+        if isinstance(key, str) and isinstance(val, (str, int, float, bool)):
+            items[key] = val
+    geninfo = items.pop("parameters", "")
+    geninfo = geninfo if isinstance(geninfo, str) else ""
+    return {"info": geninfo, "items": items, "parameters": infotext.parse(geninfo) if geninfo else {}}

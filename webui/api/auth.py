@@ -1,0 +1,74 @@
+"""HTTP Basic auth for every API route (plain ASGI, so Gradio's streams pass untouched).
+
+Protected: every route of the FastAPI app itself (the REST API, /docs, /openapi.json,
+routes extensions add) and anything under the API prefixes, even when no route matches
+(so a 404 does not reveal what exists). Not protected here: the Gradio UI mounted at /,
+which has its own login (--gradio-auth).
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+
+API_PREFIXES = ("/sdapi/", "/atelier/", "/ext/", "/v1/", "/docs", "/redoc", "/openapi.json")
+
+
+def basic_auth_ok(header: str | None, pairs: list[tuple[str, str]]) -> bool:
+    if not header or not header[:6].lower() == "basic ":
+        return False
+    try:
+        user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return False
+    if not sep:
+        return False
+    ok = False
+    for u, p in pairs:  # compare against every pair so the time taken does not tell which user exists
+        ok |= secrets.compare_digest(user.encode(), u.encode()) & secrets.compare_digest(password.encode(), p.encode())
+    return ok
+
+
+def route_path(scope) -> str:
+    """The path the app routes on: without the --root-path prefix when a proxy kept it."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root):] or "/"
+    return path
+
+
+class ApiAuth:
+    def __init__(self, app, pairs: list[tuple[str, str]], routes_of):
+        self.app = app
+        self.pairs = pairs
+        self.routes_of = routes_of  # () -> the FastAPI app's routes, read at request time
+
+    def _protected(self, scope) -> bool:
+        from starlette.routing import Match, Mount
+
+        path = route_path(scope)
+        if path.startswith(API_PREFIXES):
+            return True
+        for route in self.routes_of():
+            if isinstance(route, Mount):
+                continue
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                return True
+        return False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or not self.pairs or not self._protected(scope):
+            await self.app(scope, receive, send)
+            return
+        headers = dict((k.decode("latin-1").lower(), v.decode("latin-1")) for k, v in scope.get("headers", []))
+        if basic_auth_ok(headers.get("authorization"), self.pairs):
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps({"error": "Unauthorized", "field": "authorization",
+                           "detail": "this API needs the --api-auth credentials (HTTP Basic)"}).encode()
+        await send({"type": "http.response.start", "status": 401, "headers": [
+            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+            (b"www-authenticate", b'Basic realm="Atelier API"')]})
+        await send({"type": "http.response.body", "body": body})

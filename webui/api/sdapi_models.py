@@ -1,0 +1,232 @@
+"""/sdapi/v1 listings and settings: models, samplers, LoRAs, options, flags, memory.
+
+Shapes follow A1111's modules/api/models.py (SDModelItem, SamplerItem, …). Listing reads
+the registry (what is on disk); switching the model goes through the job queue.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
+
+from modules.errors import AtelierError, InvalidRequest
+from webui.api.common import Waiter, ensure_ready, read_json_object
+
+# A1111's scheduler list (name, label); used when the sampler registry does not list its own.
+_A1111_SCHEDULERS = [("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"),
+                     ("exponential", "Exponential")]
+_LATENT_MODES = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
+                 "Latent (nearest)", "Latent (nearest-exact)"]
+_SECRET_FLAGS = ("gradio_auth", "api_auth")
+# Settings whose value becomes a path under outputs/: refused if they would leave it.
+_OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples")
+
+
+def add_routes(r, studio, waiter: Waiter) -> None:
+    from fastapi.responses import JSONResponse
+
+    from webui.api.sdapi import _checkpoint_entry
+
+    @r.get("/sd-models")
+    def sd_models():
+        """Checkpoints on disk: [{title, model_name, hash, sha256, filename, config}]."""
+        return [_model_item(e) for e in studio.registry.list("checkpoint")]
+
+    @r.post("/refresh-checkpoints")
+    def refresh_checkpoints():
+        studio.registry.refresh("checkpoint")
+        return None
+
+    @r.get("/samplers")
+    def samplers():
+        out = []
+        for spec in studio.samplers.specs():
+            out.append({"name": spec.name, "aliases": list(spec.aliases), "options": dict(spec.options)})
+        return out
+
+    @r.get("/schedulers")
+    def schedulers():
+        return _schedulers(studio)
+
+    @r.get("/upscalers")
+    def upscalers():
+        names = _call(studio, "upscaler_names") or ["None", "Lanczos", "Nearest"]
+        return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0} for n in names]
+
+    @r.get("/latent-upscale-modes")
+    def latent_upscale_modes():
+        return [{"name": n} for n in (_call(studio, "latent_upscale_modes") or _LATENT_MODES)]
+
+    @r.get("/loras")
+    def loras():
+        """LoRA files: [{name, alias, path, metadata}] (metadata: the safetensors header's __metadata__)."""
+        out = []
+        for e in studio.registry.list("lora"):
+            meta = e.metadata or {}
+            name = Path(e.name).stem
+            out.append({"name": name, "alias": meta.get("ss_output_name") or name, "path": str(e.path), "metadata": meta})
+        return out
+
+    @r.post("/refresh-loras")
+    def refresh_loras():
+        studio.registry.refresh("lora")
+        return None
+
+    @r.get("/embeddings")
+    def embeddings():
+        loaded = {Path(e.name).stem: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                      "shape": int(e.metadata.get("shape", 0) or 0) if e.metadata else 0,
+                                      "vectors": int(e.metadata.get("vectors", 0) or 0) if e.metadata else 0}
+                  for e in studio.registry.list("embedding")}
+        return {"loaded": loaded, "skipped": {}}
+
+    @r.get("/sd-vae")
+    def sd_vae():
+        return [{"model_name": Path(e.name).stem, "filename": str(e.path)} for e in studio.registry.list("vae")]
+
+    @r.post("/refresh-vae")
+    def refresh_vae():
+        studio.registry.refresh("vae")
+        return None
+
+    @r.get("/options")
+    def get_options():
+        """Every setting, A1111 names; sd_model_checkpoint is the loaded checkpoint's title."""
+        values = studio.settings.get().model_dump(mode="json")
+        active = studio.models.active if studio.models is not None else None
+        if active is not None:
+            values["sd_model_checkpoint"] = active.entry.title
+            values["sd_checkpoint_hash"] = active.entry.sha256
+        return values
+
+    @r.post("/options")
+    async def set_options(request: Request):
+        """Change settings; `sd_model_checkpoint` loads that checkpoint (through the job queue) before answering.
+        Options Atelier does not have are ignored and named in the X-Atelier-Ignored-Options header."""
+        body = await read_json_object(request)
+        ignored = await _apply_options(studio, waiter, body, _checkpoint_entry)
+        headers = {"X-Atelier-Ignored-Options": ",".join(ignored)[:2000]} if ignored else None
+        return JSONResponse(None, headers=headers)
+
+    @r.get("/cmd-flags")
+    def cmd_flags():
+        """The command-line flags in effect (passwords masked, unlike A1111)."""
+        flags = {}
+        for f in dataclasses.fields(studio.options):
+            value = getattr(studio.options, f.name)
+            if f.name in _SECRET_FLAGS and value:
+                value = "***"
+            flags[f.name] = str(value) if isinstance(value, Path) else value
+        flags.update({"api": True, "nowebui": False})
+        return flags
+
+    @r.get("/memory")
+    def memory():
+        """A1111's MemoryResponse: {ram: {free, used, total}, cuda: {system, allocated, reserved} | {error}}."""
+        from modules.devices import memory_readings
+
+        device = studio.device.name if studio.device is not None else "cpu"
+        m = memory_readings(device)
+        ram = {"free": m["ram"]["total"] - m["process_rss"], "used": m["process_rss"], "total": m["ram"]["total"],
+               "available": m["ram"]["available"]}
+        cuda = {"error": "unavailable"}
+        if "cuda" in m:
+            c = m["cuda"]
+            cuda = {"system": {"free": c["free"], "used": c["used"], "total": c["total"]},
+                    "allocated": {"current": c["allocated"], "peak": c["peak_allocated"]},
+                    "reserved": {"current": c["reserved"], "peak": c["reserved"]}}
+        return {"ram": ram, "cuda": cuda}
+
+    # Listings A1111 clients ask for at start (webuiapi calls /scripts); Atelier has none of these.
+    @r.get("/scripts")
+    def scripts():
+        return {"txt2img": [], "img2img": []}
+
+    @r.get("/script-info")
+    def script_info():
+        return []
+
+    @r.get("/prompt-styles")
+    def prompt_styles():
+        return _call(studio, "prompt_styles") or []
+
+    @r.get("/hypernetworks")
+    def hypernetworks():
+        return []
+
+    @r.get("/face-restorers")
+    def face_restorers():
+        return []
+
+
+def _model_item(e) -> dict:
+    return {"title": e.title, "model_name": e.stem, "hash": e.short_hash, "sha256": e.sha256,
+            "filename": str(e.path), "config": None}
+
+
+def _schedulers(studio) -> list[dict]:
+    from modules.diffusion import samplers
+
+    names = getattr(samplers, "SCHEDULE_API_NAMES", None)
+    pairs = [(api, label) for label, api in names.items()] if names else _A1111_SCHEDULERS
+    return [{"name": n, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for n, label in pairs]
+
+
+def _call(obj, name: str):
+    fn = getattr(obj, name, None)
+    return fn() if callable(fn) else None
+
+
+async def _apply_options(studio, waiter: Waiter, body: dict, checkpoint_entry) -> list[str]:
+    """Validate everything first, then save the settings, then switch the model."""
+    from modules.paths import resolve_inside
+    from modules.settings import Settings
+
+    changes = dict(body)
+    wanted = changes.pop("sd_model_checkpoint", None)
+    changes.pop("sd_checkpoint_hash", None)  # read-only in A1111 too
+    ignored = sorted(k for k in changes if k not in Settings.model_fields)
+    for key in ignored:
+        changes.pop(key)
+    for key in _OUTPUT_DIR_SETTINGS:
+        if key in changes:
+            if not isinstance(changes[key], str):
+                raise InvalidRequest("must be a folder name inside outputs/", key)
+            resolve_inside(studio.paths.outputs, changes[key], field_name=key, must_exist=False)
+    vae = changes.get("sd_vae")
+    if isinstance(vae, str) and vae not in ("Automatic", "None"):
+        try:
+            studio.registry.get("vae", vae)
+        except AtelierError as exc:
+            exc.field = "sd_vae"
+            raise
+    entry = checkpoint_entry(studio, wanted, "sd_model_checkpoint") if wanted is not None else None
+    if changes:
+        studio.settings.update(changes)
+    if entry is not None:
+        await ensure_ready(studio, waiter)
+        await _switch_checkpoint(studio, waiter, entry)
+    return ignored
+
+
+async def _switch_checkpoint(studio, waiter: Waiter, entry) -> None:
+    """Load through the queue so a running generation finishes on the model it started with."""
+    if "load_checkpoint" in studio.jobs.kinds():
+        job = await waiter.job(studio.submit("load_checkpoint", entry.name))
+        try:
+            job.raise_for_error()
+        except AtelierError as exc:
+            exc.field = exc.field or "sd_model_checkpoint"
+            raise
+    else:
+        try:
+            await waiter.run(studio.models.load, entry.name)
+        except AtelierError as exc:
+            exc.field = exc.field or "sd_model_checkpoint"
+            raise
+        except Exception as exc:  # a file that will not load is the user's to fix: name it
+            raise InvalidRequest(f"{entry.name} could not be loaded: {type(exc).__name__}: {str(exc)[:300]}",
+                                 "sd_model_checkpoint") from None
+    studio.settings.update({"sd_model_checkpoint": entry.name})
