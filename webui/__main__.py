@@ -6,13 +6,15 @@ import logging
 import sys
 from pathlib import Path
 
-from webui.flags import build_parser, options_from_args
+from webui.flags import build_parser, check_args, options_from_args
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)  # an unknown flag exits here with status 2 and the usage
+    check_args(parser, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from modules.studio import Studio
     from webui.server import serve

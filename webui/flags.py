@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the web UI")
     p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the REST API")
-    p.add_argument("--root-path", default="", help="path prefix when served behind a reverse proxy")
+    p.add_argument("--root-path", default="", help="public path prefix when served behind a reverse proxy, e.g. /sd")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions even when listening beyond localhost")
     p.add_argument("--no-demo", action="store_true", help="do not build the random-weights demo model")
@@ -26,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_auth(value: str | None, flag: str) -> list[tuple[str, str]]:
-    """'user:pass,user2:pass2' -> [(user, pass), …]; a malformed pair is a usage error."""
+    """'user:pass,user2:pass2' -> [(user, pass), …]; a malformed pair raises ValueError (a usage error).
+    A password may itself hold ':' (split at the first one only)."""
     if not value:
         return []
     pairs = []
@@ -36,14 +37,25 @@ def parse_auth(value: str | None, flag: str) -> list[tuple[str, str]]:
             continue
         user, sep, password = item.partition(":")
         if not sep or not user or not password:
-            raise SystemExit(f"{flag}: expected USER:PASS[,USER2:PASS2], got {item!r}")
+            raise ValueError(f"{flag}: expected USER:PASS[,USER2:PASS2], got {item!r}")
         pairs.append((user, password))
     return pairs
 
 
+def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks argparse cannot express; a failure is a usage error (exit status 2)."""
+    try:
+        parse_auth(args.gradio_auth, "--gradio-auth")
+        parse_auth(args.api_auth, "--api-auth")
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be between 1 and 65535, not {args.port}")
+    if args.root_path and (not args.root_path.startswith("/") or "://" in args.root_path or " " in args.root_path):
+        parser.error(f"--root-path must be a path starting with '/', like /sd; got {args.root_path!r}")
+
+
 def options_from_args(args: argparse.Namespace, repo_root: Path) -> StudioOptions:
-    parse_auth(args.gradio_auth, "--gradio-auth")
-    parse_auth(args.api_auth, "--api-auth")
     return StudioOptions(
         data_dir=args.data_dir or repo_root,
         ckpt_dir=args.ckpt_dir,
