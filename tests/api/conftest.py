@@ -1,0 +1,64 @@
+"""API test helpers: real servers (tests/conftest.py LiveServer), decoding, error-shape checks."""
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LiveServer, make_data_dir
+
+SECOND = "second-model"  # a second demo checkpoint with other random weights
+
+
+@pytest.fixture(scope="session")
+def second_checkpoint(tmp_path_factory) -> Path:
+    from modules.models.demo import save_demo_checkpoint
+
+    return save_demo_checkpoint(tmp_path_factory.mktemp("demo2") / SECOND, seed=1)
+
+
+def start_server(tmp_path_factory, demo_checkpoint, *flags, checkpoints=(), env=None, auth=None) -> LiveServer:
+    data = make_data_dir(tmp_path_factory.mktemp("api-data"), demo_checkpoint)
+    for ckpt in checkpoints:
+        shutil.copytree(ckpt, data / "models" / "Stable-diffusion" / Path(ckpt).name)
+    server = LiveServer(data, *flags, env=env)
+    try:
+        return server.wait_ready(auth=auth)
+    except Exception:
+        server.stop()
+        raise
+
+
+def png(b64: str):
+    """Decode a base64 PNG the way clients do; fails the test if it is not a PNG."""
+    from PIL import Image
+
+    raw = base64.b64decode(b64)
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    image = Image.open(io.BytesIO(raw))
+    image.load()
+    return image
+
+
+def b64_of(image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def assert_json_error(response, low: int = 400, high: int = 499) -> dict:
+    """A refusal: a 4xx with a JSON body {"error", "detail", "field"?}, never a 500 or HTML."""
+    assert low <= response.status_code <= high, (response.status_code, response.text[:500])
+    assert response.headers.get("content-type", "").startswith("application/json"), response.text[:200]
+    body = response.json()
+    assert isinstance(body, dict) and body.get("error") and body.get("detail"), body
+    return body
+
+
+def server_errors(server: LiveServer) -> list[str]:
+    """Lines of the server log that show an unexpected exception (there must be none)."""
+    text = server.log_path.read_text(errors="replace")
+    return [line for line in text.splitlines() if "unexpected error on" in line or "Exception in ASGI" in line]

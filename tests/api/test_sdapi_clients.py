@@ -1,0 +1,171 @@
+"""AUTOMATIC1111 clients work unchanged: the official `webuiapi` package and plain HTTP,
+against a real server holding two checkpoints."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import httpx
+import numpy as np
+import pytest
+import webuiapi
+from PIL import Image, ImageDraw
+
+from modules.models.demo import DEMO_NAME
+from tests.api.conftest import SECOND, png, start_server
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_checkpoint, second_checkpoint):
+    s = start_server(tmp_path_factory, demo_checkpoint, checkpoints=[second_checkpoint])
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def api(server):
+    return webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1", sampler="Euler a", steps=3)
+
+
+def gen(api, **kw):
+    args = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 5, **kw}
+    return api.txt2img(**args)
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def title_of(api, stem: str) -> str:
+    return next(t for t in api.util_get_model_names() if t.startswith(stem))
+
+
+def test_webuiapi_txt2img_returns_png_with_infotext_and_a1111_info(api):
+    r = gen(api, seed=7, negative_prompt="blurry")
+    assert r.image.size == (64, 64)
+    assert isinstance(r.info, dict), "info must be a JSON string, as A1111 returns it"
+    assert r.info["all_seeds"] == [7] and r.info["seed"] == 7
+    text = r.info["infotexts"][0]
+    assert text.startswith("a red fox\nNegative prompt: blurry\n") and "Seed: 7" in text and "Steps: 3" in text
+    assert r.image.info["parameters"] == text, "the PNG carries the infotext"
+    assert r.parameters["prompt"] == "a red fox" and r.parameters["steps"] == 3
+    again = gen(api, seed=7, negative_prompt="blurry")
+    assert (pixels(again.image) == pixels(r.image)).all(), "same seed, same image"
+
+
+def test_batch_returns_every_image_with_its_seed(api):
+    r = gen(api, seed=100, batch_size=2, n_iter=2)
+    assert len(r.images) == 4
+    assert r.info["all_seeds"] == [100, 101, 102, 103]
+    assert [f"Seed: {s}" in t for s, t in zip(r.info["all_seeds"], r.info["infotexts"])] == [True] * 4
+
+
+def test_img2img_and_inpaint_with_mask(api):
+    rng = np.random.default_rng(0)
+    init = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    r = api.img2img(images=[init], prompt="a fox", denoising_strength=0.6, width=64, height=64, steps=4, seed=3)
+    assert r.image.size == (64, 64) and r.info["all_seeds"] == [3]
+    assert "Denoising strength: 0.6" in r.info["infotexts"][0]
+    assert r.parameters["init_images"] is None, "images are echoed only with include_init_images"
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)  # repaint the left half
+    r = api.img2img(images=[init], mask_image=mask, inpainting_fill=1, inpaint_full_res=False, mask_blur=0,
+                    denoising_strength=1.0, width=64, height=64, steps=4, seed=3)
+    out, src = pixels(r.image), pixels(init)
+    assert np.abs(out[:, 40:] - src[:, 40:]).max() <= 3, "pixels outside the mask must stay as they were"
+    assert np.abs(out[:, :24] - src[:, :24]).mean() > 5, "pixels inside the mask must be repainted"
+
+
+def test_png_info_reads_the_infotext_back(api):
+    r = gen(api, seed=11)
+    res = api.png_info(r.image)
+    assert res.info == r.info["infotexts"][0]
+    assert res.json["parameters"]["Seed"] == "11" and res.json["parameters"]["Prompt"] == "a red fox"
+
+
+def test_switch_checkpoint_via_options_and_back(api, server):
+    demo, second = title_of(api, DEMO_NAME), title_of(api, SECOND)
+    api.util_set_model(demo)
+    first = gen(api)
+    assert f"Model: {DEMO_NAME}" in first.info["infotexts"][0]
+
+    api.util_set_model(second)  # webuiapi: POST /options {"sd_model_checkpoint": title}
+    assert api.util_get_current_model().startswith(SECOND)
+    other = gen(api)
+    assert f"Model: {SECOND}" in other.info["infotexts"][0]
+    assert (pixels(other.image) != pixels(first.image)).any(), "another checkpoint makes another image"
+    assert json.loads((server.data_dir / "config.json").read_text())["sd_model_checkpoint"] == SECOND
+
+    api.set_options({"sd_model_checkpoint": demo})
+    assert api.util_get_current_model().startswith(DEMO_NAME)
+    back = gen(api)
+    assert f"Model: {DEMO_NAME}" in back.info["infotexts"][0]
+    assert (pixels(back.image) == pixels(first.image)).all(), "back on the first checkpoint: the same image"
+    api.set_options({"sd_model_checkpoint": SECOND})
+    assert (pixels(gen(api).image) == pixels(other.image)).all()
+    api.set_options({"sd_model_checkpoint": DEMO_NAME})  # by plain name as well as by title
+
+
+def test_override_settings_uses_a_checkpoint_for_one_request(api):
+    api.set_options({"sd_model_checkpoint": DEMO_NAME})
+    base = gen(api)
+    other = gen(api, override_settings={"sd_model_checkpoint": SECOND})
+    assert f"Model: {SECOND}" in other.info["infotexts"][0]
+    assert (pixels(other.image) != pixels(base.image)).any()
+    after = gen(api)
+    assert f"Model: {DEMO_NAME}" in after.info["infotexts"][0], "the override lasts one request"
+    assert (pixels(after.image) == pixels(base.image)).all()
+
+
+def test_listings_have_a1111_shapes(server, api):
+    c = httpx.Client(base_url=server.url + "/sdapi/v1", timeout=30)
+    models = c.get("/sd-models").json()
+    assert {m["model_name"] for m in models} >= {DEMO_NAME, SECOND}
+    for m in models:
+        assert set(m) == {"title", "model_name", "hash", "sha256", "filename", "config"}
+    samplers = c.get("/samplers").json()
+    assert "Euler a" in [s["name"] for s in samplers] and all(set(s) == {"name", "aliases", "options"} for s in samplers)
+    assert "karras" in api.util_get_scheduler_names()
+    assert all({"name", "label"} <= set(s) for s in c.get("/schedulers").json())
+    assert all("name" in u for u in c.get("/upscalers").json())
+    assert {"name": "Latent"} in c.get("/latent-upscale-modes").json()
+    assert isinstance(c.get("/loras").json(), list) and isinstance(c.get("/sd-vae").json(), list)
+    assert set(c.get("/embeddings").json()) == {"loaded", "skipped"}
+    options = api.get_options()
+    assert isinstance(options["sd_model_checkpoint"], str) and "CLIP_stop_at_last_layers" in options
+    flags = api.get_cmd_flags()
+    assert flags["port"] == server.port and flags["api"] is True
+    mem = api.get_memory()
+    assert {"free", "used", "total"} <= set(mem["ram"]) and ("error" in mem["cuda"] or "system" in mem["cuda"])
+    progress = api.get_progress()
+    assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
+    assert c.get("/scripts").json() == {"txt2img": [], "img2img": []}
+
+
+def test_refresh_picks_up_new_checkpoints_and_loras(server, demo_checkpoint):
+    from safetensors.numpy import save_file
+
+    c = httpx.Client(base_url=server.url + "/sdapi/v1", timeout=30)
+    shutil.copytree(demo_checkpoint, server.data_dir / "models" / "Stable-diffusion" / "zz-late-arrival")
+    assert c.post("/refresh-checkpoints").status_code == 200
+    assert "zz-late-arrival" in [m["model_name"] for m in c.get("/sd-models").json()]
+    save_file({"w": np.zeros(2, dtype=np.float32)}, str(server.data_dir / "models" / "Lora" / "tiny.safetensors"),
+              metadata={"ss_output_name": "tiny"})
+    assert c.post("/refresh-loras").status_code == 200
+    loras = c.get("/loras").json()
+    assert [(x["name"], x["path"].endswith("tiny.safetensors")) for x in loras] == [("tiny", True)]
+    assert set(loras[0]) == {"name", "alias", "path", "metadata"}
+
+
+def test_raw_http_png_response_and_save_images_default(server):
+    # A1111's API does not save unless save_images is true; the info field is a JSON *string*.
+    before = sorted(server.data_dir.joinpath("outputs").rglob("*.png"))
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64}, timeout=60)
+    assert r.status_code == 200 and isinstance(r.json()["info"], str)
+    assert png(r.json()["images"][0]).size == (64, 64)
+    assert sorted(server.data_dir.joinpath("outputs").rglob("*.png")) == before
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=60,
+                   json={"prompt": "x", "steps": 2, "width": 64, "height": 64, "save_images": True, "send_images": False})
+    assert r.status_code == 200 and r.json()["images"] == []
+    assert len(sorted(server.data_dir.joinpath("outputs").rglob("*.png"))) == len(before) + 1
