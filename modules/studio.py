@@ -73,6 +73,7 @@ class Studio:
         from modules.diffusion import generate
 
         self.jobs.register_kind("txt2img", lambda ctx, req: generate.run_txt2img(self, ctx, req))
+        self.jobs.register_kind("img2img", lambda ctx, req: generate.run_img2img(self, ctx, req))  # inpaint = img2img + mask
 
     # -- start-up -----------------------------------------------------
     def load(self) -> None:
@@ -105,6 +106,10 @@ class Studio:
 
     # -- work ---------------------------------------------------------
     def submit(self, kind: str, request) -> Job:
+        if kind in ("txt2img", "img2img"):  # refuse an unknown sampler & co. before it waits in the queue
+            from modules.diffusion.generate import validate_for_submit
+
+            validate_for_submit(self, request)
         return self.jobs.submit(kind, request)
 
     def shutdown(self) -> None:

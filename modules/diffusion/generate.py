@@ -1,62 +1,108 @@
-"""Runs txt2img / img2img / inpaint jobs: typed request in, saved PNGs with infotext out."""
+"""Runs txt2img / img2img / inpaint jobs: typed request in, saved PNGs with infotext out.
+
+The order of one job, as in A1111's process_images:
+  before_generate hook → checkpoint → LoRAs from the prompt → for each batch (batch count):
+  encode prompts, sample (txt2img.py / img2img.py / inpaint.py), stop on interrupt, go on
+  after skip → after_generate hook → save each PNG → on_image_saved hook.
+"""
 from __future__ import annotations
 
-import random
+import contextlib
 from typing import TYPE_CHECKING
 
-from modules.diffusion import infotext
-from modules.diffusion.params import GeneratedImage, GenerationResult, Txt2ImgRequest
+from modules.diffusion import hires, img2img, prompts, results, txt2img
+from modules.diffusion.params import GenerationRequest, GenerationResult, Img2ImgRequest
+from modules.diffusion.sampling import Run
+from modules.diffusion.seeds import SeedPlan
+from modules.errors import InvalidRequest
 from modules.jobs import JobContext
 
 if TYPE_CHECKING:
     from modules.studio import Studio
 
 
-def run_txt2img(studio: "Studio", ctx: JobContext, req: Txt2ImgRequest) -> GenerationResult:
-    import torch
+def validate_for_submit(studio: "Studio", req: GenerationRequest) -> None:
+    """Refuse what the request types cannot see alone (sampler names, upscalers) before queueing."""
+    if not isinstance(req, GenerationRequest):
+        return
+    studio.samplers.resolve(req.sampler_name, req.scheduler)
+    hires.check(req)
+    prompts.extract_loras(req.prompt)  # a malformed <lora:…> weight is refused now, not mid-queue
+    if isinstance(req, Img2ImgRequest) and req.mask is not None:
+        init = req.init_images[0]
+        if req.mask.width * req.mask.height == 0:
+            raise InvalidRequest("the mask is empty", "mask")
+        if abs(req.mask.width / req.mask.height - init.width / init.height) > 0.01:
+            raise InvalidRequest(
+                f"the mask is {req.mask.width}x{req.mask.height} but the image is {init.width}x{init.height}; "
+                "send a mask with the image's aspect ratio", "mask")
 
-    # Extension hooks (issue 5) run here, on the job worker, never in the UI event loop.
-    req = studio.hooks.before_generate(req)
-    seed = req.seed if req.seed != -1 else random.randrange(2**32)
-    result = GenerationResult(request=req)
-    with studio.models.checkpoint(req.checkpoint_override) as ckpt:
-        pipe = ckpt.pipe
-        pipe.scheduler = studio.samplers.make_scheduler(req.sampler_name, pipe.scheduler.config)
-        ctx.set_parts(req.n_iter)
-        for it in range(req.n_iter):
-            seeds = [seed + it * req.batch_size + i for i in range(req.batch_size)]
 
-            def on_step(p, step, timestep, kwargs, _it=it):
-                ctx.progress(step + 1, req.steps, part=_it)
-                if ctx.should_stop_item:
-                    p._interrupt = True
-                return kwargs
+def run_txt2img(studio: "Studio", ctx: JobContext, req) -> GenerationResult:
+    return _run(studio, ctx, req, txt2img.batch, studio.settings.get().outdir_txt2img_samples)
 
-            out = pipe(
-                prompt=[req.prompt] * req.batch_size,
-                negative_prompt=[req.negative_prompt] * req.batch_size,
-                num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
-                width=req.width, height=req.height,
-                generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                callback_on_step_end=on_step,
-            )
-            batch = GenerationResult(request=req)
-            for image, s in zip(out.images, seeds):
-                text = infotext.build(req.prompt, req.negative_prompt, {
-                    "Steps": req.steps, "Sampler": req.sampler_name, "Schedule type": req.scheduler,
-                    "CFG scale": req.cfg_scale, "Seed": s, "Size": f"{req.width}x{req.height}",
-                    "Model": ckpt.entry.stem,
-                })
-                batch.images.append(GeneratedImage(image=image, infotext=text, seed=s, subseed=s))
-            # after_generate may post-process the batch before it is saved; on_image_saved follows each save.
-            batch = studio.hooks.after_generate(batch)
-            for g in batch.images:
-                if req.save_images:
-                    g.path = studio.outputs.save_png(g.image, studio.settings.get().outdir_txt2img_samples, g.seed, g.infotext)
-                    studio.hooks.image_saved(g)
-                result.images.append(g)
-            ctx.take_skip()
+
+def run_img2img(studio: "Studio", ctx: JobContext, req) -> GenerationResult:
+    return _run(studio, ctx, req, img2img.batch, studio.settings.get().outdir_img2img_samples)
+
+
+def _run(studio: "Studio", ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
+    req = studio.hooks.filter("before_generate", req)
+    validate_for_submit(studio, req)
+    spec, schedule = studio.samplers.resolve(req.sampler_name, req.scheduler)
+    plan = SeedPlan.for_request(req.seed, req.subseed, req.subseed_strength, req.n_iter * req.batch_size)
+    is_hires = bool(req.enable_hr) and not isinstance(req, Img2ImgRequest)
+    _, lora_list = prompts.extract_loras(req.prompt)
+    settings = studio.settings.get()
+    images, indices = [], []
+    with studio.models.checkpoint(req.checkpoint_override) as ckpt, _loras(studio, ckpt, lora_list) as applied:
+        run = Run(studio=studio, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name, schedule=schedule,
+                  clip_skip=_clip_skip(req, settings),
+                  passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
+        ctx.set_parts(req.n_iter * run.passes)
+        for iteration in range(req.n_iter):
             if ctx.interrupted:
-                result.interrupted = True
                 break
+            batch_range = run.batch_indices(iteration)
+
+            def one_batch(_iteration=iteration, _n=len(batch_range)):
+                cond = prompts.encode(ckpt.pipe, [req.prompt] * _n, [req.negative_prompt] * _n, run.clip_skip, ckpt.arch)
+                run.conditioning = cond.kwargs
+                return make_batch(run, _iteration)
+
+            images += _retry_on_oom(studio, ckpt, one_batch)
+            indices += list(batch_range)
+            ctx.take_skip()  # a skip finished this batch early; the next one starts fresh
+        result = results.build(run, images, indices, req.prompt, req.negative_prompt, applied)
+    result.interrupted = ctx.interrupted
+    result = studio.hooks.filter("after_generate", result)
+    if req.save_images:
+        for generated in result.images:
+            generated.path = studio.outputs.save_png(generated.image, outdir, generated.seed, generated.infotext)
+            studio.hooks.notify("on_image_saved", generated)
     return result
+
+
+def _clip_skip(req, settings) -> int:
+    """The request's clip_skip, else its override_settings, else the CLIP_stop_at_last_layers setting."""
+    if req.clip_skip is not None or "CLIP_stop_at_last_layers" in req.override_settings:
+        return req.effective_clip_skip
+    return settings.CLIP_stop_at_last_layers
+
+
+@contextlib.contextmanager
+def _loras(studio: "Studio", ckpt, wanted: list[tuple[str, float]]):
+    """The prompt's LoRAs applied for the job (the model manager makes it reversible)."""
+    if not wanted:
+        yield []
+        return
+    apply = getattr(studio.models, "loras", None)
+    if apply is None:
+        raise InvalidRequest("this build cannot apply LoRAs yet; remove the <lora:…> tags", "prompt")
+    with apply(ckpt, wanted) as applied:
+        yield list(applied)
+
+
+def _retry_on_oom(studio: "Studio", ckpt, fn):
+    retry = getattr(studio.models, "retry_on_oom", None)
+    return retry(ckpt, fn) if retry is not None else fn()

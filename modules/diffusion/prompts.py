@@ -104,7 +104,7 @@ def tokenize_chunks(tokenizer, text: str) -> list[Chunk]:
     """The prompt's tokens (no BOS/EOS) cut into chunks of at most 75, with per-token weights."""
     runs = [(t, w) for t, w in parse_attention(text)]
     texts = [t for t, w in runs if w != -1]
-    ids_per_run = iter(tokenizer(texts, add_special_tokens=False, truncation=False)["input_ids"] if texts else [])
+    ids_per_run = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else [])
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     chunks: list[Chunk] = []
     current = Chunk()
@@ -159,9 +159,11 @@ def _hidden(encoder, ids, layer_from_end: int | None, final_norm: bool):
     pooled = getattr(out, "text_embeds", None)  # CLIPTextModelWithProjection (SDXL's second encoder)
     if layer_from_end is None:
         return out.last_hidden_state, pooled
+    if layer_from_end >= len(out.hidden_states):
+        raise InvalidRequest(f"this text encoder has {len(out.hidden_states) - 1} layers; use a smaller clip_skip", "clip_skip")
     hidden = out.hidden_states[-layer_from_end]
     if final_norm:
-        hidden = encoder.text_model.final_layer_norm(hidden)
+        hidden = getattr(encoder, "text_model", encoder).final_layer_norm(hidden)  # transformers 5 has no .text_model
     return hidden, pooled
 
 

@@ -1,0 +1,64 @@
+"""Hires fix: upscale the first pass and denoise it again with the img2img pipeline.
+
+The img2img pipeline comes from `LoadedCheckpoint.pipeline("img2img")` (diffusers'
+`from_pipe`: the same weights, no copy). Latent upscalers resize the latents directly
+and hand them to img2img as latents; pixel upscalers decode, resize, and re-encode.
+"""
+from __future__ import annotations
+
+from modules.diffusion import sampling, seeds
+from modules.diffusion.sampling import Run
+from modules.errors import InvalidRequest
+
+LATENT_MODES = {"Latent": "bilinear", "Latent (nearest)": "nearest"}
+PIXEL_MODES = {"Lanczos": "LANCZOS", "Nearest": "NEAREST", "None": "LANCZOS"}
+HR_UPSCALERS = tuple(LATENT_MODES) + tuple(PIXEL_MODES)
+DEFAULT_DENOISING = 0.7  # A1111's default for the hires pass
+
+
+def check(req) -> None:
+    if req.enable_hr and req.hr_upscaler not in HR_UPSCALERS:
+        raise InvalidRequest(f"unknown hires upscaler {req.hr_upscaler!r}; choose one of: {', '.join(HR_UPSCALERS)}",
+                             "hr_upscaler")
+
+
+def denoising(req) -> float:
+    return DEFAULT_DENOISING if req.denoising_strength is None else req.denoising_strength
+
+
+def steps(req) -> int:
+    return req.hr_second_pass_steps or req.steps
+
+
+def img2img_steps(steps: int, strength: float) -> int:
+    """diffusers runs int(steps * strength) steps; keep it at least one."""
+    import math
+
+    return max(steps, math.ceil(1 / strength)) if strength > 0 else steps
+
+
+def second_pass(run: Run, latents, iteration: int) -> list:
+    """Upscale a batch of first-pass latents and denoise again; returns PIL images."""
+    import torch.nn.functional as F
+    from PIL import Image
+
+    req = run.req
+    width, height = req.hires_size()
+    pipe = run.ckpt.pipe
+    strength = denoising(req)
+    if req.hr_upscaler in LATENT_MODES:
+        factor = pipe.vae_scale_factor
+        image = F.interpolate(latents, size=(height // factor, width // factor), mode=LATENT_MODES[req.hr_upscaler])
+    else:
+        resample = getattr(Image.Resampling, PIXEL_MODES[req.hr_upscaler])
+        image = [im.resize((width, height), resample) for im in sampling.decode(pipe, latents)]
+    if strength <= 0:
+        return sampling.decode(pipe, image) if not isinstance(image, list) else image
+    gens = seeds.generators(run.plan, run.batch_indices(iteration))  # A1111 re-seeds the hires noise
+    n = steps(req)
+    out = sampling.call(
+        run, run.ckpt.pipeline("img2img"), part=iteration * run.passes + 1, steps_hint=int(n * strength),
+        image=image, strength=strength, num_inference_steps=img2img_steps(n, strength),
+        guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
+    )
+    return out.images

@@ -1,0 +1,69 @@
+"""One img2img batch: init images resized by A1111's resize modes, then the img2img pipeline.
+
+Inpainting (a request with a mask) is img2img with a mask, as in A1111: see inpaint.py.
+"""
+from __future__ import annotations
+
+from modules.diffusion import hires, inpaint, sampling, seeds
+from modules.diffusion.sampling import Run
+
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
+
+
+def resize_image(mode: int, image, width: int, height: int):
+    """A1111's resize modes 0-2 (3 resizes like 0 here; img2img upscales its latents instead)."""
+    from PIL import Image
+
+    lanczos = Image.Resampling.LANCZOS
+    if mode not in (1, 2):
+        return image.resize((width, height), lanczos)
+    ratio, src_ratio = width / height, image.width / image.height
+    cover = (ratio > src_ratio) if mode == 1 else (ratio < src_ratio)  # 1 covers the frame, 2 fits inside it
+    w = width if cover else max(1, round(image.width * height / image.height))
+    h = height if not cover else max(1, round(image.height * width / image.width))
+    resized = image.resize((w, h), lanczos)
+    out = Image.new(image.mode, (width, height))
+    left, top = (width - w) // 2, (height - h) // 2
+    out.paste(resized, (left, top))
+    if mode == 2:  # fill the empty bands by stretching the picture's edge rows / columns
+        if top > 0:
+            out.paste(resized.crop((0, 0, w, 1)).resize((w, top)), (left, 0))
+            out.paste(resized.crop((0, h - 1, w, h)).resize((w, height - top - h)), (left, top + h))
+        if left > 0:
+            out.paste(resized.crop((0, 0, 1, h)).resize((left, h)), (0, top))
+            out.paste(resized.crop((w - 1, 0, w, h)).resize((width - left - w, h)), (left + w, top))
+    return out
+
+
+def init_images(run: Run, iteration: int) -> list:
+    """The init image of each image in the batch (A1111 cycles through init_images)."""
+    images = run.req.init_images
+    return [images[i % len(images)].convert("RGB") for i in run.batch_indices(iteration)]
+
+
+def batch(run: Run, iteration: int) -> list:
+    req = run.req
+    inits = init_images(run, iteration)
+    if req.is_inpaint:
+        return inpaint.batch(run, iteration, inits)
+    strength = req.denoising_strength
+    sized = [resize_image(req.resize_mode, im, req.width, req.height) for im in inits]
+    if strength <= 0:  # nothing to denoise: the (resized) input is the answer, without a lossy VAE round trip
+        return sized
+    gens = seeds.generators(run.plan, run.batch_indices(iteration))
+    image = sized
+    if req.resize_mode == 3:  # latent upscale: encode at the picture's own size, resize the latents
+        import torch.nn.functional as F
+
+        pipe = run.ckpt.pipeline("img2img")
+        f = pipe.vae_scale_factor
+        own = [im.resize((max(f, im.width // f * f), max(f, im.height // f * f))) for im in inits]
+        latents = sampling.encode(pipe, own, gens)
+        image = F.interpolate(latents, size=(req.height // f, req.width // f), mode="bilinear")
+        gens = seeds.generators(run.plan, run.batch_indices(iteration))
+    out = sampling.call(
+        run, run.ckpt.pipeline("img2img"), part=iteration, steps_hint=int(req.steps * strength),
+        image=image, strength=strength, num_inference_steps=hires.img2img_steps(req.steps, strength),
+        guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
+    )
+    return out.images

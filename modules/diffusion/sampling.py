@@ -1,0 +1,103 @@
+"""One run of a diffusers pipeline inside a job: scheduler, progress, preview, interrupt, skip.
+
+Everything goes through the pipeline's own extension points: a fresh scheduler from the
+checkpoint's config (restored afterwards), `callback_on_step_end` for progress and
+previews, and the pipeline's `_interrupt` flag (diffusers' documented way to stop a run
+from that callback: the remaining steps are passed over and the latents decoded).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules.diffusion import preview
+from modules.diffusion.seeds import SeedPlan
+
+
+@dataclass
+class Run:
+    """Everything one generation job needs, built once and passed to each step of it."""
+
+    studio: Any
+    ctx: Any  # JobContext
+    req: Any  # Txt2ImgRequest | Img2ImgRequest
+    ckpt: Any  # LoadedCheckpoint
+    plan: SeedPlan
+    sampler: str  # the resolved A1111 sampler name ("DPM++ 2M")
+    schedule: str  # the resolved schedule type ("Karras")
+    clip_skip: int
+    passes: int = 1  # 2 with hires fix
+    preview_every: int = 0
+    conditioning: dict = field(default_factory=dict)  # prompt_embeds & co. for one batch
+
+    @property
+    def arch(self) -> str:
+        return self.ckpt.arch
+
+    def batch_indices(self, iteration: int) -> range:
+        size = self.req.batch_size
+        return range(iteration * size, (iteration + 1) * size)
+
+    def scheduler_for(self, pipe, seed: int):
+        return self.studio.samplers.make_scheduler(self.sampler, pipe.scheduler.config, self.schedule, seed=seed)
+
+
+@contextlib.contextmanager
+def using_scheduler(pipe, scheduler):
+    """Swap the pipeline's scheduler for one run; the checkpoint's own config stays the base."""
+    original = pipe.scheduler
+    pipe.scheduler = scheduler
+    try:
+        yield pipe
+    finally:
+        pipe.scheduler = original
+
+
+def call(run: Run, pipe, part: int, steps_hint: int, **kwargs):
+    """Call `pipe` with progress every step, a preview every N steps, and stop on interrupt/skip."""
+    ctx = run.ctx
+
+    def on_step(p, i, t, tensors):
+        total = getattr(p, "_num_timesteps", None) or steps_hint
+        ctx.progress(i + 1, total, part=part)
+        if preview.wanted(i + 1, run.preview_every) and "latents" in tensors:
+            image = preview.latents_to_image(tensors["latents"], run.arch)
+            if image is not None:
+                ctx.preview(image)
+        if ctx.should_stop_item:
+            p._interrupt = True  # the loop passes over the remaining steps; latents are still decoded
+        return tensors
+
+    seed = run.plan.seeds[run.batch_indices(part // run.passes)[0]]
+    pipe.set_progress_bar_config(disable=True)  # img2img/inpaint pipes made by from_pipe start with tqdm on
+    with using_scheduler(pipe, run.scheduler_for(pipe, seed)):
+        return pipe(**run.conditioning, **kwargs, callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=["latents"])
+
+
+def decode(pipe, latents) -> list:
+    """Latents (as a pipeline returns them with output_type="latent") → PIL images."""
+    import torch
+
+    vae = pipe.vae
+    with torch.no_grad():
+        scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
+        if getattr(vae.config, "shift_factor", None):
+            scaled = scaled + vae.config.shift_factor
+        image = vae.decode(scaled, return_dict=False)[0]
+    return pipe.image_processor.postprocess(image, output_type="pil")
+
+
+def encode(pipe, images: list, generators: list):
+    """PIL images → latents scaled as the pipelines use them (one draw from each generator)."""
+    import torch
+
+    vae = pipe.vae
+    pixels = pipe.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
+    with torch.no_grad():
+        out = [vae.encode(pixels[i:i + 1]).latent_dist.sample(generator=g) for i, g in enumerate(generators)]
+    latents = torch.cat(out)
+    if getattr(vae.config, "shift_factor", None):
+        latents = latents - vae.config.shift_factor
+    return latents * vae.config.scaling_factor

@@ -1,0 +1,26 @@
+"""One txt2img batch: our own initial noise (seeds, variation seeds) → the pipeline → hires fix."""
+from __future__ import annotations
+
+from modules.diffusion import hires, sampling, seeds
+from modules.diffusion.sampling import Run
+
+
+def batch(run: Run, iteration: int) -> list:
+    """The images of batch `iteration` (PIL), finished early on skip/interrupt."""
+    req = run.req
+    pipe = run.ckpt.pipe
+    indices = run.batch_indices(iteration)
+    dtype = run.conditioning["prompt_embeds"].dtype
+    channels = pipe.unet.config.in_channels if pipe.unet.config.in_channels == 4 else 4
+    factor = getattr(pipe, "vae_scale_factor", 8)
+    noise, gens = seeds.make_noise(run.plan, indices, (channels, req.height // factor, req.width // factor), dtype)
+    out = sampling.call(
+        run, pipe, part=iteration * run.passes, steps_hint=req.steps,
+        latents=noise, generator=gens, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
+        width=req.width, height=req.height, output_type="latent" if req.enable_hr else "pil",
+    )
+    if not req.enable_hr:
+        return out.images
+    if run.ctx.should_stop_item:  # interrupted or skipped in the first pass: keep it as it is
+        return sampling.decode(pipe, out.images)
+    return hires.second_pass(run, out.images, iteration)

@@ -1,0 +1,74 @@
+"""A1111 sampler names and schedule types map to diffusers schedulers; bad names are refused by field."""
+import pytest
+
+from modules.diffusion.samplers import SCHEDULE_TYPES, SamplerRegistry, SamplerSpec
+from modules.errors import InvalidRequest
+
+A1111_NAMES = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE",
+               "DPM++ 2S a", "DDIM", "PLMS", "UniPC", "LCM"]
+
+
+@pytest.fixture(scope="module")
+def base_config():
+    from diffusers import EulerDiscreteScheduler
+
+    return EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                  steps_offset=1, timestep_spacing="leading").config
+
+
+def test_every_a1111_sampler_and_its_schedules_build_a_working_scheduler(base_config):
+    reg = SamplerRegistry()
+    assert set(A1111_NAMES) <= set(reg.names())
+    assert SCHEDULE_TYPES == ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform")
+    for name in A1111_NAMES:
+        spec, _ = reg.resolve(name)
+        assert "Automatic" in spec.schedule_types()
+        for schedule in spec.schedule_types():
+            sched = reg.make_scheduler(name, base_config, schedule, seed=1)
+            sched.set_timesteps(6)
+            assert len(sched.timesteps) >= 6
+
+
+def test_schedule_options_reach_the_scheduler(base_config):
+    reg = SamplerRegistry()
+    karras = reg.make_scheduler("DPM++ 2M", base_config, "Karras")
+    assert type(karras).__name__ == "DPMSolverMultistepScheduler" and karras.config.use_karras_sigmas
+    # Automatic after Karras: nothing leaks, the base config decides
+    assert not reg.make_scheduler("DPM++ 2M", karras.config, "Automatic").config.use_karras_sigmas
+    assert reg.make_scheduler("Euler", base_config, "Exponential").config.use_exponential_sigmas
+    assert reg.make_scheduler("Euler", base_config, "SGM Uniform").config.timestep_spacing == "trailing"
+    assert reg.make_scheduler("DPM++ 2M SDE", base_config).config.algorithm_type == "sde-dpmsolver++"
+    assert reg.make_scheduler("PLMS", base_config).config.skip_prk_steps
+
+
+def test_legacy_combined_names_resolve_to_sampler_and_schedule():
+    reg = SamplerRegistry()
+    for legacy, sampler in [("DPM++ 2M Karras", "DPM++ 2M"), ("DPM++ SDE Karras", "DPM++ SDE"),
+                            ("DPM++ 2M SDE Karras", "DPM++ 2M SDE")]:
+        spec, schedule = reg.resolve(legacy)
+        assert (spec.name, schedule) == (sampler, "Karras")
+    assert reg.resolve("k_euler_a")[0].name == "Euler a"
+    assert reg.resolve("Euler", "karras")[1] == "Karras"  # A1111 API names for schedulers
+    assert reg.resolve("Euler", "sgm_uniform")[1] == "SGM Uniform"
+
+
+def test_unknown_names_are_refused_naming_the_field():
+    reg = SamplerRegistry()
+    with pytest.raises(InvalidRequest) as err:
+        reg.resolve("Euler z")
+    assert err.value.field == "sampler_name" and "Euler a" in err.value.message
+    with pytest.raises(InvalidRequest) as err:
+        reg.resolve("Euler", "Bogus")
+    assert err.value.field == "scheduler"
+    with pytest.raises(InvalidRequest) as err:  # Euler a has no Karras option in diffusers: refuse, don't ignore
+        reg.resolve("Euler a", "Karras")
+    assert err.value.field == "scheduler" and "Automatic" in err.value.message
+
+
+def test_extensions_add_samplers(base_config):
+    from diffusers import EulerDiscreteScheduler
+
+    reg = SamplerRegistry()
+    reg.add(SamplerSpec("My Euler", EulerDiscreteScheduler, {"timestep_spacing": "trailing"}))
+    assert "My Euler" in reg.names()
+    assert reg.make_scheduler("My Euler", base_config).config.timestep_spacing == "trailing"
