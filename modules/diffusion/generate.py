@@ -2,8 +2,9 @@
 
 The order of one job, as in A1111's process_images:
   before_generate hook → checkpoint → LoRAs from the prompt → for each batch (batch count):
-  encode prompts, sample (txt2img.py / img2img.py / inpaint.py), stop on interrupt, go on
-  after skip → after_generate hook → save each PNG → on_image_saved hook.
+  encode prompts, sample (txt2img.py / img2img.py / inpaint.py), after_generate hook, save
+  each PNG, on_image_saved hook; stop on interrupt, go on after skip.
+Hooks run here, on the job worker, never in the UI event loop.
 """
 from __future__ import annotations
 
@@ -47,14 +48,14 @@ def run_img2img(studio: "Studio", ctx: JobContext, req) -> GenerationResult:
 
 
 def _run(studio: "Studio", ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
-    req = studio.hooks.filter("before_generate", req)
+    req = studio.hooks.before_generate(req)
     validate_for_submit(studio, req)
     spec, schedule = studio.samplers.resolve(req.sampler_name, req.scheduler)
     plan = SeedPlan.for_request(req.seed, req.subseed, req.subseed_strength, req.n_iter * req.batch_size)
     is_hires = bool(req.enable_hr) and not isinstance(req, Img2ImgRequest)
     _, lora_list = prompts.extract_loras(req.prompt)
     settings = studio.settings.get()
-    images, indices = [], []
+    images: list = []
     with studio.models.checkpoint(req.checkpoint_override) as ckpt, _loras(studio, ckpt, lora_list) as applied:
         run = Run(studio=studio, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name, schedule=schedule,
                   clip_skip=_clip_skip(req, settings),
@@ -70,16 +71,17 @@ def _run(studio: "Studio", ctx: JobContext, req, make_batch, outdir: str) -> Gen
                 run.conditioning = cond.kwargs
                 return make_batch(run, _iteration)
 
-            images += _retry_on_oom(studio, ckpt, one_batch)
-            indices += list(batch_range)
+            made = _retry_on_oom(studio, ckpt, one_batch)
+            batch = results.batch_result(run, made, list(batch_range), req.prompt, req.negative_prompt, applied)
+            batch = studio.hooks.after_generate(batch)  # extensions post-process before the save
+            for generated in batch.images:
+                if req.save_images:  # each batch is on disk before the next starts
+                    generated.path = studio.outputs.save_png(generated.image, outdir, generated.seed, generated.infotext)
+                    studio.hooks.image_saved(generated)
+                images.append(generated)
             ctx.take_skip()  # a skip finished this batch early; the next one starts fresh
-        result = results.build(run, images, indices, req.prompt, req.negative_prompt, applied)
-    result.interrupted = ctx.interrupted
-    result = studio.hooks.filter("after_generate", result)
-    if req.save_images:
-        for generated in result.images:
-            generated.path = studio.outputs.save_png(generated.image, outdir, generated.seed, generated.infotext)
-            studio.hooks.notify("on_image_saved", generated)
+        result = GenerationResult(images=images, request=req, interrupted=ctx.interrupted,
+                                  info=results.info(run, images, req.prompt, req.negative_prompt))
     return result
 
 

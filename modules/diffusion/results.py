@@ -57,20 +57,24 @@ def _num(value):
     return int(value) if float(value).is_integer() else value
 
 
-def build(run: Run, images: list, indices: list[int], prompt: str, negative: str, loras: list) -> GenerationResult:
-    req = run.req
-    result = GenerationResult(request=req)
+def batch_result(run: Run, images: list, indices: list[int], prompt: str, negative: str, loras: list) -> GenerationResult:
+    """The images of one batch with their infotexts (before after_generate and saving)."""
+    result = GenerationResult(request=run.req)
     for image, i in zip(images, indices):
         text = infotext.build(prompt, negative, image_params(run, i, loras))
         result.images.append(GeneratedImage(image=image, infotext=text, seed=run.plan.seeds[i], subseed=run.plan.subseeds[i]))
-    entry = run.ckpt.entry
-    n = len(result.images)
-    first = indices[0] if indices else 0
-    result.info = {
+    return result
+
+
+def info(run: Run, images: list[GeneratedImage], prompt: str, negative: str) -> dict:
+    """A1111's `info` object (the /sdapi/v1 responses carry it as JSON)."""
+    req, entry, n = run.req, run.ckpt.entry, len(images)
+    seeds, subseeds = [g.seed for g in images], [g.subseed for g in images]
+    out = {
         "prompt": prompt, "all_prompts": [prompt] * n,
         "negative_prompt": negative, "all_negative_prompts": [negative] * n,
-        "seed": run.plan.seeds[first], "all_seeds": [run.plan.seeds[i] for i in indices],
-        "subseed": run.plan.subseeds[first], "all_subseeds": [run.plan.subseeds[i] for i in indices],
+        "seed": seeds[0] if seeds else run.plan.seeds[0], "all_seeds": seeds,
+        "subseed": subseeds[0] if subseeds else run.plan.subseeds[0], "all_subseeds": subseeds,
         "subseed_strength": run.plan.subseed_strength,
         "width": req.width, "height": req.height,
         "sampler_name": run.sampler, "scheduler": run.schedule, "cfg_scale": req.cfg_scale, "steps": req.steps,
@@ -80,14 +84,15 @@ def build(run: Run, images: list, indices: list[int], prompt: str, negative: str
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": req.denoising_strength if isinstance(req, Img2ImgRequest) or req.enable_hr else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
-        "infotexts": [g.infotext for g in result.images], "styles": list(req.styles),
+        "infotexts": [g.infotext for g in images], "styles": list(req.styles),
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": run.clip_skip,
         "is_using_inpainting_conditioning": False, "version": VERSION,
     }
-    if result.images:
-        params = infotext.parse(result.images[0].infotext)
-        result.info["extra_generation_params"] = {
-            k: v for k, v in params.items()
-            if k not in ("Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1",
-                         "Size-2", "Model hash", "Model", "Version")}
-    return result
+    if images:
+        params = infotext.parse(images[0].infotext)
+        out["extra_generation_params"] = {k: v for k, v in params.items() if k not in _BASE_KEYS}
+    return out
+
+
+_BASE_KEYS = ("Prompt", "Negative prompt", "Steps", "Sampler", "CFG scale", "Seed", "Size", "Size-1", "Size-2",
+              "Model hash", "Model", "Version")
