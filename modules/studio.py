@@ -79,10 +79,15 @@ class Studio:
     def load(self) -> None:
         """The heavy part: device, demo model, the default checkpoint. Safe to call once."""
         try:
+            from modules import atomic
             from modules.devices import choose_device
             from modules.models.demo import ensure_demo_checkpoint
             from modules.models.manager import ModelManager
 
+            # A kill -9 mid-write leaves `.name.xxx.tmp` files (the real files were never touched): clean them.
+            atomic.remove_stale_temporaries(self.paths.outputs)
+            for tmp in self.paths.root.glob(f".{self.paths.config_file.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
             self.device = choose_device(self.options.device)
             if self.options.build_demo:
                 ensure_demo_checkpoint(self.paths.model_dir("checkpoint"))
