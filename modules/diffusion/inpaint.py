@@ -127,6 +127,14 @@ def _latent_fill(run: Run, pipe, preps: list[Prepared], gens: list, mode: int):
     return latents * (1 - m)
 
 
+def _masked(prep: Prepared):
+    """The picture with the masked area grey (0 after normalising), as diffusers prepares it for 9-channel UNets."""
+    from PIL import Image
+
+    hard = prep.work_mask.convert("L").point(lambda v: 255 if v >= 128 else 0)
+    return Image.composite(Image.new("RGB", prep.work_image.size, (128, 128, 128)), prep.work_image.convert("RGB"), hard)
+
+
 def batch(run: Run, iteration: int, inits: list) -> list:
     req = run.req
     preps = [prepare(req, im) for im in inits]
@@ -139,7 +147,10 @@ def batch(run: Run, iteration: int, inits: list) -> list:
     extra = {}
     if req.inpainting_fill in (2, 3):
         image = _latent_fill(run, pipe, preps, gens, req.inpainting_fill)
-        extra["masked_image_latents"] = image  # only its shape matters to a 4-channel UNet
+        if pipe.unet.config.in_channels == 9:  # an inpainting model is conditioned on the masked original
+            extra["masked_image_latents"] = sampling.encode(pipe, [_masked(p) for p in preps], gens)
+        else:
+            extra["masked_image_latents"] = image  # only its shape matters to a 4-channel UNet
     elif req.inpainting_fill == 0:
         image = [fill(p.work_image, p.work_mask) for p in preps]
     else:

@@ -76,12 +76,26 @@ def call(run: Run, pipe, part: int, steps_hint: int, **kwargs):
                     callback_on_step_end_tensor_inputs=["latents"])
 
 
+@contextlib.contextmanager
+def _vae_precision(vae):
+    """SDXL's VAE overflows in fp16 (config.force_upcast): run it in fp32 meanwhile, as the pipelines do."""
+    import torch
+
+    upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.to(torch.float32)
+    try:
+        yield vae
+    finally:
+        if upcast:
+            vae.to(torch.float16)
+
+
 def decode(pipe, latents) -> list:
     """Latents (as a pipeline returns them with output_type="latent") → PIL images."""
     import torch
 
-    vae = pipe.vae
-    with torch.no_grad():
+    with torch.no_grad(), _vae_precision(pipe.vae) as vae:
         scaled = latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor
         if getattr(vae.config, "shift_factor", None):
             scaled = scaled + vae.config.shift_factor
@@ -93,11 +107,11 @@ def encode(pipe, images: list, generators: list):
     """PIL images → latents scaled as the pipelines use them (one draw from each generator)."""
     import torch
 
-    vae = pipe.vae
-    pixels = pipe.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
-    with torch.no_grad():
+    with torch.no_grad(), _vae_precision(pipe.vae) as vae:
+        pixels = pipe.image_processor.preprocess(images).to(device=vae.device, dtype=vae.dtype)
         out = [vae.encode(pixels[i:i + 1]).latent_dist.sample(generator=g) for i, g in enumerate(generators)]
     latents = torch.cat(out)
-    if getattr(vae.config, "shift_factor", None):
-        latents = latents - vae.config.shift_factor
-    return latents * vae.config.scaling_factor
+    if getattr(pipe.vae.config, "shift_factor", None):
+        latents = latents - pipe.vae.config.shift_factor
+    dtype = pipe.unet.dtype if getattr(pipe, "unet", None) is not None else latents.dtype
+    return (latents * pipe.vae.config.scaling_factor).to(dtype)
