@@ -49,12 +49,12 @@ def b64_of(image, fmt: str = "PNG") -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def assert_json_error(response, low: int = 400, high: int = 499) -> dict:
+def assert_json_error(response, low: int = 400, high: int = 499, case=None) -> dict:
     """A refusal: a 4xx with a JSON body {"error", "detail", "field"?}, never a 500 or HTML."""
-    assert low <= response.status_code <= high, (response.status_code, response.text[:500])
+    assert low <= response.status_code <= high, (str(case)[:200], response.status_code, response.text[:300])
     assert response.headers.get("content-type", "").startswith("application/json"), response.text[:200]
     body = response.json()
-    assert isinstance(body, dict) and body.get("error") and body.get("detail"), body
+    assert isinstance(body, dict) and body.get("error") and body.get("detail"), (str(case)[:200], body)
     return body
 
 

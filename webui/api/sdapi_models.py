@@ -6,6 +6,7 @@ the registry (what is on disk); switching the model goes through the job queue.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
@@ -106,7 +107,8 @@ def add_routes(r, studio, waiter: Waiter) -> None:
         Options Atelier does not have are ignored and named in the X-Atelier-Ignored-Options header."""
         body = await read_json_object(request)
         ignored = await _apply_options(studio, waiter, body, _checkpoint_entry)
-        headers = {"X-Atelier-Ignored-Options": ",".join(ignored)[:2000]} if ignored else None
+        # json.dumps escapes to ASCII: a header cannot carry other bytes or line breaks.
+        headers = {"X-Atelier-Ignored-Options": json.dumps(ignored)[:2000]} if ignored else None
         return JSONResponse(None, headers=headers)
 
     @r.get("/cmd-flags")
