@@ -100,7 +100,9 @@ def _loras(studio: "Studio", ckpt, wanted: list[tuple[str, float]]):
         return
     apply = getattr(studio.models, "loras", None)
     if apply is None:
-        raise InvalidRequest("this build cannot apply LoRAs yet; remove the <lora:…> tags", "prompt")
+        names = ", ".join(name for name, _ in wanted)
+        raise InvalidRequest(f"LoRAs cannot be applied by this model manager yet ({names}); remove the <lora:…> tags",
+                             "prompt")
     with apply(ckpt, wanted) as applied:
         yield list(applied)
 

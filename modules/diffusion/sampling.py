@@ -57,10 +57,11 @@ def using_scheduler(pipe, scheduler):
 def call(run: Run, pipe, part: int, steps_hint: int, **kwargs):
     """Call `pipe` with progress every step, a preview every N steps, and stop on interrupt/skip."""
     ctx = run.ctx
+    text = f"batch {part // run.passes + 1}/{run.req.n_iter}" + (", hires pass" if part % run.passes else "")
 
     def on_step(p, i, t, tensors):
         total = getattr(p, "_num_timesteps", None) or steps_hint
-        ctx.progress(i + 1, total, part=part)
+        ctx.progress(i + 1, total, part=part, text=text)
         if preview.wanted(i + 1, run.preview_every) and "latents" in tensors:
             image = preview.latents_to_image(tensors["latents"], run.arch)
             if image is not None:
