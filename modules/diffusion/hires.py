@@ -10,7 +10,12 @@ from modules.diffusion import sampling, seeds
 from modules.diffusion.sampling import Run
 from modules.errors import InvalidRequest
 
-LATENT_MODES = {"Latent": "bilinear", "Latent (nearest)": "nearest"}
+# A1111's latent upscale modes: (torch interpolate mode, antialias)
+LATENT_MODES = {
+    "Latent": ("bilinear", False), "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False), "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False),
+}
 PIXEL_MODES = {"Lanczos": "LANCZOS", "Nearest": "NEAREST", "None": "LANCZOS"}
 HR_UPSCALERS = tuple(LATENT_MODES) + tuple(PIXEL_MODES)
 DEFAULT_DENOISING = 0.7  # A1111's default for the hires pass
@@ -18,8 +23,8 @@ DEFAULT_DENOISING = 0.7  # A1111's default for the hires pass
 
 def check(req) -> None:
     if req.enable_hr and req.hr_upscaler not in HR_UPSCALERS:
-        raise InvalidRequest(f"unknown hires upscaler {req.hr_upscaler!r}; choose one of: {', '.join(HR_UPSCALERS)}",
-                             "hr_upscaler")
+        raise InvalidRequest(f"unknown hires upscaler {req.hr_upscaler!r} (upscaler models such as ESRGAN are not "
+                             f"supported yet); choose one of: {', '.join(HR_UPSCALERS)}", "hr_upscaler")
 
 
 def denoising(req) -> float:
@@ -48,7 +53,8 @@ def second_pass(run: Run, latents, iteration: int) -> list:
     strength = denoising(req)
     if req.hr_upscaler in LATENT_MODES:
         factor = pipe.vae_scale_factor
-        image = F.interpolate(latents, size=(height // factor, width // factor), mode=LATENT_MODES[req.hr_upscaler])
+        mode, antialias = LATENT_MODES[req.hr_upscaler]
+        image = F.interpolate(latents, size=(height // factor, width // factor), mode=mode, antialias=antialias)
     else:
         resample = getattr(Image.Resampling, PIXEL_MODES[req.hr_upscaler])
         image = [im.resize((width, height), resample) for im in sampling.decode(pipe, latents)]

@@ -106,7 +106,7 @@ def test_infotext_of_a_real_job_round_trips(studio):
     assert np.array_equal(pixels(again.result.images[0]), pixels(g))
 
 
-@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos", "Nearest", "None"])
+@pytest.mark.parametrize("upscaler", ["Latent", "Latent (bicubic antialiased)", "Lanczos", "Nearest", "None"])
 def test_hires_fix_upscalers(studio, upscaler):
     job = run(studio, req(steps=3, enable_hr=True, hr_upscaler=upscaler, hr_resize_x=96, hr_resize_y=80))
     assert job.result.images[0].image.size == (96, 80)
