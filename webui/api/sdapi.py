@@ -37,11 +37,10 @@ def router(studio):
         req = await run_in_threadpool(parse_request, cls, body)
         await ensure_ready(studio, waiter)
         _refuse_unsupported(body)
-        studio.samplers.resolve(req.sampler_name, req.scheduler)  # refuse a bad sampler/schedule before queueing
         override = req.checkpoint_override
         if override:
             _checkpoint_entry(studio, override, "override_settings.sd_model_checkpoint")
-        job = studio.submit(_job_kind(studio, kind, req), req)
+        job = studio.submit(_job_kind(studio, kind, req), req)  # validates samplers, upscalers, LoRAs first
         await waiter.job(job)
         job.raise_for_error()
         return await run_in_threadpool(_generation_response, job, req, body)

@@ -17,8 +17,6 @@ from webui.api.common import Waiter, ensure_ready, read_json_object
 # A1111's scheduler list (name, label); used when the sampler registry does not list its own.
 _A1111_SCHEDULERS = [("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"),
                      ("exponential", "Exponential")]
-_LATENT_MODES = ["Latent", "Latent (antialiased)", "Latent (bicubic)", "Latent (bicubic antialiased)",
-                 "Latent (nearest)", "Latent (nearest-exact)"]
 _SECRET_FLAGS = ("gradio_auth", "api_auth")
 # Settings whose value becomes a path under outputs/: refused if they would leave it.
 _OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples")
@@ -52,12 +50,16 @@ def add_routes(r, studio, waiter: Waiter) -> None:
 
     @r.get("/upscalers")
     def upscalers():
-        names = _call(studio, "upscaler_names") or ["None", "Lanczos", "Nearest"]
-        return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0} for n in names]
+        from modules.diffusion import hires
+
+        return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
+                for n in hires.PIXEL_MODES]
 
     @r.get("/latent-upscale-modes")
     def latent_upscale_modes():
-        return [{"name": n} for n in (_call(studio, "latent_upscale_modes") or _LATENT_MODES)]
+        from modules.diffusion import hires
+
+        return [{"name": n} for n in hires.LATENT_MODES]
 
     @r.get("/loras")
     def loras():
@@ -151,7 +153,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
 
     @r.get("/prompt-styles")
     def prompt_styles():
-        return _call(studio, "prompt_styles") or []
+        return []
 
     @r.get("/hypernetworks")
     def hypernetworks():
@@ -174,11 +176,6 @@ def _schedulers(studio) -> list[dict]:
     pairs = [(api, label) for label, api in names.items()] if names else _A1111_SCHEDULERS
     return [{"name": n, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
             for n, label in pairs]
-
-
-def _call(obj, name: str):
-    fn = getattr(obj, name, None)
-    return fn() if callable(fn) else None
 
 
 async def _apply_options(studio, waiter: Waiter, body: dict, checkpoint_entry) -> list[str]:
