@@ -92,6 +92,9 @@ FIELD_FOR_KEY = {
     "Hires steps": ("hr_second_pass_steps", int),
     "Hires upscaler": ("hr_upscaler", str),
     "Mask blur": ("mask_blur", int),
+    "Masked area padding": ("inpaint_full_res_padding", int),
+    "Hires resize-1": ("hr_resize_x", int),
+    "Hires resize-2": ("hr_resize_y", int),
 }
 
 
@@ -104,8 +107,10 @@ def to_request_fields(parsed: dict) -> dict:
                 fields[name] = cast(parsed[key])
             except (TypeError, ValueError):
                 continue
-    if "Hires upscale" in parsed or "Hires upscaler" in parsed:
+    if "Hires upscale" in parsed or "Hires upscaler" in parsed or "Hires resize" in parsed:
         fields["enable_hr"] = True
+    if parsed.get("Inpaint area") == "Only masked":
+        fields["inpaint_full_res"] = True
     if "Model" in parsed:
         fields.setdefault("override_settings", {})["sd_model_checkpoint"] = parsed["Model"]
     return fields

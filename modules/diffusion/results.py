@@ -46,6 +46,9 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         params["Hires upscaler"] = req.hr_upscaler
     if img2img and req.is_inpaint:
         params["Mask blur"] = req.mask_blur
+        if req.inpaint_full_res:
+            params["Inpaint area"] = "Only masked"
+            params["Masked area padding"] = req.inpaint_full_res_padding
     if loras:
         params["Lora hashes"] = ", ".join(f"{a.entry.name}: {a.entry.short_hash or ''}" for a in loras)
     params["Version"] = VERSION

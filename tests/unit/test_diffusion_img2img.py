@@ -85,6 +85,11 @@ def test_inpaint_leaves_pixels_outside_the_mask_exactly(studio, picture, mask, f
     assert np.array_equal(out[outside], orig[outside])
     assert np.abs(out[26:38, 26:38] - orig[26:38, 26:38]).mean() > 5
     assert "Mask blur: 2" in res.images[0].infotext
+    if full_res:
+        from modules.diffusion import infotext
+
+        fields = infotext.to_request_fields(infotext.parse(res.images[0].infotext))
+        assert fields["inpaint_full_res"] and fields["inpaint_full_res_padding"] == 8 and fields["mask_blur"] == 2
 
 
 def test_inverted_rgba_mask(studio, picture, mask):
