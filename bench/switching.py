@@ -1,0 +1,214 @@
+"""Figure 3: model switching on SD1.5-size checkpoints, through the model manager's public methods.
+
+- cached switch: A <-> B with both kept in the RAM cache (target < 0.5 s on CPU);
+- cold switch vs a plain safetensors load of the same files (target <= 1.3x), with the
+  cache limited to one checkpoint and three names cycled, so every switch reads the disk;
+- peak resident memory during the cold switches (reported);
+- LoRA apply + remove of a rank-16 kohya LoRA (target < 0.2 s);
+- txt2img with that LoRA active vs without, through the job engine (target <= 1.05x).
+The checkpoints are hard links of one random-weights SD1.5 folder (same bytes, other names).
+"""
+from __future__ import annotations
+
+import gc
+import os
+import statistics
+from pathlib import Path
+
+from bench.common import Figure, ratios, side_by_side, sync, timed
+
+LORA_NAME = "bench-lora-r16"
+T_CACHED, T_COLD, T_LORA, T_LORA_GEN = "< 0.5 s", "<= 1.3x plain safetensors", "< 0.2 s", "<= 1.05x"
+
+
+def _plain_load(folder: Path, device: str) -> None:
+    """What a cold switch cannot beat: read every safetensors file of the checkpoint onto the device."""
+    from safetensors.torch import load_file
+
+    tensors = [t for f in sorted(folder.rglob("*.safetensors")) for t in load_file(str(f), device=device).values()]
+    _touch(tensors, device)
+    del tensors
+
+
+def _touch(tensors, device: str) -> None:
+    """Read one value per 4 KiB page of every CPU tensor. safetensors maps files lazily, so a
+    "load" can return in milliseconds and pay the reading at the first generation instead; both
+    sides of every switch figure are timed until the weights are really in memory."""
+    if device != "cpu":
+        sync(device)
+        return
+    for t in tensors:
+        if t.numel():
+            t.detach().reshape(-1)[:: max(1, 4096 // t.element_size())].sum()
+
+
+def _switch(models, name: str, device: str) -> None:
+    import torch
+
+    ckpt = models.load(name)
+    modules = [m for m in ckpt.pipe.components.values() if isinstance(m, torch.nn.Module)]
+    _touch([t for m in modules for t in (*m.parameters(), *m.buffers())], device)
+
+
+def _rss() -> int:
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def run(device: str, quick: bool, log=print) -> list[Figure]:
+    from bench.lora_file import ensure_lora
+    from bench.sd15 import ensure_sd15_folder
+    from bench.server import RssSampler
+    from bench.studio_setup import make_data_dir, open_studio
+
+    src = ensure_sd15_folder(log)
+    names = [f"{src.name}-{c}" for c in "abc"]
+    data = make_data_dir(name="switching")
+    from bench.sd15 import link_copy
+
+    for n in names:
+        link_copy(src, data / "models" / "Stable-diffusion" / n)
+    ensure_lora(src, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")
+    reps = 3 if quick else 6
+    figures: list[Figure] = []
+    studio = None
+    try:
+        studio = open_studio(data, device)
+        models = studio.models
+
+        # -- cached switches ------------------------------------------------
+        try:
+            studio.settings.update({"sd_checkpoints_limit": 2, "sd_checkpoint_cache_gb": 64.0})
+            _switch(models, names[0], device), _switch(models, names[1], device)  # both now in the cache
+            log(f"  cached switch: {2 * reps} switches between two SD1.5-size checkpoints …")
+            ta, tb = side_by_side(lambda: _switch(models, names[0], device), lambda: _switch(models, names[1], device),
+                                  reps, device, warmup=0)
+            figures.append(Figure.from_samples("switch_cached", "cached checkpoint switch, SD1.5 size", ta + tb,
+                                               unit="s", target=T_CACHED, ok=lambda s: s < 0.5))
+        except Exception as exc:
+            figures.append(Figure.missing("switch_cached", "cached checkpoint switch, SD1.5 size", _why(exc), T_CACHED))
+
+        # -- cold switches vs plain safetensors, and the memory they take ---
+        try:
+            studio.settings.update({"sd_checkpoints_limit": 1, "sd_checkpoint_cache_gb": 0.0})
+            gc.collect()
+            cycle = iter(range(10**6))
+            cold = lambda: _switch(models, names[next(cycle) % 3], device)
+            plain = lambda: _plain_load(src, device)
+            models.load(names[2])
+            log(f"  cold switch: {reps} cold switches alternating with {reps} plain safetensors loads …")
+            ta, tb = side_by_side(cold, plain, reps, device, warmup=0)
+            gc.collect()
+            before = _rss()
+            if device.startswith("cuda"):
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+            with RssSampler(os.getpid(), 0.02) as sampler:  # the manager's switches alone
+                for _ in range(3):
+                    cold()
+            size = sum(f.stat().st_size for f in src.rglob("*.safetensors"))
+            figures.append(Figure.from_samples("switch_cold", "cold checkpoint switch vs plain safetensors load",
+                                               ratios(ta, tb), target=T_COLD, ok=lambda r: r <= 1.3,
+                                               cold_s=_spread(ta), plain_s=_spread(tb)))
+            figures.append(Figure("switch_peak_mem", "peak RSS growth while cold-switching, in checkpoints", "x",
+                                  None, round((sampler.peak - before) / size, 3) if device == "cpu" else None, None,
+                                  "— (reported)", None, None,
+                                  {"rss_before_mib": round(before / 2**20), "peak_rss_mib": round(sampler.peak / 2**20),
+                                   "checkpoint_mib": round(size / 2**20), **_gpu_peak(device)}))
+        except Exception as exc:
+            figures.append(Figure.missing("switch_cold", "cold checkpoint switch vs plain safetensors load", _why(exc), T_COLD))
+            figures.append(Figure.missing("switch_peak_mem", "peak RSS while switching", _why(exc)))
+
+        # -- LoRA apply + remove, and generation with it ---------------------
+        figures += _lora_figures(studio, names[0], device, quick, log)
+    except Exception as exc:
+        why = _why(exc)
+        for key, title, target in (("switch_cached", "cached checkpoint switch, SD1.5 size", T_CACHED),
+                                   ("switch_cold", "cold checkpoint switch vs plain safetensors load", T_COLD),
+                                   ("switch_peak_mem", "peak RSS while switching", ""),
+                                   ("lora_apply_remove", "LoRA rank 16 apply + remove, SD1.5", T_LORA),
+                                   ("lora_generation", "txt2img with LoRA active vs without", T_LORA_GEN)):
+            if not any(f.key == key for f in figures):
+                figures.append(Figure.missing(key, title, why, target))
+    finally:
+        if studio is not None:
+            studio.shutdown()
+        import shutil
+
+        shutil.rmtree(data, ignore_errors=True)
+    return figures
+
+
+def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> list[Figure]:
+    import numpy as np
+
+    from modules.diffusion.params import Txt2ImgRequest
+    from modules.jobs import JobState
+
+    out = []
+    title_a, title_g = "LoRA rank 16 apply + remove, SD1.5", "txt2img with LoRA active vs without, SD1.5 256x256"
+    reps = 5 if quick else 10
+    try:
+        studio.registry.refresh()
+        loras = getattr(studio.models, "loras", None)
+        if loras is None:
+            raise RuntimeError("the model manager has no loras() method yet")
+        studio.settings.update({"sd_checkpoints_limit": 2, "sd_checkpoint_cache_gb": 64.0})
+        ckpt = studio.models.load(checkpoint)
+
+        def apply_remove():
+            with loras(ckpt, [(LORA_NAME, 1.0)]):
+                pass
+
+        apply_remove()
+        log(f"  LoRA: {reps} apply + remove cycles …")
+        times = [timed(apply_remove, device) for _ in range(reps)]
+        out.append(Figure.from_samples("lora_apply_remove", title_a, times, unit="s", target=T_LORA, ok=lambda s: s < 0.2))
+    except Exception as exc:
+        out.append(Figure.missing("lora_apply_remove", title_a, _why(exc), T_LORA))
+    try:
+        steps, greps = (2, 3) if quick else (8, 5)
+        images = {}
+
+        def gen(tag: str):
+            def go():
+                req = Txt2ImgRequest(prompt="a lighthouse at dusk" + tag, steps=steps, width=256, height=256, seed=7,
+                                     sampler_name="Euler a", save_images=False,
+                                     override_settings={"sd_model_checkpoint": checkpoint})
+                job = studio.jobs.run("txt2img", req)
+                if job.state != JobState.DONE:
+                    raise RuntimeError(f"txt2img ended {job.state.value}: {job.error}")
+                images[bool(tag)] = np.asarray(job.result.images[0].image)
+            return go
+
+        log(f"  LoRA: {greps} generations with the LoRA alternating with {greps} without …")
+        ta, tb = side_by_side(gen(f" <lora:{LORA_NAME}:1>"), gen(""), greps, device)
+        changed = not np.array_equal(images[True], images[False])
+        fig = Figure.from_samples("lora_generation", title_g, ratios(ta, tb), target=T_LORA_GEN,
+                                  ok=lambda r: r <= 1.05, with_lora_s=_spread(ta), without_s=_spread(tb),
+                                  lora_changed_image=changed, steps=steps)
+        if not changed:
+            fig.met = False
+            fig.detail["problem"] = "the LoRA did not change the image: it was not applied"
+        out.append(fig)
+    except Exception as exc:
+        out.append(Figure.missing("lora_generation", title_g, _why(exc), T_LORA_GEN))
+    return out
+
+
+def _gpu_peak(device: str) -> dict:
+    if not device.startswith("cuda"):
+        return {}
+    import torch
+
+    return {"cuda_peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
+
+
+def _spread(xs: list[float]) -> dict:
+    return {"min": round(min(xs), 4), "median": round(statistics.median(xs), 4), "max": round(max(xs), 4)}
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:400]
