@@ -100,10 +100,14 @@ class Chunk:
     weights: list[float] = field(default_factory=list)
 
 
-def tokenize_chunks(tokenizer, text: str) -> list[Chunk]:
-    """The prompt's tokens (no BOS/EOS) cut into chunks of at most 75, with per-token weights."""
+def tokenize_chunks(tokenizer, text: str, convert=None) -> list[Chunk]:
+    """The prompt's tokens (no BOS/EOS) cut into chunks of at most 75, with per-token weights.
+
+    `convert` is diffusers' `maybe_convert_prompt`: it expands a multi-vector textual-inversion
+    token ("style" -> "style style_1 style_2") once embeddings are loaded into the pipeline.
+    """
     runs = [(t, w) for t, w in parse_attention(text)]
-    texts = [t for t, w in runs if w != -1]
+    texts = [convert(t, tokenizer) if convert else t for t, w in runs if w != -1]
     ids_per_run = iter(tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"] if texts else [])
     comma = tokenizer.convert_tokens_to_ids(",</w>")
     chunks: list[Chunk] = []
@@ -243,7 +247,8 @@ def _encode_sd(pipe, prompts, negatives, clip_skip):
 
     tok, enc = pipe.tokenizer, pipe.text_encoder
     layer = clip_skip if clip_skip and clip_skip > 1 else None
-    chunked = _pad_chunks([tokenize_chunks(tok, t) for t in prompts + negatives])
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    chunked = _pad_chunks([tokenize_chunks(tok, t, convert) for t in prompts + negatives])
     encoded = _unique_encode(prompts + negatives, chunked, lambda c: _encode_chunks(tok, enc, c, layer, True)[0])
     pos = torch.cat(encoded[: len(prompts)])
     neg = torch.cat(encoded[len(prompts):])
@@ -257,10 +262,12 @@ def _encode_sdxl(pipe, prompts, negatives, clip_skip):
     layer = max(clip_skip or 1, 1) + 1
     pairs = [(t, e) for t, e in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)) if e is not None]
     texts = prompts + negatives
-    chunk_count = max(len(tokenize_chunks(pairs[0][0], t)) for t in texts)
+    convert = getattr(pipe, "maybe_convert_prompt", None)
+    chunk_count = max(len(tokenize_chunks(pairs[0][0], t, convert)) for t in texts)
 
     def encode_all(tok, enc):
-        chunked = [c + [Chunk() for _ in range(chunk_count - len(c))] for c in (tokenize_chunks(tok, t) for t in texts)]
+        chunked = [c + [Chunk() for _ in range(chunk_count - len(c))]
+                   for c in (tokenize_chunks(tok, t, convert) for t in texts)]
         return _unique_encode(texts, chunked, lambda c: _encode_chunks(tok, enc, c, layer, False))
 
     per_encoder = [encode_all(t, e) for t, e in pairs]

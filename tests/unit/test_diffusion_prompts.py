@@ -97,3 +97,14 @@ def test_batch_of_prompts_stacks(pipe):
     cond = prompts.encode(pipe, ["a cat", "a cat"], ["", ""])
     assert cond.kwargs["prompt_embeds"].shape[0] == 2
     assert torch.equal(cond.kwargs["prompt_embeds"][0], cond.kwargs["prompt_embeds"][1])
+
+
+def test_textual_inversion_tokens_expand_as_diffusers_does():
+    from modules.models.demo import build_sd15_pipeline
+
+    pipe = build_sd15_pipeline()
+    pipe.load_textual_inversion({"emb_params": torch.randn(3, 32)}, token="mystyle")  # a 3-vector embedding
+    cond = prompts.encode(pipe, ["a mystyle cat"], [""])
+    pos, _ = pipe.encode_prompt("a mystyle cat", "cpu", 1, True, "")
+    assert torch.equal(cond.kwargs["prompt_embeds"], pos)
+    assert not torch.equal(pos, prompts.encode(pipe, ["a cat"], [""]).kwargs["prompt_embeds"])
