@@ -207,3 +207,9 @@ def test_bad_parameters_are_refused_before_queueing(studio):
         assert len(studio.jobs._jobs) == pending  # nothing was queued
     job = studio.jobs.run("txt2img", req(clip_skip=12), timeout=60)  # depends on the model: refused by the job
     assert job.state == JobState.FAILED and job.error_field == "clip_skip" and job.error_status == 422
+
+
+def test_an_unknown_lora_is_an_error_never_a_silent_no_op(studio):
+    job = studio.jobs.run("txt2img", req(prompt="a cat <lora:no-such-lora:0.7>"), timeout=60)
+    assert job.state == JobState.FAILED and 400 <= job.error_status < 500
+    assert "no-such-lora" in job.error
