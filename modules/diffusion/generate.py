@@ -27,7 +27,7 @@ def validate_for_submit(studio: "Studio", req: GenerationRequest) -> None:
     if not isinstance(req, GenerationRequest):
         return
     studio.samplers.resolve(req.sampler_name, req.scheduler)
-    hires.check(req)
+    hires.check(studio, req)
     prompts.extract_loras(req.prompt)  # a malformed <lora:…> weight is refused now, not mid-queue
     if isinstance(req, Img2ImgRequest) and req.mask is not None:
         init = req.init_images[0]

@@ -6,7 +6,7 @@ and hand them to img2img as latents; pixel upscalers decode, resize, and re-enco
 """
 from __future__ import annotations
 
-from modules.diffusion import sampling, seeds
+from modules.diffusion import prompts, sampling, seeds
 from modules.diffusion.sampling import Run
 from modules.errors import InvalidRequest
 
@@ -21,10 +21,29 @@ HR_UPSCALERS = tuple(LATENT_MODES) + tuple(PIXEL_MODES)
 DEFAULT_DENOISING = 0.7  # A1111's default for the hires pass
 
 
-def check(req) -> None:
-    if req.enable_hr and req.hr_upscaler not in HR_UPSCALERS:
+def check(studio, req) -> None:
+    if not req.enable_hr:
+        return
+    if req.hr_upscaler not in HR_UPSCALERS:
         raise InvalidRequest(f"unknown hires upscaler {req.hr_upscaler!r} (upscaler models such as ESRGAN are not "
                              f"supported yet); choose one of: {', '.join(HR_UPSCALERS)}", "hr_upscaler")
+    try:
+        sampler(studio, req)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, {"sampler_name": "hr_sampler_name", "scheduler": "hr_scheduler"}.get(exc.field, exc.field)) from None
+
+
+def sampler(studio, req) -> tuple[str, str]:
+    """The hires pass's (sampler, schedule type): A1111's hr_sampler_name / hr_scheduler, empty = the first pass's."""
+    same = req.hr_sampler_name in ("", "Use same sampler")
+    name = req.sampler_name if same else req.hr_sampler_name
+    schedule = req.scheduler if req.hr_scheduler in ("", "Use same scheduler") else req.hr_scheduler
+    spec, label = studio.samplers.resolve(name, schedule)
+    return spec.name, label
+
+
+def prompts_of(req) -> tuple[str, str]:
+    return req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
 
 
 def denoising(req) -> float:
@@ -62,8 +81,14 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         return sampling.decode(pipe, image) if not isinstance(image, list) else image
     gens = seeds.generators(run.plan, run.batch_indices(iteration))  # A1111 re-seeds the hires noise
     n = steps(req)
+    conditioning = None
+    if prompts_of(req) != (req.prompt, req.negative_prompt):
+        size = len(run.batch_indices(iteration))
+        positive, negative = prompts_of(req)
+        conditioning = prompts.encode(pipe, [positive] * size, [negative] * size, run.clip_skip, run.arch).kwargs
     out = sampling.call(
         run, run.ckpt.pipeline("img2img"), part=iteration * run.passes + 1, steps_hint=int(n * strength),
+        sampler=sampler(run.studio, req), conditioning=conditioning,
         image=image, strength=strength, num_inference_steps=img2img_steps(n, strength),
         guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
     )

@@ -57,6 +57,10 @@ class GenerationRequest(BaseModel):
     hr_second_pass_steps: int = Field(0, ge=0, le=150, description="0: same as steps")
     hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE)
     hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_sampler_name: str = Field("", max_length=64, description="hires pass sampler; empty: the same as the first pass")
+    hr_scheduler: str = Field("", max_length=64, description="hires pass schedule type; empty: the same")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass prompt; empty: the same")
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass negative prompt; empty: the same")
     override_settings: dict[str, Any] = Field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
     send_images: bool = True

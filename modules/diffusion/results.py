@@ -44,6 +44,15 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         if req.hr_second_pass_steps:
             params["Hires steps"] = req.hr_second_pass_steps
         params["Hires upscaler"] = req.hr_upscaler
+        hr_sampler, hr_schedule = hires.sampler(run.studio, req)
+        if hr_sampler != run.sampler:
+            params["Hires sampler"] = hr_sampler
+        if hr_schedule != run.schedule:
+            params["Hires schedule type"] = hr_schedule
+        if req.hr_prompt and req.hr_prompt != req.prompt:
+            params["Hires prompt"] = req.hr_prompt
+        if req.hr_negative_prompt and req.hr_negative_prompt != req.negative_prompt:
+            params["Hires negative prompt"] = req.hr_negative_prompt
     if img2img and req.is_inpaint:
         params["Mask blur"] = req.mask_blur
         if req.inpaint_full_res:

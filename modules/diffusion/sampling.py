@@ -39,8 +39,9 @@ class Run:
         size = self.req.batch_size
         return range(iteration * size, (iteration + 1) * size)
 
-    def scheduler_for(self, pipe, seed: int):
-        return self.studio.samplers.make_scheduler(self.sampler, pipe.scheduler.config, self.schedule, seed=seed)
+    def scheduler_for(self, pipe, seed: int, sampler: tuple[str, str] | None = None):
+        name, schedule = sampler or (self.sampler, self.schedule)
+        return self.studio.samplers.make_scheduler(name, pipe.scheduler.config, schedule, seed=seed)
 
 
 @contextlib.contextmanager
@@ -54,8 +55,12 @@ def using_scheduler(pipe, scheduler):
         pipe.scheduler = original
 
 
-def call(run: Run, pipe, part: int, steps_hint: int, **kwargs):
-    """Call `pipe` with progress every step, a preview every N steps, and stop on interrupt/skip."""
+def call(run: Run, pipe, part: int, steps_hint: int, sampler: tuple[str, str] | None = None,
+         conditioning: dict | None = None, **kwargs):
+    """Call `pipe` with progress every step, a preview every N steps, and stop on interrupt/skip.
+
+    `sampler` (name, schedule) and `conditioning` override the run's (the hires pass may differ).
+    """
     ctx = run.ctx
     text = f"batch {part // run.passes + 1}/{run.req.n_iter}" + (", hires pass" if part % run.passes else "")
 
@@ -72,8 +77,8 @@ def call(run: Run, pipe, part: int, steps_hint: int, **kwargs):
 
     seed = run.plan.seeds[run.batch_indices(part // run.passes)[0]]
     pipe.set_progress_bar_config(disable=True)  # img2img/inpaint pipes made by from_pipe start with tqdm on
-    with using_scheduler(pipe, run.scheduler_for(pipe, seed)):
-        return pipe(**run.conditioning, **kwargs, callback_on_step_end=on_step,
+    with using_scheduler(pipe, run.scheduler_for(pipe, seed, sampler)):
+        return pipe(**(conditioning or run.conditioning), **kwargs, callback_on_step_end=on_step,
                     callback_on_step_end_tensor_inputs=["latents"])
 
 

@@ -213,3 +213,17 @@ def test_an_unknown_lora_is_an_error_never_a_silent_no_op(studio):
     job = studio.jobs.run("txt2img", req(prompt="a cat <lora:no-such-lora:0.7>"), timeout=60)
     assert job.state == JobState.FAILED and 400 <= job.error_status < 500
     assert "no-such-lora" in job.error
+
+
+def test_hires_pass_sampler_and_prompt(studio):
+    r = req(steps=3, enable_hr=True, hr_scale=1.5, hr_sampler_name="DPM++ 2M", hr_scheduler="Karras",
+            hr_prompt="a red cat, sharp", seed=8)
+    g = run(studio, r).result.images[0]
+    fields = infotext.to_request_fields(infotext.parse(g.infotext))
+    assert (fields["hr_sampler_name"], fields["hr_scheduler"], fields["hr_prompt"]) == ("DPM++ 2M", "Karras", "a red cat, sharp")
+    same = run(studio, req(steps=3, enable_hr=True, hr_scale=1.5, seed=8)).result.images[0]
+    assert "Hires sampler" not in same.infotext
+    assert not np.array_equal(pixels(g), pixels(same))
+    with pytest.raises(InvalidRequest) as err:
+        studio.submit("txt2img", req(enable_hr=True, hr_sampler_name="Nope"))
+    assert err.value.field == "hr_sampler_name"
