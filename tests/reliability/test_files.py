@@ -1,0 +1,101 @@
+"""Bad files on disk: a truncated safetensors checkpoint, a LoRA with garbage keys, a pickle whose
+payload would create a file, a config.json that is not JSON. Each gets a clear error naming
+it, no code from a file ever runs, and the studio keeps serving."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from tests.reliability.helpers import assert_json_error, body, decode_png, start
+
+BROKEN_CONFIG = b'{"sd_model_checkpoint": "x", oops this is not JSON'
+# Names sort after the demo model, so the studio's default checkpoint stays the demo.
+TRUNCATED, PICKLE, GARBAGE_LORA = "zz-truncated.safetensors", "zz-payload.ckpt", "garbage-keys"
+
+
+class Payload:
+    """Unpickling this would create the marker file: the attack a malicious .ckpt carries."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+@pytest.fixture(scope="module")
+def marker(tmp_path_factory):
+    return tmp_path_factory.mktemp("marker") / "PWNED"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_checkpoint, marker):
+    def prepare(data):
+        import torch
+        from safetensors.torch import save_file
+
+        ckpts = data / "models" / "Stable-diffusion"
+        weights = (demo_checkpoint / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+        (ckpts / TRUNCATED).write_bytes(weights[: len(weights) // 2])
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": Payload(str(marker))}, ckpts / PICKLE)
+        loras = data / "models" / "Lora"
+        loras.mkdir(parents=True, exist_ok=True)
+        save_file({"this.is.not.a.lora": torch.randn(4, 4), "neither_is_this": torch.randn(3)},
+                  str(loras / f"{GARBAGE_LORA}.safetensors"))
+        (data / "config.json").write_bytes(BROKEN_CONFIG)
+
+    s = start(tmp_path_factory, demo_checkpoint, prepare=prepare)
+    yield s
+    s.stop()
+
+
+def _still_serves(server) -> None:
+    assert server.proc.poll() is None, server.log()
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", json=body(seed=9, steps=2), timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    decode_png(r.json()["images"][0])
+
+
+def test_broken_config_is_kept_aside_and_defaults_load(server):
+    data = server.data_dir
+    assert (data / "config.json.bak").read_bytes() == BROKEN_CONFIG, "the user's file is kept, byte for byte"
+    options = httpx.get(server.url + "/sdapi/v1/options", timeout=10).json()
+    assert options["CLIP_stop_at_last_layers"] == 1  # a default
+    _still_serves(server)
+    # The next save writes a valid config.json again.
+    assert httpx.post(server.url + "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 2}, timeout=10).status_code == 200
+    assert json.loads((data / "config.json").read_text())["CLIP_stop_at_last_layers"] == 2
+
+
+def test_truncated_checkpoint_gives_a_clear_error(server):
+    r = httpx.post(server.url + "/sdapi/v1/txt2img",
+                   json=body(override_settings={"sd_model_checkpoint": TRUNCATED}), timeout=120)
+    err = assert_json_error(r, "truncated checkpoint")
+    assert "zz-truncated" in json.dumps(err), f"the error names the file: {err}"
+    _still_serves(server)
+
+
+def test_pickle_payload_never_runs(server, marker):
+    httpx.post(server.url + "/sdapi/v1/refresh-checkpoints", timeout=60)
+    listed = httpx.get(server.url + "/sdapi/v1/sd-models", timeout=60)
+    assert listed.status_code == 200
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", json=body(override_settings={"sd_model_checkpoint": PICKLE}),
+                   timeout=120)
+    err = assert_json_error(r, "malicious pickle")
+    assert "zz-payload" in json.dumps(err), f"the error names the file: {err}"
+    assert not marker.exists(), "the pickle's code ran: it created the marker file"
+    _still_serves(server)
+    assert not marker.exists()
+
+
+def test_lora_with_garbage_keys_is_refused_by_name(server):
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", json=body(prompt=f"a cat <lora:{GARBAGE_LORA}:1>"), timeout=120)
+    if r.status_code == 200:  # allowed only as a warning that names it, never a silent no-op
+        info = json.loads(r.json()["info"])
+        assert GARBAGE_LORA in json.dumps(info), f"a LoRA matching nothing was applied silently: {info}"
+    else:
+        err = assert_json_error(r, "garbage LoRA")
+        assert GARBAGE_LORA in json.dumps(err), f"the error names the LoRA: {err}"
+    _still_serves(server)
