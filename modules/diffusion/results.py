@@ -12,9 +12,8 @@ VERSION = "atelier"
 
 def image_params(run: Run, index: int, loras: list) -> dict:
     """The infotext's key: value line for image `index`, in A1111's order."""
-    req, entry = run.req, run.ckpt.entry
+    req, entry, ckpt = run.req, run.ckpt.entry, run.ckpt
     img2img = isinstance(req, Img2ImgRequest)
-    vae = run.studio.settings.get().sd_vae
     params = {
         "Steps": req.steps,
         "Sampler": run.sampler,
@@ -24,7 +23,9 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         "Size": f"{req.width}x{req.height}",
         "Model hash": entry.short_hash,
         "Model": entry.stem,
-        "VAE": vae if vae not in ("Automatic", "None", "") else None,
+        "VAE hash": getattr(ckpt, "vae_hash", None),  # set by the model manager when a VAE file is in use
+        "VAE": getattr(ckpt, "vae_name", None),
+        "Quantization": getattr(ckpt, "quantization", None),
     }
     if run.plan.subseed_strength > 0:
         params["Variation seed"] = run.plan.subseeds[index]
@@ -58,10 +59,23 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         if req.inpaint_full_res:
             params["Inpaint area"] = "Only masked"
             params["Masked area padding"] = req.inpaint_full_res_padding
-    if loras:
-        params["Lora hashes"] = ", ".join(f"{a.entry.name}: {a.entry.short_hash or ''}" for a in loras)
+    hashed = [a for a in loras if a.entry.short_hash]
+    if hashed:
+        params["Lora hashes"] = ", ".join(f"{a.entry.stem}: {a.entry.short_hash}" for a in hashed)
+    used = _embeddings_in(ckpt, req)
+    if used:
+        params["TI hashes"] = ", ".join(f"{e.stem}: {e.short_hash}" for e in used)
     params["Version"] = VERSION
     return params
+
+
+def _embeddings_in(ckpt, req) -> list:
+    """Textual-inversion embeddings loaded for this checkpoint that the prompts use (A1111's "TI hashes")."""
+    import re
+
+    text = f"{req.prompt}\n{req.negative_prompt}"
+    return [e for e in getattr(ckpt, "embeddings", []) or []
+            if e.short_hash and re.search(rf"(?<![\w]){re.escape(e.stem)}(?![\w])", text)]
 
 
 def _num(value):
@@ -92,7 +106,7 @@ def info(run: Run, images: list[GeneratedImage], prompt: str, negative: str) -> 
         "sampler_name": run.sampler, "scheduler": run.schedule, "cfg_scale": req.cfg_scale, "steps": req.steps,
         "batch_size": req.batch_size, "restore_faces": False, "face_restoration_model": None,
         "sd_model_name": entry.stem, "sd_model_hash": entry.short_hash,
-        "sd_vae_name": None, "sd_vae_hash": None,
+        "sd_vae_name": getattr(run.ckpt, "vae_name", None), "sd_vae_hash": getattr(run.ckpt, "vae_hash", None),
         "seed_resize_from_w": -1, "seed_resize_from_h": -1,
         "denoising_strength": req.denoising_strength if isinstance(req, Img2ImgRequest) or req.enable_hr else None,
         "extra_generation_params": {}, "index_of_first_image": 0,
