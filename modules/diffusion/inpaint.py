@@ -120,7 +120,7 @@ def _latent_fill(run: Run, pipe, preps: list[Prepared], gens: list, mode: int):
 
     latents = sampling.encode(pipe, [p.work_image for p in preps], gens)
     masks = torch.stack([torch.from_numpy(np.asarray(p.work_mask.convert("L"), dtype=np.float32) / 255.0) for p in preps])
-    m = F.interpolate(masks[:, None], size=latents.shape[-2:], mode="bilinear").round().to(latents.dtype)
+    m = F.interpolate(masks[:, None], size=latents.shape[-2:], mode="bilinear").round().to(latents.device, latents.dtype)
     if mode == 2:
         noise = torch.cat([torch.randn((1, *latents.shape[1:]), generator=g, dtype=latents.dtype) for g in gens])
         return latents * (1 - m) + noise.to(latents.device) * m
