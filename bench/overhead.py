@@ -41,22 +41,23 @@ def measure(key: str, title: str, checkpoint: Path, device: str, width: int, ste
         seed, prompt = 1234, "a lighthouse on a cliff at dusk, oil painting"
         images = {}
 
-        def atelier():
-            req = Txt2ImgRequest(prompt=prompt, steps=steps, width=width, height=width, seed=seed,
+        def atelier(n: int = steps):
+            req = Txt2ImgRequest(prompt=prompt, steps=n, width=width, height=width, seed=seed,
                                  sampler_name=SAMPLER[0], cfg_scale=7.0, save_images=False)
             job = studio.jobs.run("txt2img", req)
             if job.state != JobState.DONE:
                 raise RuntimeError(f"the Atelier job ended {job.state.value}: {job.error}")
             images["atelier"] = job.result.images[0].image
 
-        def diffusers_call():
+        def diffusers_call(n: int = steps):
             with torch.inference_mode():
-                out = plain(prompt=prompt, negative_prompt="", num_inference_steps=steps, guidance_scale=7.0,
+                out = plain(prompt=prompt, negative_prompt="", num_inference_steps=n, guidance_scale=7.0,
                             width=width, height=width, generator=torch.Generator("cpu").manual_seed(seed))
             images["diffusers"] = out.images[0]
 
         log(f"  {title}: {reps} repetitions of {steps} steps at {width}x{width} …")
-        ta, tb = side_by_side(atelier, diffusers_call, reps, device)
+        atelier(1), diffusers_call(1)  # warm-up (one step is enough to allocate everything)
+        ta, tb = side_by_side(atelier, diffusers_call, reps, device, warmup=0)
         same = bool(np.array_equal(np.asarray(images["atelier"]), np.asarray(images["diffusers"])))
         return Figure.from_samples(
             key, title, ratios(ta, tb), target=TARGET, ok=lambda r: r <= 1.03,
@@ -80,9 +81,9 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
     figures = []
     cases = [
         ("overhead_demo", "txt2img overhead vs diffusers, demo model", lambda: demo_folder(), 64,
-         10, 10 if quick else 20),
+         10, 20 if quick else 40),
         ("overhead_sd15", "txt2img overhead vs diffusers, SD1.5-size UNet", lambda: ensure_sd15_folder(log), 256,
-         3 if quick else 10, 3 if quick else 5),
+         2 if quick else 10, 4 if quick else 6),
     ]
     for key, title, folder, width, steps, reps in cases:
         try:

@@ -101,22 +101,24 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
             ta, tb = side_by_side(cold, plain, reps, device, warmup=0)
             gc.collect()
             before = _rss()
-            if device.startswith("cuda"):
-                import torch
-
-                torch.cuda.reset_peak_memory_stats()
+            gpu_before = _gpu_allocated(device, reset=True)
             with RssSampler(os.getpid(), 0.02) as sampler:  # the manager's switches alone
                 for _ in range(3):
                     cold()
-            size = sum(f.stat().st_size for f in src.rglob("*.safetensors"))
+            in_memory = _weights_bytes(models.load(names[0]).pipe)
             figures.append(Figure.from_samples("switch_cold", "cold checkpoint switch vs plain safetensors load",
                                                ratios(ta, tb), target=T_COLD, ok=lambda r: r <= 1.3,
                                                cold_s=_spread(ta), plain_s=_spread(tb)))
-            figures.append(Figure("switch_peak_mem", "peak RSS growth while cold-switching, in checkpoints", "x",
-                                  None, round((sampler.peak - before) / size, 3) if device == "cpu" else None, None,
-                                  "— (reported)", None, None,
-                                  {"rss_before_mib": round(before / 2**20), "peak_rss_mib": round(sampler.peak / 2**20),
-                                   "checkpoint_mib": round(size / 2**20), **_gpu_peak(device)}))
+            if device == "cpu":
+                peak, growth = sampler.peak, sampler.peak - before
+            else:
+                peak = _gpu_allocated(device, peak=True)
+                growth = peak - gpu_before
+            figures.append(Figure("switch_peak_mem", "peak memory while cold-switching (CPU: RSS; GPU: allocated)",
+                                  "MiB", None, round(peak / 2**20), None, "— (reported)", None, None,
+                                  {"before_mib": round((before if device == "cpu" else gpu_before) / 2**20),
+                                   "one_checkpoint_in_memory_mib": round(in_memory / 2**20),
+                                   "growth_in_checkpoints": round(growth / in_memory, 3)}))
         except Exception as exc:
             figures.append(Figure.missing("switch_cold", "cold checkpoint switch vs plain safetensors load", _why(exc), T_COLD))
             figures.append(Figure.missing("switch_peak_mem", "peak RSS while switching", _why(exc)))
@@ -198,12 +200,22 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
     return out
 
 
-def _gpu_peak(device: str) -> dict:
+def _gpu_allocated(device: str, reset: bool = False, peak: bool = False) -> int:
     if not device.startswith("cuda"):
-        return {}
+        return 0
     import torch
 
-    return {"cuda_peak_allocated_mib": round(torch.cuda.max_memory_allocated() / 2**20)}
+    torch.cuda.synchronize()
+    if reset:
+        torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
+
+
+def _weights_bytes(pipe) -> int:
+    import torch
+
+    modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for m in modules for t in (*m.parameters(), *m.buffers()))
 
 
 def _spread(xs: list[float]) -> dict:

@@ -46,56 +46,63 @@ def _pngs(outputs: Path) -> int:
     return sum(1 for p in outputs.rglob("*.png") if not p.name.startswith("."))
 
 
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
 def run(device: str, quick: bool, log=print) -> list[Figure]:
     from bench.studio_setup import demo_folder, make_data_dir
 
     reps = 2 if quick else 5
     data = make_data_dir(demo_folder(), name="throughput")
     server = Server(data, device)
-    titles = ("throughput: 16 concurrent vs 16 sequential requests", "p50 / p95 latency, 16 concurrent",
-              "nothing lost under concurrency", "server RSS idle, demo model loaded",
-              "server peak RSS while generating / idle")
+    rows = {
+        "throughput": ("throughput: 16 concurrent vs 16 sequential requests", ">= 0.95x (concurrency costs nothing)"),
+        "requests_per_s": ("requests/s, 16 concurrent, demo model 64x64 10 steps", "— (reported)"),
+        "latency_p50": ("latency p50, 16 concurrent", "— (reported)"),
+        "latency_p95": ("latency p95, 16 concurrent", "— (reported)"),
+        "lost": ("requests lost under concurrency", "0 lost"),
+        "rss_idle": ("server RSS idle, demo model loaded", "— (reported)"),
+        "rss_generating": ("server peak RSS while generating", "— (reported)"),
+    }
     try:
         server.wait_ready()
         _post(server.url, 0)  # warm-up: first-call allocations are not part of either side
         time.sleep(1.0)
         idle = [server.rss()]
         log(f"  throughput: {reps} x ({N_REQUESTS} concurrent, {N_REQUESTS} sequential) requests …")
-        rates, seq_rates, latencies, lost, sent = [], [], [], 0, 1
-        with RssSampler(server.proc.pid) as sampler:
-            for i in range(reps):
-                for concurrent in ((True, False) if i % 2 == 0 else (False, True)):
+        rates, seq_rates, p50, p95, peaks, lost, sent = [], [], [], [], [], 0, 1
+        for i in range(reps):
+            for concurrent in ((True, False) if i % 2 == 0 else (False, True)):
+                with RssSampler(server.proc.pid) as sampler:
                     wall, lats, bad = _burst(server.url, concurrent, seed0=1000 * (i + 1) + 100 * concurrent)
-                    sent += N_REQUESTS
-                    lost += bad
-                    (rates if concurrent else seq_rates).append(N_REQUESTS / wall)
-                    if concurrent:
-                        latencies.extend(lats)
-        time.sleep(1.0)
-        idle.append(server.rss())
+                peaks.append(sampler.peak / 2**20)
+                sent += N_REQUESTS
+                lost += bad
+                (rates if concurrent else seq_rates).append(N_REQUESTS / wall)
+                if concurrent:
+                    p50.append(_pct(lats, 0.5)), p95.append(_pct(lats, 0.95))
+            time.sleep(1.0)
+            idle.append(server.rss())
         on_disk = _pngs(data / "outputs")
         server.check_alive()
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}"[:500]
-        return [Figure.missing(k, t, why) for k, t in zip(("throughput", "latency", "lost", "rss_idle", "rss_peak"), titles)]
+        return [Figure.missing(k, t, why, target) for k, (t, target) in rows.items()]
     finally:
         server.stop()
-    lat_sorted = sorted(latencies)
-    p = lambda q: lat_sorted[min(len(lat_sorted) - 1, int(round(q * (len(lat_sorted) - 1))))]
-    idle_mib = [x / 2**20 for x in idle]
-    figures = [
-        Figure.from_samples("throughput", titles[0], [c / s for c, s in zip(rates, seq_rates)],
-                            target=">= 0.95x (concurrency costs nothing)", ok=lambda r: r >= 0.95,
-                            concurrent_req_per_s=[round(r, 3) for r in rates],
-                            sequential_req_per_s=[round(r, 3) for r in seq_rates]),
-        Figure("latency", titles[1], "s", round(min(lat_sorted), 3), round(p(0.5), 3), round(p(0.95), 3),
-               "— (reported: min / p50 / p95)", None, None,
-               {"p50_s": round(p(0.5), 3), "p95_s": round(p(0.95), 3), "requests": len(lat_sorted)}),
-        Figure("lost", titles[2], "requests", lost, lost, lost, "0 lost", lost == 0 and on_disk == sent, None,
+    fig = lambda key, samples, unit, ok=None, **d: Figure.from_samples(key, rows[key][0], samples, unit=unit,
+                                                                       target=rows[key][1], ok=ok, **d)
+    return [
+        fig("throughput", [c / q for c, q in zip(rates, seq_rates)], "x", lambda r: r >= 0.95,
+            concurrent_req_per_s=[round(r, 3) for r in rates], sequential_req_per_s=[round(r, 3) for r in seq_rates]),
+        fig("requests_per_s", rates, "req/s"),
+        fig("latency_p50", p50, "s"),
+        fig("latency_p95", p95, "s"),
+        Figure("lost", rows["lost"][0], "requests", lost, lost, lost, rows["lost"][1], lost == 0 and on_disk == sent, None,
                {"sent": sent, "bad_answers": lost, "pngs_on_disk": on_disk}),
-        Figure.from_samples("rss_idle", titles[3], idle_mib, unit="MiB", target="— (reported)",
-                            readings="after warm-up, and after the bursts"),
-        Figure("rss_peak", titles[4], "x", None, sampler.peak / idle[0], None, "— (reported)", None, None,
-               {"peak_mib": round(sampler.peak / 2**20, 1), "idle_mib": round(idle[0] / 2**20, 1)}),
+        fig("rss_idle", [x / 2**20 for x in idle], "MiB", readings="after warm-up and after each repetition"),
+        fig("rss_generating", peaks, "MiB", idle_mib=round(idle[0] / 2**20, 1),
+            peak_over_idle=round(max(peaks) / (idle[0] / 2**20), 3)),
     ]
-    return figures
