@@ -74,6 +74,8 @@ class Studio:
 
         self.jobs.register_kind("txt2img", lambda ctx, req: generate.run_txt2img(self, ctx, req))
         self.jobs.register_kind("img2img", lambda ctx, req: generate.run_img2img(self, ctx, req))  # inpaint = img2img + mask
+        self.jobs.register_kind("load_checkpoint", lambda ctx, req: _models_job("run_load_job", self, ctx, req))
+        self.jobs.register_kind("download", lambda ctx, req: _models_job("run_download_job", self, ctx, req))
 
     # -- start-up -----------------------------------------------------
     def load(self) -> None:
@@ -119,3 +121,10 @@ class Studio:
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
+
+
+def _models_job(runner: str, studio: Studio, ctx, request):
+    """Model-manager job kinds, imported when first run (torch stays out of start-up)."""
+    from modules.models import download, manager
+
+    return getattr(manager if hasattr(manager, runner) else download, runner)(studio, ctx, request)

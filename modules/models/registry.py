@@ -1,17 +1,24 @@
 """What is on disk: scans the model folders and describes each entry.
 
-The registry only reads file names, sizes and (on demand) hashes; it never loads weights.
+The registry reads file names, sizes, safetensors headers (keys, shapes, metadata) and hashes
+(cached in cache.json); it never loads weights. A file it cannot read is still listed, with
+the problem in `entry.problem`, so one bad download never hides the rest.
 """
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modules.errors import NotFound
+from modules.errors import AtelierError, NotFound
+from modules.models.hashes import EAGER_LIMIT, HashCache
 from modules.paths import DataPaths, resolve_inside
 
+log = logging.getLogger("atelier.models")
+
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+SIDECAR_SUFFIX = ".config"  # `model.config/` beside `model.safetensors`: its diffusers configs
 
 
 @dataclass
@@ -24,6 +31,7 @@ class ModelEntry:
     arch: str | None = None  # sd1, sd2, sdxl, … when known
     sha256: str | None = None
     metadata: dict = field(default_factory=dict)
+    problem: str | None = None  # why the file cannot be used, when the scan already knows
 
     @property
     def title(self) -> str:
@@ -45,6 +53,8 @@ def _folder_size(folder: Path) -> int:
 
 def _format_of(path: Path) -> str | None:
     if path.is_dir():
+        if path.name.endswith(SIDECAR_SUFFIX):
+            return None
         if (path / "model_index.json").exists():
             return "diffusers"
         if (path / "config.json").exists():
@@ -60,9 +70,38 @@ def _format_of(path: Path) -> str | None:
     return None
 
 
+def _describe(entry: ModelEntry) -> None:
+    """Fill arch and metadata from the header (cheap); a broken file gets `problem` instead."""
+    from modules.models import detect
+
+    try:
+        if entry.format == "diffusers":
+            entry.arch = detect.folder_arch(entry.path)
+        elif entry.format != "safetensors":
+            return
+        elif entry.kind == "checkpoint":
+            entry.arch = detect.checkpoint_kind(entry.path).arch
+        elif entry.kind == "lora":
+            entry.arch = detect.lora_arch(entry.path)
+            entry.metadata = detect.read_header(entry.path).metadata
+        elif entry.kind == "embedding":
+            header = detect.read_header(entry.path, lambda k: True)
+            shape = next(iter(header.shapes.values()), [])
+            entry.metadata = {"vectors": shape[0] if len(shape) > 1 else 1, "shape": shape[-1] if shape else 0}
+            if {"clip_l", "clip_g"} <= set(header.keys):
+                entry.arch = "sdxl"
+        else:
+            detect.read_header(entry.path)
+    except AtelierError as exc:
+        entry.problem = exc.message
+    except Exception as exc:  # never let one file break the scan
+        entry.problem = f"{type(exc).__name__}: {exc}"
+
+
 class ModelRegistry:
     def __init__(self, paths: DataPaths):
         self.paths = paths
+        self.hashes = HashCache(paths.hash_cache)
         self._entries: dict[str, dict[str, ModelEntry]] = {}
         self._lock = threading.Lock()
 
@@ -86,13 +125,34 @@ class ModelRegistry:
                     continue
                 fmt = _format_of(child)
                 if fmt is None:
-                    if child.is_dir():
+                    if child.is_dir() and not child.name.endswith(SIDECAR_SUFFIX):
                         stack.append(child)
                     continue
                 name = child.relative_to(folder).as_posix()
-                size = _folder_size(child) if child.is_dir() else child.stat().st_size
-                found[name] = ModelEntry(kind=kind, name=name, path=child, format=fmt, size=size)
+                try:
+                    size = _folder_size(child) if child.is_dir() else child.stat().st_size
+                except OSError:
+                    continue  # vanished while scanning
+                entry = ModelEntry(kind=kind, name=name, path=child, format=fmt, size=size)
+                _describe(entry)
+                entry.sha256 = self.hashes.cached(child)
+                if entry.sha256 is None and size <= EAGER_LIMIT:
+                    entry.sha256 = self._hash(child)
+                found[name] = entry
         return found
+
+    def _hash(self, path: Path) -> str | None:
+        try:
+            return self.hashes.get(path)
+        except OSError as exc:
+            log.warning("could not hash %s: %s", path, exc)
+            return None
+
+    def ensure_hash(self, entry: ModelEntry) -> str | None:
+        """Hash a big file when it is first used (A1111 does the same); cached from then on."""
+        if entry.sha256 is None:
+            entry.sha256 = self._hash(entry.path)
+        return entry.sha256
 
     def list(self, kind: str) -> list[ModelEntry]:
         if kind not in self._entries:

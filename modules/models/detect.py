@@ -1,0 +1,122 @@
+"""Tell a model's architecture from its keys (a key table, as diffusers' single-file loader does).
+
+Only the safetensors header is read (names, shapes, metadata), never the tensors, so a scan of
+a folder of multi-GB files stays fast.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modules.errors import ModelLoadError
+
+# The text encoder's width tells SD1 (CLIP-L 768), SD2 (OpenCLIP-H 1024) and SDXL (2048 cross-attention) apart.
+_CONTEXT_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+@dataclass
+class Header:
+    keys: list[str]
+    metadata: dict = field(default_factory=dict)
+    shapes: dict = field(default_factory=dict)  # filled for the few keys asked about
+
+    def shape(self, key: str) -> list[int] | None:
+        return self.shapes.get(key)
+
+
+def read_header(path: Path, want_shapes=lambda key: False) -> Header:
+    """The key names, the __metadata__ and the shapes of the keys `want_shapes` picks."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            keys = list(f.keys())
+            shapes = {k: list(f.get_slice(k).get_shape()) for k in keys if want_shapes(k)}
+            return Header(keys=keys, metadata=dict(f.metadata() or {}), shapes=shapes)
+    except Exception as exc:  # truncated, not safetensors at all, a bad header
+        raise ModelLoadError(f"{Path(path).name}: not a readable .safetensors file ({type(exc).__name__}: "
+                             f"{str(exc)[:200]}); download it again", "file") from None
+
+
+@dataclass
+class CheckpointKind:
+    arch: str  # sd1, sd2, sdxl
+    inpaint: bool = False
+    refiner: bool = False
+
+    @property
+    def hub_key(self) -> str:
+        """The key of diffusers' DIFFUSERS_DEFAULT_PIPELINE_PATHS for this kind (its config repo)."""
+        if self.arch == "sdxl":
+            return "xl_refiner" if self.refiner else ("xl_inpaint" if self.inpaint else "xl_base")
+        if self.arch == "sd2":
+            return "inpainting_v2" if self.inpaint else "v2"
+        return "inpainting" if self.inpaint else "v1"
+
+
+def _is_shape_key(key: str) -> bool:
+    return key.endswith("input_blocks.0.0.weight") or (key.endswith("attn2.to_k.weight") and "diffusion_model" in key)
+
+
+def checkpoint_kind(path: Path) -> CheckpointKind:
+    """SD1 / SD2 / SDXL (base, refiner, inpaint) of an A1111-style single .safetensors file."""
+    header = read_header(path, _is_shape_key)
+    return kind_from_keys(header.keys, header.shapes)
+
+
+def kind_from_keys(keys, shapes: dict) -> CheckpointKind:
+    keyset = set(keys)
+    if not any(k.startswith("model.diffusion_model.") for k in keyset):
+        raise ModelLoadError("has no Stable Diffusion UNet (no model.diffusion_model.* keys): it is not a "
+                             "checkpoint — a LoRA, VAE or embedding belongs in its own models/ folder", "file")
+    in_shape = shapes.get("model.diffusion_model.input_blocks.0.0.weight") or [0, 4]
+    inpaint = len(in_shape) > 1 and in_shape[1] == 9
+    if any(k.startswith("conditioner.embedders.1.") for k in keyset):
+        return CheckpointKind("sdxl", inpaint=inpaint)
+    if any(k.startswith("conditioner.embedders.0.model.") for k in keyset):
+        return CheckpointKind("sdxl", refiner=True)
+    if any(k.startswith("cond_stage_model.model.") for k in keyset):
+        return CheckpointKind("sd2", inpaint=inpaint)
+    if any(k.startswith("cond_stage_model.transformer.") for k in keyset):
+        return CheckpointKind("sd1", inpaint=inpaint)
+    for key, shape in shapes.items():  # a UNet-only file: the cross-attention width decides
+        if key.endswith("attn2.to_k.weight") and len(shape) == 2 and shape[1] in _CONTEXT_DIMS:
+            return CheckpointKind(_CONTEXT_DIMS[shape[1]], inpaint=inpaint)
+    return CheckpointKind("sd1", inpaint=inpaint)
+
+
+def folder_arch(folder: Path) -> str | None:
+    """SD1 / SD2 / SDXL of a diffusers folder, from model_index.json and the UNet's config."""
+    try:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        cls = str(index.get("_class_name", ""))
+        if "XL" in cls:
+            return "sdxl"
+        unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))
+        return _CONTEXT_DIMS.get(int(unet.get("cross_attention_dim") or 0), "sd1")
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _lora_shape_key(key: str) -> bool:
+    return ("attn2" in key and "to_k" in key and ("lora_down" in key or "lora_A" in key or "lora.down" in key))
+
+
+def lora_arch(path: Path) -> str | None:
+    """The base architecture a LoRA was trained for: `ss_base_model_version`, else its key names."""
+    header = read_header(path, _lora_shape_key)
+    version = str(header.metadata.get("ss_base_model_version", "")).lower()
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version.startswith(("sd_v1", "sd_1")):
+        return "sd1"
+    if version.startswith(("sd_v2", "sd_2")):
+        return "sd2"
+    keys = header.keys
+    if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
+        return "sdxl"
+    for shape in header.shapes.values():
+        if len(shape) == 2 and shape[1] in _CONTEXT_DIMS:
+            return _CONTEXT_DIMS[shape[1]]
+    return None  # a tiny or unusual LoRA: no claim, loading will tell whether its keys match

@@ -1,0 +1,118 @@
+"""Where a checkpoint's weights live while it runs: the memory policy, and the retry on out-of-memory.
+
+Policies, lightest last (AUTOMATIC1111's default / --medvram / --lowvram):
+  gpu                 everything on the device
+  model_offload       diffusers' enable_model_cpu_offload: one whole model at a time on the device
+  sequential_offload  diffusers' enable_sequential_cpu_offload: one layer at a time
+"auto" picks from the device's free memory. On the CPU there is nothing to offload to, so the
+policy is always "gpu" (meaning: on the device) and only VAE tiling/slicing can lighten a run.
+"""
+from __future__ import annotations
+
+import logging
+
+from modules.devices import free_accelerator_memory
+from modules.errors import AtelierError
+
+log = logging.getLogger("atelier.models")
+
+POLICIES = ("gpu", "model_offload", "sequential_offload")
+
+
+class OutOfMemory(AtelierError):
+    """The device ran out of memory even after the lighter policy; the message says what to change."""
+
+    status = 503
+
+
+def footprint_bytes(pipe) -> int:
+    """Bytes of every parameter and buffer of the pipeline's torch modules."""
+    total = 0
+    for module in _modules(pipe):
+        for t in list(module.parameters()) + list(module.buffers()):
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _modules(pipe):
+    import torch
+
+    return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+
+
+def choose_policy(wanted: str, device_name: str, pipe) -> str:
+    """The policy to use: `wanted` unless "auto"; auto fits the model to the device's free memory."""
+    if device_name != "cuda":
+        return "gpu"
+    if wanted in POLICIES:
+        return wanted
+    import torch
+
+    free, _total = torch.cuda.mem_get_info()
+    need = footprint_bytes(pipe)
+    biggest = max((footprint_bytes_module(m) for m in _modules(pipe)), default=0)
+    headroom = 2 * 1024**3  # activations of a 1024² SDXL step fit in about this
+    if free >= need + headroom:
+        return "gpu"
+    if free >= biggest + headroom:
+        return "model_offload"
+    return "sequential_offload"
+
+
+def footprint_bytes_module(module) -> int:
+    return sum(t.numel() * t.element_size() for t in list(module.parameters()) + list(module.buffers()))
+
+
+def apply_policy(pipe, policy: str, device) -> None:
+    """Put the pipeline's weights where `policy` says (the old hooks are removed first)."""
+    device_name = getattr(device, "type", str(device))
+    if hasattr(pipe, "remove_all_hooks"):
+        pipe.remove_all_hooks()
+    if device_name == "cpu" or policy == "gpu":
+        pipe.to(device)
+    elif policy == "model_offload":
+        pipe.to("cpu")
+        pipe.enable_model_cpu_offload(device=device)
+    elif policy == "sequential_offload":
+        pipe.to("cpu")
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        raise ValueError(f"unknown memory policy {policy!r}")
+
+
+def lighter(policy: str) -> str | None:
+    i = POLICIES.index(policy) if policy in POLICIES else 0
+    return POLICIES[i + 1] if i + 1 < len(POLICIES) else None
+
+
+def use_vae_tiling(pipe, pixels: int, threshold: int) -> None:
+    """Tile and slice the VAE for large images (threshold 0: never); plain decode otherwise."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(vae, "enable_tiling"):
+        return
+    if threshold and pixels > threshold:
+        vae.enable_tiling()
+        vae.enable_slicing()
+    else:
+        vae.disable_tiling()
+        vae.disable_slicing()
+
+
+def is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    # The CPU allocator reports exhaustion as a RuntimeError with this text.
+    return isinstance(exc, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(exc)
+
+
+def oom_message(device_name: str, policy: str) -> str:
+    if device_name == "cuda" and lighter(policy):
+        change = f"set memory_policy to {lighter(policy)} (like --medvram/--lowvram)"
+    elif device_name == "cuda":
+        change = "the lightest policy (sequential_offload) is already in use"
+    else:
+        change = "close other programs to free RAM"
+    return (f"out of memory on {device_name} even after freeing caches and retrying; "
+            f"make the image smaller or the batch size lower, or {change}")
