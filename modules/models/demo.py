@@ -158,3 +158,23 @@ def ensure_demo_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def is_demo(path: Path) -> bool:
     return (Path(path) / "ATELIER_DEMO.txt").exists()
+
+
+def save_demo_single_file(path: Path, seed: int = 0, sidecar: bool = True, **kwargs) -> Path:
+    """The demo model as an A1111-style single .safetensors file (LDM key names).
+
+    With `sidecar`, its configs and tokenizer go beside it as `<stem>.config/`, so it loads offline
+    the way a user's civitai file does once its configs are on the machine.
+    """
+    import tempfile
+
+    from modules.models.singlefile import copy_configs, save_single_file
+
+    path = Path(path)
+    pipe = build_sd15_pipeline(seed, **kwargs)
+    save_single_file(pipe, path)
+    if sidecar:
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            copy_configs(Path(tmp), path.with_name(path.stem + ".config"))
+    return path

@@ -155,6 +155,8 @@ def _load_single_file(entry: ModelEntry, dtype, paths, options, device_name: str
         kind = detect.checkpoint_kind(entry.path)
     cls = _pipeline_class(kind)
     config = config_source(entry, paths, kind)
+    if config is None and not _in_hf_cache(kind):  # say so now, rather than let diffusers try the network
+        raise ModelLoadError(missing_config_message(entry, kind, paths), FIELD)
     kwargs = {"torch_dtype": dtype, "local_files_only": True}
     if config is not None:
         kwargs["config"] = str(config)
@@ -175,6 +177,18 @@ def _load_single_file(entry: ModelEntry, dtype, paths, options, device_name: str
         raise ModelLoadError(f"{entry.name}: could not be loaded as a {kind.arch.upper()} checkpoint: "
                              f"{type(exc).__name__}: {str(exc)[:400]}", FIELD) from None
     return pipe, kind.arch
+
+
+def _in_hf_cache(kind: detect.CheckpointKind) -> bool:
+    """Whether the Hugging Face cache already holds this architecture's pipeline configs."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = DIFFUSERS_DEFAULT_PIPELINE_PATHS[kind.hub_key]["pretrained_model_name_or_path"]
+    try:
+        return isinstance(try_to_load_from_cache(repo, "model_index.json"), str)
+    except Exception:
+        return False
 
 
 def _is_missing_files(exc: BaseException) -> bool:

@@ -119,12 +119,13 @@ class ModelManager:
             cached = self._cache.pop(key, None)
             if cached is not None and cached.options != opts:
                 cached = None  # other dtype/quantization asked for: read it again
-            self._park_active()  # the old one leaves the device before the new one arrives
             if cached is None:
+                # Read into RAM first: a file that fails to load leaves the current checkpoint serving.
                 ckpt = self._read(entry, opts)
             else:
                 ckpt = cached
                 log.info("checkpoint %s taken from the RAM cache", entry.name)
+            self._park_active()  # the old one leaves the device before the new one arrives
             self._place(ckpt)
             self._active = ckpt
             self._sync_extras(ckpt)
