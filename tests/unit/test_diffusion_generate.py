@@ -227,3 +227,21 @@ def test_hires_pass_sampler_and_prompt(studio):
     with pytest.raises(InvalidRequest) as err:
         studio.submit("txt2img", req(enable_hr=True, hr_sampler_name="Nope"))
     assert err.value.field == "hr_sampler_name"
+
+
+def test_lora_tags_in_the_prompt_apply_the_lora_and_are_recorded(studio):
+    from modules.models.demo import save_demo_lora
+
+    save_demo_lora(studio.paths.model_dir("lora") / "grain.safetensors", "kohya", seed=1, alpha=4.0, rank=4)
+    studio.registry.refresh("lora")
+    base = run(studio, req(prompt="a red cat", seed=21)).result.images[0]
+    on = run(studio, req(prompt="a red cat <lora:grain:1>", seed=21)).result.images[0]
+    zero = run(studio, req(prompt="a red cat <lora:grain:0>", seed=21)).result.images[0]
+    assert not np.array_equal(pixels(on), pixels(base))
+    assert np.array_equal(pixels(zero), pixels(base))  # weight 0, and the tag never reaches the text encoder
+    parsed = infotext.parse(on.infotext)
+    assert parsed["Prompt"] == "a red cat <lora:grain:1>"  # the infotext keeps the tag, as A1111 does
+    hashes = infotext.parse_lora_hashes(parsed["Lora hashes"])
+    assert list(hashes) == ["grain"] and len(hashes["grain"]) == 10
+    after = run(studio, req(prompt="a red cat", seed=21)).result.images[0]
+    assert np.array_equal(pixels(after), pixels(base))
