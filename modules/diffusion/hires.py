@@ -29,8 +29,9 @@ def check(studio, req) -> None:
                              f"supported yet); choose one of: {', '.join(HR_UPSCALERS)}", "hr_upscaler")
     try:
         sampler(studio, req)
-    except InvalidRequest as exc:
-        raise InvalidRequest(exc.message, {"sampler_name": "hr_sampler_name", "scheduler": "hr_scheduler"}.get(exc.field, exc.field)) from None
+    except InvalidRequest as exc:  # name the hires field, not the first pass's
+        field = {"sampler_name": "hr_sampler_name", "scheduler": "hr_scheduler"}.get(exc.field, exc.field)
+        raise InvalidRequest(exc.message, field) from None
 
 
 def sampler(studio, req) -> tuple[str, str]:

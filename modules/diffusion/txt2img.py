@@ -11,7 +11,7 @@ def batch(run: Run, iteration: int) -> list:
     pipe = run.ckpt.pipe
     indices = run.batch_indices(iteration)
     dtype = run.conditioning["prompt_embeds"].dtype
-    channels = pipe.unet.config.in_channels if pipe.unet.config.in_channels == 4 else 4
+    channels = pipe.vae.config.latent_channels
     factor = getattr(pipe, "vae_scale_factor", 8)
     noise, gens = seeds.make_noise(run.plan, indices, (channels, req.height // factor, req.width // factor), dtype)
     out = sampling.call(
