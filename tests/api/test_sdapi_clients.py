@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 
 import httpx
 import numpy as np
@@ -169,3 +170,23 @@ def test_raw_http_png_response_and_save_images_default(server):
                    json={"prompt": "x", "steps": 2, "width": 64, "height": 64, "save_images": True, "send_images": False})
     assert r.status_code == 200 and r.json()["images"] == []
     assert len(sorted(server.data_dir.joinpath("outputs").rglob("*.png"))) == len(before) + 1
+
+
+def test_switching_during_a_generation_waits_for_it(server):
+    # The switch goes through the queue: the running job finishes on the model it started with.
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = httpx.Client(base_url=server.url + "/sdapi/v1", timeout=120)
+    assert c.post("/options", json={"sd_model_checkpoint": DEMO_NAME}).status_code == 200
+    with ThreadPoolExecutor(2) as pool:
+        running = pool.submit(c.post, "/txt2img", json={"prompt": "slow", "steps": 25, "width": 64, "height": 64})
+        deadline = time.monotonic() + 60
+        while c.get("/progress").json()["state"]["sampling_step"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        switch = pool.submit(c.post, "/options", json={"sd_model_checkpoint": SECOND})
+        first = running.result()
+        assert switch.result().status_code == 200
+    assert f"Model: {DEMO_NAME}" in json.loads(first.json()["info"])["infotexts"][0]
+    after = c.post("/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64}).json()
+    assert f"Model: {SECOND}" in json.loads(after["info"])["infotexts"][0]
+    c.post("/options", json={"sd_model_checkpoint": DEMO_NAME})
