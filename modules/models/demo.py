@@ -178,3 +178,50 @@ def save_demo_single_file(path: Path, seed: int = 0, sidecar: bool = True, **kwa
             pipe.save_pretrained(tmp, safe_serialization=True)
             copy_configs(Path(tmp), path.with_name(path.stem + ".config"))
     return path
+
+
+_LORA_UNET = ("to_q", "to_k", "to_v", "to_out.0")
+_LORA_TE = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def save_demo_lora(path: Path, fmt: str = "kohya", seed: int = 0, rank: int = 4, alpha: float | None = None,
+                   scale: float = 0.3, text_encoder: bool = True, metadata: dict | None = None) -> Path:
+    """A LoRA for the demo architecture with random (visible) weights.
+
+    fmt "kohya": A1111/kohya keys `lora_unet_…` / `lora_te_text_model_…` with `.lora_down` / `.lora_up`
+    and `.alpha` (left out when alpha is None, which scales by 1.0 as A1111 does).
+    fmt "peft": diffusers' own format, made with peft's add_adapter and `save_lora_weights`.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    pipe = build_sd15_pipeline(0)
+    gen = torch.Generator().manual_seed(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "peft":
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft import LoraConfig
+        from peft.utils import get_peft_model_state_dict
+
+        pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(_LORA_UNET)))
+        for name, p in pipe.unet.named_parameters():
+            if "lora_" in name:
+                p.data = torch.randn(p.shape, generator=gen) * scale
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+        StableDiffusionPipeline.save_lora_weights(str(path.parent), unet_lora_layers=layers, weight_name=path.name)
+        return path
+    tensors = {}
+    parts = [("lora_unet_", pipe.unet, _LORA_UNET)] + ([("lora_te_text_model_", pipe.text_encoder, _LORA_TE)]
+                                                       if text_encoder else [])
+    for prefix, model, suffixes in parts:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(suffixes):
+                key = prefix + name.removeprefix("text_model.").replace(".", "_")
+                tensors[key + ".lora_down.weight"] = torch.randn(rank, module.in_features, generator=gen) * scale
+                tensors[key + ".lora_up.weight"] = torch.randn(module.out_features, rank, generator=gen) * scale
+                if alpha is not None:
+                    tensors[key + ".alpha"] = torch.tensor(float(alpha))
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank), **(metadata or {})})
+    return path

@@ -18,7 +18,9 @@ from modules.models.registry import ModelEntry
 
 log = logging.getLogger("atelier.models")
 
-MAX_LOADED_ADAPTERS = 12  # beyond this the least recently used adapter is deleted from the pipeline
+MAX_LOADED_ADAPTERS = 12
+_NO_MATCH = ("LoRA {!r} has no keys that match this checkpoint's UNet or text encoder, so it would do nothing; "
+             "it is not a LoRA for this model (or not a LoRA at all)")  # beyond this the least recently used adapter is deleted from the pipeline
 
 
 @dataclass
@@ -72,13 +74,13 @@ def _load(pipe, entry: ModelEntry, name: str) -> None:
         with contextlib.suppress(Exception):
             if name in _loaded_names(pipe):
                 pipe.delete_adapters([name])
+        if "NoMatching" in type(exc).__name__ or "not found in the base model" in str(exc):
+            raise InvalidRequest(_NO_MATCH.format(entry.stem), "prompt") from None
         raise InvalidRequest(
             f"LoRA {entry.stem!r} could not be applied to this checkpoint: {type(exc).__name__}: "
             f"{str(exc)[:300]}", "prompt") from None
     if name not in _loaded_names(pipe) - before:
-        raise InvalidRequest(
-            f"LoRA {entry.stem!r} has no keys that match this checkpoint's UNet or text encoder, so it would do "
-            "nothing; it is not a LoRA for this model (or not a LoRA at all)", "prompt")
+        raise InvalidRequest(_NO_MATCH.format(entry.stem), "prompt")
 
 
 class LoraState:

@@ -92,13 +92,14 @@ class ModelManager:
         self._active: LoadedCheckpoint | None = None
         self._cache: collections.OrderedDict[str, LoadedCheckpoint] = collections.OrderedDict()  # on the CPU
         self.last_switch_seconds: float | None = None
+        self._chosen: str | None = None  # the last checkpoint loaded by name outside a per-request override
 
     @property
     def active(self) -> LoadedCheckpoint | None:
         return self._active
 
     def default_checkpoint_name(self) -> str:
-        wanted = self.settings.get().sd_model_checkpoint
+        wanted = self.settings.get().sd_model_checkpoint or self._chosen
         if wanted:
             return wanted
         entries = self.registry.list("checkpoint")
@@ -107,9 +108,13 @@ class ModelManager:
         return entries[0].name
 
     # -- loading and switching ---------------------------------------------
-    def load(self, name: str | None = None, options: LoadOptions | None = None) -> LoadedCheckpoint:
+    def load(self, name: str | None = None, options: LoadOptions | None = None,
+             remember: bool = True) -> LoadedCheckpoint:
+        """Make `name` (default: the settings' checkpoint) the active one; `remember` makes it the default."""
         with self._lock:
             entry = self.registry.get("checkpoint", name or self.default_checkpoint_name())
+            if name and remember:
+                self._chosen = entry.name
             opts = options or self.options.get(entry.name)
             start = time.perf_counter()
             key = str(entry.path)
@@ -187,8 +192,9 @@ class ModelManager:
 
     @contextlib.contextmanager
     def checkpoint(self, name: str | None = None):
+        """The checkpoint for one job; a per-request `name` (override_settings) is used for that job only."""
         with self._lock:
-            yield self.load(name)
+            yield self.load(name, remember=False)
 
     # -- per-job helpers -----------------------------------------------------
     def loras(self, ckpt: LoadedCheckpoint, wanted: list[tuple[str, float]]):
@@ -284,6 +290,8 @@ def run_load_job(studio, ctx, request) -> dict:
                                   if isinstance(options, dict) else options)
     ctx.progress(0, 1, text=f"loading {name or 'the default checkpoint'}")
     ckpt = studio.models.load(name)
+    if name:
+        studio.settings.update({"sd_model_checkpoint": ckpt.entry.name})
     ctx.progress(1, 1, text=f"{ckpt.entry.name} ready")
     return {"name": ckpt.entry.name, "title": ckpt.entry.title, "location": ckpt.location,
             "seconds": studio.models.last_switch_seconds, "quantization": ckpt.quantization}
