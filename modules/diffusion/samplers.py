@@ -37,6 +37,7 @@ class SamplerSpec:
     options: dict = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     note: str = ""  # where the mapping is only the closest diffusers has
+    default_schedule: str = "Automatic"  # what "Automatic" means for this sampler (A1111 1.9+ defaults)
 
     def cls(self):
         if isinstance(self.scheduler_class, str):
@@ -55,18 +56,19 @@ class SamplerSpec:
 
 BUILTIN_SAMPLERS = [
     SamplerSpec("DPM++ 2M", "DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                aliases=("k_dpmpp_2m",)),
-    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",)),
+                aliases=("k_dpmpp_2m",), default_schedule="Karras"),
+    SamplerSpec("DPM++ SDE", "DPMSolverSDEScheduler", aliases=("k_dpmpp_sde",), default_schedule="Karras"),
     SamplerSpec("DPM++ 2M SDE", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-                aliases=("k_dpmpp_2m_sde",)),
+                aliases=("k_dpmpp_2m_sde",), default_schedule="Exponential"),
     SamplerSpec("DPM++ 2S a", "DPMSolverSinglestepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2},
-                aliases=("k_dpmpp_2s_a",), note="diffusers has no ancestral single-step solver; this is DPM++ 2S"),
+                aliases=("k_dpmpp_2s_a",), note="diffusers has no ancestral single-step solver; this is DPM++ 2S",
+                default_schedule="Karras"),
     SamplerSpec("Euler a", "EulerAncestralDiscreteScheduler", aliases=("k_euler_a", "k_euler_ancestral")),
     SamplerSpec("Euler", "EulerDiscreteScheduler", aliases=("k_euler",)),
     SamplerSpec("LMS", "LMSDiscreteScheduler", aliases=("k_lms",)),
     SamplerSpec("Heun", "HeunDiscreteScheduler", aliases=("k_heun",)),
-    SamplerSpec("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",)),
-    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",)),
+    SamplerSpec("DPM2", "KDPM2DiscreteScheduler", aliases=("k_dpm_2",), default_schedule="Karras"),
+    SamplerSpec("DPM2 a", "KDPM2AncestralDiscreteScheduler", aliases=("k_dpm_2_a",), default_schedule="Karras"),
     SamplerSpec("DDIM", "DDIMScheduler", aliases=("ddim",)),
     SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     SamplerSpec("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
@@ -102,7 +104,11 @@ class SamplerRegistry:
         return None
 
     def resolve(self, name: str, scheduler: str = "Automatic") -> tuple[SamplerSpec, str]:
-        """(sampler, schedule type label) for a request's sampler_name and scheduler fields."""
+        """(sampler, schedule type label) for a request's sampler_name and scheduler fields.
+
+        "Automatic" becomes the sampler's default schedule (Karras for DPM++ 2M, …) or stays
+        "Automatic" (the checkpoint's own scheduler config) where it has none.
+        """
         schedule = resolve_schedule(scheduler)
         spec = self._find(name)
         if spec is None:  # legacy "DPM++ 2M Karras": a sampler name with the schedule appended
@@ -115,6 +121,8 @@ class SamplerRegistry:
         if spec is None:
             raise InvalidRequest(
                 f"unknown sampler {name!r}; choose one of: {', '.join(self.names())}", "sampler_name")
+        if schedule == "Automatic":  # as A1111 does: the sampler's own default, written out in the infotext
+            schedule = spec.default_schedule
         allowed = spec.schedule_types()
         if schedule not in allowed:
             raise InvalidRequest(

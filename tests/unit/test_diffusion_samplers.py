@@ -34,11 +34,21 @@ def test_schedule_options_reach_the_scheduler(base_config):
     karras = reg.make_scheduler("DPM++ 2M", base_config, "Karras")
     assert type(karras).__name__ == "DPMSolverMultistepScheduler" and karras.config.use_karras_sigmas
     # Automatic after Karras: nothing leaks, the base config decides
-    assert not reg.make_scheduler("DPM++ 2M", karras.config, "Automatic").config.use_karras_sigmas
+    euler_karras = reg.make_scheduler("Euler", base_config, "Karras")
+    assert not reg.make_scheduler("Euler", euler_karras.config, "Automatic").config.use_karras_sigmas
     assert reg.make_scheduler("Euler", base_config, "Exponential").config.use_exponential_sigmas
     assert reg.make_scheduler("Euler", base_config, "SGM Uniform").config.timestep_spacing == "trailing"
     assert reg.make_scheduler("DPM++ 2M SDE", base_config).config.algorithm_type == "sde-dpmsolver++"
     assert reg.make_scheduler("PLMS", base_config).config.skip_prk_steps
+
+
+def test_automatic_means_the_samplers_a1111_default_schedule():
+    reg = SamplerRegistry()
+    assert reg.resolve("DPM++ 2M")[1] == "Karras"
+    assert reg.resolve("DPM++ 2M SDE", "Automatic")[1] == "Exponential"
+    assert reg.resolve("DPM2 a")[1] == "Karras"
+    assert reg.resolve("Euler a")[1] == "Automatic"  # no default: the checkpoint's own config
+    assert reg.resolve("DPM++ 2M", "Uniform")[1] == "Uniform"  # an explicit choice wins
 
 
 def test_legacy_combined_names_resolve_to_sampler_and_schedule():
