@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import secrets
 import threading
 
@@ -48,6 +49,49 @@ class ErrorShield:
             await send({"type": "http.response.start", "status": 500,
                         "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
             await send({"type": "http.response.body", "body": body})
+
+
+class HideApiInfoBeforeLogin:
+    """Gradio's page embeds `window.gradio_api_info` (component defaults and choices, e.g. the
+    checkpoint names) even on the login page it shows before --gradio-auth's login. Blank it
+    there; after login the page is served whole. Only small HTML pages are buffered."""
+
+    _LOGIN_PAGE = re.compile(rb'"auth_required":\s*true')
+    _API_INFO = re.compile(rb"<script>window\.gradio_api_info = .*?;</script>", re.S)
+    _BLANK = b"<script>window.gradio_api_info = null;</script>"
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("method") != "GET":
+            await self.app(scope, receive, send)
+            return
+        start, chunks = None, []
+
+        async def filtered(message):
+            nonlocal start
+            if message["type"] == "http.response.start":
+                ctype = dict(message.get("headers", [])).get(b"content-type", b"")
+                if ctype.startswith(b"text/html"):
+                    start = message
+                    return
+                await send(message)
+                return
+            if start is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            chunks.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            body = b"".join(chunks)
+            if self._LOGIN_PAGE.search(body):
+                body = self._API_INFO.sub(self._BLANK, body)
+            headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+            await send({**start, "headers": headers + [(b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+
+        await self.app(scope, receive, filtered)
 
 
 class RootPath:
@@ -120,6 +164,8 @@ def create_app(studio: Studio):
 
     api_app = app  # the name `app` is rebound below; auth must read this app's routes
     app.add_middleware(ApiAuth, pairs=api_credentials(studio), routes_of=lambda: api_app.router.routes)
+    if studio.options.gradio_auth:
+        app.add_middleware(HideApiInfoBeforeLogin)
     app.add_middleware(ErrorShield)
 
     import gradio as gr

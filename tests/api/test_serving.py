@@ -83,10 +83,15 @@ def test_ui_needs_a_login_and_each_listed_user_can_log_in(auth_server):
     for user, password in [("ui", "wrong"), API]:  # the API's credentials do not open the UI
         r = httpx.post(auth_server.url + "/login", data={"username": user, "password": password}, timeout=30)
         assert r.status_code >= 400
+    login_page = httpx.get(auth_server.url + "/", timeout=30)
+    assert login_page.status_code == 200 and '"auth_required"' in login_page.text
+    assert "atelier-demo-sd15" not in login_page.text, "the login page must not describe the UI's contents"
     for user, password in UI:
         with httpx.Client(base_url=auth_server.url, timeout=30) as c:
             assert c.post("/login", data={"username": user, "password": password}).status_code == 200
             assert c.get("/config").status_code == 200 and c.get("/gradio_api/info").status_code == 200
+            page = c.get("/")
+            assert page.status_code == 200 and '"auth_required"' not in page.text
 
 
 # -- exposed: --listen --share (offline) --root-path ------------------------------
