@@ -22,7 +22,7 @@ POLICIES = ("gpu", "model_offload", "sequential_offload")
 class OutOfMemory(AtelierError):
     """The device ran out of memory even after the lighter policy; the message says what to change."""
 
-    status = 503
+    status = 422  # the request as sized does not fit this machine; the message says what to change
 
 
 def footprint_bytes(pipe) -> int:
