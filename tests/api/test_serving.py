@@ -63,8 +63,10 @@ def test_every_api_route_refuses_without_credentials_and_serves_with_them(auth_s
                 assert r.headers["www-authenticate"].startswith("Basic") and r.json()["error"] == "Unauthorized"
             r = c.request(method, path, auth=API, **kw)
             assert r.status_code not in (401, 403) and r.status_code < 500, (method, path, r.status_code, r.text[:200])
-        r = c.request("GET", "/sdapi/v1/sd-models", headers={"authorization": "Basic %%%notbase64"})
-        assert r.status_code == 401
+        for header in ("Basic %%%notbase64", "Bearer " + API[0], "Bearer wrong:pass", "Digest x", ""):
+            assert c.get("/sdapi/v1/sd-models", headers={"authorization": header}).status_code == 401, header
+        # OpenAI-style clients send only a key: "USER:PASS" as a Bearer token is accepted.
+        assert c.get("/sdapi/v1/sd-models", headers={"authorization": "Bearer " + ":".join(API)}).status_code == 200
 
 
 def test_webuiapi_client_with_credentials(auth_server):

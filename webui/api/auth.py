@@ -1,4 +1,5 @@
 """HTTP Basic auth for every API route (plain ASGI, so Gradio's streams pass untouched).
+`Authorization: Bearer USER:PASS` is accepted too, for clients that only send an API key.
 
 Protected: every route of the FastAPI app itself (the REST API, /docs, /openapi.json,
 routes extensions add) and anything under the API prefixes, even when no route matches
@@ -16,12 +17,18 @@ API_PREFIXES = ("/sdapi/", "/atelier/", "/ext/", "/v1/", "/docs", "/redoc", "/op
 
 
 def basic_auth_ok(header: str | None, pairs: list[tuple[str, str]]) -> bool:
-    if not header or not header[:6].lower() == "basic ":
+    """HTTP Basic, or `Bearer USER:PASS` (so OpenAI-style clients can pass it as their api_key)."""
+    if not header:
         return False
-    try:
-        user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    scheme, _, value = header.strip().partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, ValueError, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
         return False
+    user, sep, password = value.strip().partition(":")
     if not sep:
         return False
     ok = False
