@@ -263,7 +263,7 @@ class ModelManager:
 
         return memory_readings(self.device.name)
 
-    def set_options(self, name: str, options: LoadOptions) -> None:
+    def set_options(self, name: str, options: LoadOptions | dict) -> None:
         """Remember per-model load options (dtype, quantization); used on the next load of it."""
         entry = self.registry.get("checkpoint", name)
         self.options.set(entry.name, options)
@@ -286,8 +286,7 @@ def run_load_job(studio, ctx, request) -> dict:
     if studio.models is None:
         raise InvalidRequest("the studio is still starting; try again in a moment", FIELD_CHECKPOINT)
     if options is not None:
-        studio.models.set_options(name or studio.models.default_checkpoint_name(), LoadOptions.model_validate(options)
-                                  if isinstance(options, dict) else options)
+        studio.models.set_options(name or studio.models.default_checkpoint_name(), options)
     ctx.progress(0, 1, text=f"loading {name or 'the default checkpoint'}")
     ckpt = studio.models.load(name)
     if name:
