@@ -1,0 +1,147 @@
+"""Downloads against a small local HTTP server (127.0.0.1) standing in for the Hugging Face hub and
+for a direct URL: progress through the job, resume after a cut connection, no half file that
+looks complete, and the file lands in the right models/ folder."""
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+
+import pytest
+
+PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class Hub(http.server.BaseHTTPRequestHandler):
+    """`/<owner>/<repo>/resolve/<rev>/<file>` like the hub; `/files/<name>` like any web server.
+    `/cut/...` sends half the body of the first full request and drops the connection."""
+
+    files: dict = {}
+    cut_once: set = set()
+
+    def log_message(self, *args):
+        pass
+
+    def _lookup(self):
+        path = self.path.split("?")[0]
+        if "/resolve/" in path:
+            name = path.rsplit("/", 1)[-1]
+        elif path.startswith(("/files/", "/cut/")):
+            name = path.rsplit("/", 1)[-1]
+        else:
+            return None
+        return self.files.get(name)
+
+    def _headers(self, data: bytes, start: int) -> None:
+        self.send_header("Content-Length", str(len(data) - start))
+        self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
+        self.send_header("X-Repo-Commit", COMMIT)
+        self.send_header("Accept-Ranges", "bytes")
+
+    def do_HEAD(self):
+        data = self._lookup()
+        if data is None:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self._headers(data, 0)
+        self.end_headers()
+
+    def do_GET(self):
+        data = self._lookup()
+        if data is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start = 0
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            start = int(rng[6:].split("-")[0] or 0)
+        if start:
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self._headers(data, start)
+        self.end_headers()
+        body = data[start:]
+        if self.path.startswith("/cut/") and self.path not in self.cut_once and not start:
+            self.cut_once.add(self.path)
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(2)  # the connection drops mid-file
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture(scope="module")
+def hub():
+    Hub.files = {"tiny.safetensors": PAYLOAD, "style.pt": PAYLOAD[:1000]}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.fixture
+def studio(tmp_path, monkeypatch, hub):
+    from modules.studio import Studio, StudioOptions
+
+    monkeypatch.setenv("HF_ENDPOINT", hub)
+    import huggingface_hub.constants as c
+
+    # conftest sets HF_HUB_OFFLINE=1 for the whole run and the library reads it once, at import.
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", False)
+    s = Studio(StudioOptions(data_dir=tmp_path / "data", device="cpu", build_demo=False))
+    yield s
+    s.shutdown()
+
+
+def _run(studio, request):
+    return studio.jobs.run("download", request, timeout=120)
+
+
+def test_download_from_a_hub_repo_lands_in_the_right_folder_with_progress(studio):
+    job = _run(studio, {"source": "someone/tiny-lora", "filename": "tiny.safetensors", "kind": "lora"})
+    job.raise_for_error()
+    target = studio.paths.model_dir("lora") / "tiny.safetensors"
+    assert target.read_bytes() == PAYLOAD
+    assert job.result["sha256"] == hashlib.sha256(PAYLOAD).hexdigest()
+    assert job.progress.total == len(PAYLOAD) and job.progress.step == len(PAYLOAD)
+    assert [e.name for e in studio.registry.list("lora")] == ["tiny.safetensors"]
+
+
+def test_direct_url_resumes_after_a_cut_and_never_leaves_a_complete_looking_file(studio, hub):
+    folder = studio.paths.model_dir("checkpoint")
+    url = f"{hub}/cut/tiny.safetensors"
+    first = _run(studio, {"source": url})
+    assert first.state.value == "failed" and first.error_status < 500, first.error
+    assert not (folder / "tiny.safetensors").exists(), "a half file must not look complete"
+    assert studio.registry.list("checkpoint") == []
+    part = folder / ".downloads" / "tiny.safetensors.part"
+    assert 0 < part.stat().st_size < len(PAYLOAD), "the partial download is kept for a resume"
+    second = _run(studio, {"source": url})
+    second.raise_for_error()
+    assert (folder / "tiny.safetensors").read_bytes() == PAYLOAD
+    assert not part.exists()
+
+
+@pytest.mark.parametrize("request_body,field", [
+    ({"source": "someone/tiny-lora", "filename": "missing.safetensors"}, "source"),
+    ({"source": "someone/tiny-lora", "filename": "readme.md"}, "filename"),
+    ({"source": "someone/tiny-lora", "filename": "../../etc/x.safetensors"}, "filename"),
+    ({"source": "not a repo"}, "source"),
+    ({"source": "someone/tiny-lora", "filename": "tiny.safetensors", "kind": "nonsense"}, "kind"),
+])
+def test_bad_downloads_are_refused_naming_the_field(studio, request_body, field):
+    job = _run(studio, request_body)
+    assert job.state.value == "failed" and job.error_status < 500, job.error
+    assert job.error_field == field, (job.error_field, job.error)
+    assert not any(p.is_file() and not p.name.startswith(".") for p in studio.paths.models.rglob("*")
+                   if ".downloads" not in p.parts)
