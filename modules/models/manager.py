@@ -189,6 +189,9 @@ class ModelManager:
 
         extras.sync_vae(self.registry, ckpt, self.settings.get().sd_vae, self.device.dtype)
         extras.sync_embeddings(self.registry, ckpt)
+        memory.configure_vae_tiling(ckpt.pipe, self.settings.get().vae_tiling_pixels)
+        if ckpt.pipe.vae is not None and hasattr(ckpt.pipe.vae, "disable_slicing"):
+            ckpt.pipe.vae.disable_slicing()  # a previous job's out-of-memory fallback ends with that job
 
     @contextlib.contextmanager
     def checkpoint(self, name: str | None = None):
@@ -215,7 +218,7 @@ class ModelManager:
         with self._lock:
             if nxt is not None and not ckpt.quantization:
                 self._apply(ckpt, nxt)
-            memory.use_vae_tiling(ckpt.pipe, pixels=2, threshold=1)  # tile and slice the VAE from here on
+            memory.lightest_vae(ckpt.pipe)
         try:
             return fn()
         except Exception as exc:

@@ -85,17 +85,31 @@ def lighter(policy: str) -> str | None:
     return POLICIES[i + 1] if i + 1 < len(POLICIES) else None
 
 
-def use_vae_tiling(pipe, pixels: int, threshold: int) -> None:
-    """Tile and slice the VAE for large images (threshold 0: never); plain decode otherwise."""
+def configure_vae_tiling(pipe, threshold_pixels: int) -> None:
+    """Tile the VAE only for images larger than the threshold (settings.vae_tiling_pixels; 0: never).
+
+    diffusers' AutoencoderKL tiles when a side exceeds `tile_sample_min_size` (its config's
+    sample_size); raising that to the threshold's side keeps ordinary sizes untiled, bit-exact.
+    """
     vae = getattr(pipe, "vae", None)
-    if vae is None or not hasattr(vae, "enable_tiling"):
+    if vae is None or not hasattr(vae, "tile_sample_min_size"):
         return
-    if threshold and pixels > threshold:
-        vae.enable_tiling()
-        vae.enable_slicing()
-    else:
+    if threshold_pixels <= 0:
         vae.disable_tiling()
-        vae.disable_slicing()
+        return
+    side = max(int(vae.config.sample_size), int(threshold_pixels ** 0.5))
+    vae.tile_sample_min_size = side
+    vae.tile_latent_min_size = side // 2 ** (len(vae.config.block_out_channels) - 1)
+    vae.enable_tiling()
+
+
+def lightest_vae(pipe) -> None:
+    """After an out-of-memory: the library's own tile size, and one image of a batch at a time."""
+    vae = getattr(pipe, "vae", None)
+    if vae is None or not hasattr(vae, "tile_sample_min_size"):
+        return
+    configure_vae_tiling(pipe, 1)
+    vae.enable_slicing()
 
 
 def is_oom(exc: BaseException) -> bool:

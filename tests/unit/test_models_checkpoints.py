@@ -201,5 +201,18 @@ def test_retry_on_oom_retries_once_then_says_what_to_change(studio):
     with pytest.raises(AtelierError) as info:
         studio.models.retry_on_oom(ckpt, always)
     assert "smaller" in info.value.message and info.value.status < 500
-    ckpt.pipe.vae.disable_tiling()
-    ckpt.pipe.vae.disable_slicing()
+    assert ckpt.pipe.vae.use_tiling and ckpt.pipe.vae.use_slicing, "the retry ran with the lightest VAE"
+    studio.models.load()  # the next job starts with the configured tiling again
+    assert not ckpt.pipe.vae.use_slicing and ckpt.pipe.vae.tile_sample_min_size == 1024
+
+
+def test_vae_tiles_only_above_the_threshold(studio):
+    vae = studio.models.active.pipe.vae
+    studio.settings.update({"vae_tiling_pixels": 0}, save=False)
+    try:
+        studio.models.load()
+        assert not vae.use_tiling
+    finally:
+        studio.settings.update({"vae_tiling_pixels": 1024 * 1024}, save=False)
+    studio.models.load()
+    assert vae.use_tiling and vae.tile_sample_min_size == 1024 and vae.tile_latent_min_size == 512
