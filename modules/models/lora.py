@@ -129,11 +129,16 @@ def applied(registry, ckpt, wanted: list[tuple[str, float]]):
             weights.append(weight)
     state.evict(pipe, set(names))
     try:
-        if names:
-            pipe.enable_lora()
-            pipe.set_adapters(names, adapter_weights=weights)
-        else:
-            pipe.disable_lora()
+        try:
+            if names:
+                pipe.enable_lora()
+                pipe.set_adapters(names, adapter_weights=weights)
+            else:
+                pipe.disable_lora()
+        except Exception as exc:  # the adapters loaded but cannot be combined: name them, not a 500
+            listed = ", ".join(e.stem for e, _ in entries)
+            raise InvalidRequest(f"LoRAs {listed} could not be activated together: {type(exc).__name__}: "
+                                 f"{str(exc)[:300]}", "prompt") from None
         yield [AppliedLora(entry, weight) for entry, weight in entries]
     finally:
         if state.order:

@@ -230,10 +230,9 @@ class ModelManager:
     # -- the Models tab --------------------------------------------------------
     def describe(self) -> list[dict]:
         """Every model on disk, with where it is now and its memory footprint when loaded."""
-        loaded = {}
-        with self._lock:
-            for c in list(self._cache.values()) + ([self._active] if self._active else []):
-                loaded[str(c.entry.path)] = c
+        # No lock: a running job holds it for the whole generation, and the Models tab must not wait.
+        active = self._active
+        loaded = {str(c.entry.path): c for c in list(self._cache.values()) + ([active] if active else [])}
         rows = []
         for kind in self.registry.paths.model_kinds():
             for e in self.registry.list(kind):
@@ -241,7 +240,7 @@ class ModelManager:
                 rows.append({
                     "kind": kind, "name": e.name, "size": e.size, "arch": e.arch, "format": e.format,
                     "short_hash": e.short_hash, "location": c.location if c else "disk",
-                    "active": bool(c is not None and c is self._active),
+                    "active": bool(c is not None and c is active),
                     "footprint_bytes": c.footprint if c else 0,
                     "quantization": (c.quantization if c else None) or self.options.get(e.name).label(),
                 })
