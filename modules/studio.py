@@ -12,6 +12,8 @@ from pathlib import Path
 
 from modules.diffusion.samplers import SamplerRegistry
 from modules.extensions.hooks import HookRegistry
+from modules.extensions.manage import ExtensionManager
+from modules.extensions.registries import VisionTaskRegistry
 from modules.extensions.tabs import TabRegistry
 from modules.jobs import Job, JobEngine
 from modules.models.registry import ModelRegistry
@@ -62,12 +64,17 @@ class Studio:
         self.samplers = SamplerRegistry()
         self.hooks = HookRegistry()
         self.tabs = TabRegistry()
+        self.vision_tasks = VisionTaskRegistry()  # built-in and extension vision tasks (the vision tab reads it)
         self.jobs = JobEngine()
         self.models = None  # the ModelManager, made in load() once torch is imported
         self.device = None
         self.ready = threading.Event()
         self.load_error: str | None = None
         self._register_jobs()
+        # Extensions load last (built-in names are taken first); small imports only, so the port opens fast.
+        self.extensions = ExtensionManager(self)
+        self.hooks.set_failure_handler(self.extensions.report_failure)
+        self.extensions.load_enabled()
 
     def _register_jobs(self) -> None:
         from modules.diffusion import generate

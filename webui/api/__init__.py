@@ -3,6 +3,6 @@ from __future__ import annotations
 
 
 def routers(studio) -> list:
-    from webui.api import sdapi
+    from webui.api import extensions, sdapi
 
-    return [sdapi.router(studio)]
+    return [sdapi.router(studio), extensions.router(studio)]

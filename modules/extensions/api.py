@@ -1,0 +1,302 @@
+"""The extension API, version 1: the only surface an extension touches.
+
+`setup(api)` receives one ExtensionAPIv1 per extension. Everything it registers is
+recorded with the extension's name as owner, so disabling the extension removes it
+again. Nothing else in modules/ is public: extensions that import internals are on
+their own. See docs/extensions.md for the guide and the versioning rules.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import traceback
+from pathlib import Path
+from types import MappingProxyType, SimpleNamespace
+from typing import TYPE_CHECKING, Any, Callable
+
+from modules.errors import InvalidRequest
+from modules.extensions.hooks import HOOK_NAMES
+from modules.extensions.registries import HTTP_METHODS, RouteSpec, VisionTaskSpec
+from modules.extensions.tabs import TabSpec
+
+if TYPE_CHECKING:
+    from modules.jobs import JobContext
+    from modules.studio import Studio
+
+API_VERSION = "1"
+_KIND_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_SCHEDULER_RE = re.compile(r"^[A-Z][A-Za-z0-9]*Scheduler$")
+
+
+def _types() -> SimpleNamespace:
+    """The typed objects hooks receive, importable as `api.types.X` (part of v1)."""
+    from modules.diffusion.params import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
+
+    # InvalidRequest(message, field): raised from a route or job it becomes a 422 naming the field.
+    return SimpleNamespace(Txt2ImgRequest=Txt2ImgRequest, Img2ImgRequest=Img2ImgRequest,
+                           GenerationResult=GenerationResult, GeneratedImage=GeneratedImage,
+                           InvalidRequest=InvalidRequest)
+
+
+class ExtensionJobContext:
+    """What an extension's job runner sees: progress, a preview, and whether to stop."""
+
+    def __init__(self, ctx: "JobContext"):
+        self._ctx = ctx
+
+    @property
+    def interrupted(self) -> bool:
+        return self._ctx.interrupted
+
+    def progress(self, step: int, total: int, text: str | None = None) -> None:
+        self._ctx.progress(step, total, text=text)
+
+    def preview(self, image) -> None:
+        self._ctx.preview(image)
+
+
+class JobHandle:
+    """A submitted job, seen from an extension: id, state, progress, result, wait()."""
+
+    def __init__(self, job):
+        self._job = job
+
+    id = property(lambda self: self._job.id)
+    state = property(lambda self: self._job.state.value)
+    progress = property(lambda self: self._job.progress.fraction)
+    result = property(lambda self: self._job.result)
+    error = property(lambda self: self._job.error)
+
+    def wait(self, timeout: float | None = None) -> "JobHandle":
+        self._job.wait(timeout)
+        return self
+
+
+class ExtensionAPIv1:
+    """`atelier.extensions.v1`. Keep it small: every method here is a promise."""
+
+    version = API_VERSION
+
+    def __init__(self, studio: "Studio", name: str, priority: int, folder: Path, data_dir: Path,
+                 report: Callable[[str, str, str], None]):
+        self.name = name
+        self.folder = Path(folder)  # the extension's own files (read-only by convention)
+        self.data_dir = Path(data_dir)  # a folder of its own for data it writes
+        self.log = logging.getLogger(f"atelier.ext.{name}")
+        self.types = _types()
+        self._studio = studio
+        self._priority = priority
+        self._report = report  # (owner, where, traceback text)
+        self._samplers: list[str] = []
+        self._model_kinds: list[str] = []
+        self._job_kinds: list[str] = []
+        self._settings_model: type | None = None
+        self._settings_title = ""
+        self._lock = threading.Lock()
+        self.active = True
+
+    # -- UI -------------------------------------------------------------
+    def add_tab(self, title: str, build: Callable[[], Any], order: int = 500) -> None:
+        """A tab: `build()` creates Gradio components (import gradio inside it) and may
+        return them by name. The built-in tabs register through this same TabSpec."""
+        slug = re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_")
+        self._studio.tabs.add(TabSpec(title=title, build=_GuardedBuild(self, title, build), owner=self.name,
+                                      order=order, elem_id=f"tab_ext_{self.name}_{slug}".replace("-", "_")))
+
+    def add_settings_section(self, model: type, title: str | None = None) -> None:
+        """A typed settings section (a pydantic model whose fields all have defaults),
+        persisted in config.json under extensions.<name> and shown in the Extensions tab."""
+        from pydantic import BaseModel
+
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            raise TypeError("add_settings_section takes a pydantic BaseModel class")
+        model()  # every field needs a default: fail now, not when the user opens the tab
+        self._settings_model = model
+        self._settings_title = title or self.name
+
+    @property
+    def settings(self):
+        """The current settings section as an instance of its model (defaults if unset)."""
+        if self._settings_model is None:
+            raise RuntimeError("call api.add_settings_section(Model) first")
+        from pydantic import ValidationError
+
+        stored = self._studio.settings.extension_section(self.name)
+        try:
+            return self._settings_model.model_validate(stored)
+        except ValidationError:
+            self.log.warning("stored settings of %s are invalid; using the defaults", self.name)
+            return self._settings_model()
+
+    def save_settings(self, values) -> Any:
+        """Validate (a model instance or a dict) and persist; returns the new instance."""
+        from pydantic import ValidationError
+
+        from modules.diffusion.params import invalid_from_pydantic
+
+        if self._settings_model is None:
+            raise RuntimeError("call api.add_settings_section(Model) first")
+        data = values.model_dump() if hasattr(values, "model_dump") else dict(values)
+        try:
+            obj = self._settings_model.model_validate(data)
+        except ValidationError as exc:
+            raise invalid_from_pydantic(exc) from None
+        self._studio.settings.set_extension_section(self.name, obj.model_dump(mode="json"))
+        return obj
+
+    # -- generation -----------------------------------------------------
+    def add_sampler(self, name: str, scheduler_class: str, options: dict | None = None,
+                    aliases: tuple[str, ...] = ()) -> None:
+        """A sampler: a diffusers scheduler class name plus constructor options."""
+        from modules.diffusion.samplers import SamplerSpec
+
+        if not _SCHEDULER_RE.match(scheduler_class):
+            raise ValueError(f"{scheduler_class!r} is not a diffusers scheduler class name (e.g. 'DDIMScheduler')")
+        if name in self._studio.samplers.names() and name not in self._samplers:
+            raise ValueError(f"a sampler named {name!r} exists already")
+        self._studio.samplers.add(SamplerSpec(name, scheduler_class, dict(options or {}), tuple(aliases)))
+        self._samplers.append(name)
+
+    # -- hooks ----------------------------------------------------------
+    def add_hook(self, hook: str, fn: Callable) -> Callable:
+        """Register `fn` for one of HOOK_NAMES, ordered by (priority, extension name)."""
+        if hook not in HOOK_NAMES:
+            raise ValueError(f"unknown hook {hook!r}; hooks: {', '.join(HOOK_NAMES)}")
+        self._studio.hooks.add(hook, fn, owner=self.name, priority=self._priority)
+        return fn
+
+    def before_generate(self, fn: Callable) -> Callable:
+        """fn(request) -> request | None. Runs on the job worker before sampling."""
+        return self.add_hook("before_generate", fn)
+
+    def after_generate(self, fn: Callable) -> Callable:
+        """fn(result: GenerationResult) -> result | None. Runs before the images are saved."""
+        return self.add_hook("after_generate", fn)
+
+    def on_image_saved(self, fn: Callable) -> Callable:
+        """fn(image: GeneratedImage) with image.path set. Return value ignored."""
+        return self.add_hook("on_image_saved", fn)
+
+    def before_chat(self, fn: Callable) -> Callable:
+        return self.add_hook("before_chat", fn)
+
+    def after_chat(self, fn: Callable) -> Callable:
+        return self.add_hook("after_chat", fn)
+
+    # -- REST -----------------------------------------------------------
+    def add_route(self, path: str, endpoint: Callable, methods: tuple[str, ...] = ("GET",), summary: str = "") -> None:
+        """A FastAPI-style endpoint answering at /ext/<name><path> (typed params, pydantic bodies)."""
+        if not isinstance(path, str) or not path.startswith("/") or ".." in path:
+            raise ValueError(f"route path {path!r} must start with '/' and stay under /ext/{self.name}/")
+        methods = tuple(m.upper() for m in methods)
+        bad = [m for m in methods if m not in HTTP_METHODS]
+        if bad:
+            raise ValueError(f"unsupported HTTP method {bad[0]!r}; use {', '.join(HTTP_METHODS)}")
+        self._studio.extensions.routes.add(RouteSpec(self.name, path, methods, endpoint, summary))
+
+    def get(self, path: str) -> Callable:
+        """Decorator: @api.get("/hello")."""
+        return lambda fn: (self.add_route(path, fn, ("GET",)), fn)[1]
+
+    def post(self, path: str) -> Callable:
+        return lambda fn: (self.add_route(path, fn, ("POST",)), fn)[1]
+
+    # -- models, vision, jobs --------------------------------------------
+    def add_model_kind(self, kind: str, folder: str) -> Path:
+        """A models/<folder> the registry scans as `kind`; returns the folder."""
+        from modules.paths import MODEL_FOLDERS, resolve_inside
+
+        if not _KIND_RE.match(kind):
+            raise ValueError(f"model kind {kind!r}: use lower-case letters, digits, '-', '_', '.'")
+        if kind in MODEL_FOLDERS or (kind in self._studio.paths.extra_kinds and kind not in self._model_kinds):
+            raise ValueError(f"model kind {kind!r} exists already")
+        if "/" in folder or "\\" in folder:
+            raise ValueError(f"folder {folder!r} must be one folder name under models/")
+        path = resolve_inside(self._studio.paths.models, folder, field_name="folder", must_exist=False)
+        path.mkdir(parents=True, exist_ok=True)
+        self._studio.extensions.set_model_kind(kind, path)
+        self._model_kinds.append(kind)
+        return path
+
+    def add_vision_task(self, name: str, run: Callable, title: str = "", description: str = "",
+                        model_kind: str | None = None, options: dict | None = None) -> None:
+        """A vision task: run(image, options) -> dict | str, listed by the vision tab."""
+        self._studio.vision_tasks.add(VisionTaskSpec(name=name, run=run, title=title or name, description=description,
+                                                     model_kind=model_kind, owner=self.name,
+                                                     options=dict(options or {})))
+
+    def register_job_kind(self, kind: str, runner: Callable[[ExtensionJobContext, Any], Any],
+                          queue: str = "default") -> None:
+        """A job kind on the job engine: runner(ctx, request) runs on the worker with
+        ctx.progress(step, total), ctx.preview(image) and ctx.interrupted."""
+        if not _KIND_RE.match(kind):
+            raise ValueError(f"job kind {kind!r}: use lower-case letters, digits, '-', '_', '.'")
+        self._studio.extensions.claim_job_kind(kind, self.name)
+
+        def run(ctx, request):
+            if not self.active:
+                raise InvalidRequest(f"the extension {self.name} that provides {kind!r} is disabled", "kind")
+            try:
+                return runner(ExtensionJobContext(ctx), request)
+            except InvalidRequest:
+                raise
+            except Exception:
+                self._report(self.name, f"job {kind}", traceback.format_exc())
+                raise
+
+        self._studio.jobs.register_kind(kind, run, queue=queue)
+        self._job_kinds.append(kind)
+
+    def submit_job(self, kind: str, request: Any) -> JobHandle:
+        return JobHandle(self._studio.jobs.submit(kind, request))
+
+    def txt2img(self, request=None, **params):
+        """Generate and wait; returns a GenerationResult. Not from a hook or a job runner
+        (they run on the worker this would wait for)."""
+        if threading.current_thread().name.startswith("atelier-jobs-"):
+            raise RuntimeError("api.txt2img cannot be called from a hook or a job runner")
+        from modules.diffusion.params import Txt2ImgRequest, parse_request
+
+        req = request if request is not None else parse_request(Txt2ImgRequest, params)
+        self._studio.wait_ready()
+        job = self._studio.jobs.run("txt2img", req)
+        job.raise_for_error()
+        return job.result
+
+    # -- teardown (the loader calls this on disable) ----------------------
+    def _unregister(self) -> None:
+        self.active = False
+        s = self._studio
+        s.tabs.remove_owner(self.name)
+        s.hooks.remove_owner(self.name)
+        s.extensions.routes.remove_owner(self.name)
+        s.vision_tasks.remove_owner(self.name)
+        for name in self._samplers:
+            s.samplers.remove(name)
+        for kind in self._model_kinds:
+            s.extensions.set_model_kind(kind, None)
+        self._samplers, self._model_kinds = [], []
+
+
+class _GuardedBuild:
+    """A tab build that cannot take the UI down: its error goes to the Extensions tab."""
+
+    def __init__(self, api: ExtensionAPIv1, title: str, build: Callable):
+        self.api, self.title, self.build = api, title, build
+
+    def __call__(self, studio=None):
+        try:
+            return self.build()
+        except Exception:
+            text = traceback.format_exc()
+            self.api._report(self.api.name, f"tab {self.title}", text)
+            renderer = getattr(self.api._studio.extensions, "render_error", None)
+            if renderer:
+                renderer(f"The extension {self.api.name} failed to build this tab.", text)
+            return {}
+
+
+# Which API object an extension gets, by the api_version in its extension.toml. A v2 would be
+# added beside v1 (v1 extensions keep working), never in its place.
+API_VERSIONS = MappingProxyType({API_VERSION: ExtensionAPIv1})

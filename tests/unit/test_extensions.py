@@ -1,0 +1,188 @@
+"""Issue 5 "Done when", in process: an extension installed from a local git repo appears,
+adds its tab, its hook changes a generation, disabling removes the effect; broken
+extensions leave the studio and the others working; install is refused under --listen."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from modules.diffusion.params import Txt2ImgRequest
+from modules.errors import AtelierError, InvalidRequest
+from tests.unit.test_extensions_support import git_repo, mark_main, write_extension
+
+RED = (255, 0, 0)
+
+
+def generate(studio, **params):
+    req = Txt2ImgRequest(**{"prompt": "a lighthouse", "seed": 7, "steps": 2, "width": 64, "height": 64, **params})
+    job = studio.jobs.run("txt2img", req, timeout=120)
+    job.raise_for_error()
+    assert job.result.images, "the generation returned no images"
+    return job.result
+
+
+def corner(result):
+    return result.images[0].image.convert("RGB").getpixel((3, 3))
+
+
+def test_installed_from_git_appears_adds_tab_changes_generation_and_disable_removes_it(studio, tmp_path):
+    from PIL import Image
+
+    baseline = generate(studio)
+    repo = git_repo(tmp_path / "marker-ext", mark_main("GITMARK"), name="marker-ext")
+
+    info = studio.extensions.install(str(repo))
+
+    assert info["status"] == "enabled", info["error"]
+    assert info["source"] == "installed" and info["git"]["commit"]
+    assert (studio.paths.extensions / "marker-ext" / "extension.toml").is_file()
+    assert "marker-ext" in [e["name"] for e in studio.extensions.list()]
+    tab = [t for t in studio.tabs.list() if t.title == "GITMARK tab"]
+    assert tab and tab[0].owner == "marker-ext"
+
+    marked = generate(studio)
+    assert corner(marked) == RED and corner(baseline) != RED
+    assert "Mark: GITMARK" in marked.images[0].infotext
+    saved = Image.open(marked.images[0].path)
+    assert saved.convert("RGB").getpixel((3, 3)) == RED  # post-processed before it was saved
+    assert "Mark: GITMARK" in saved.info["parameters"]
+
+    studio.extensions.disable("marker-ext")
+    after = generate(studio)
+    assert list(after.images[0].image.getdata()) == list(baseline.images[0].image.getdata())
+    assert "Mark" not in after.images[0].infotext
+    assert "GITMARK tab" not in [t.title for t in studio.tabs.list()]
+    assert json.loads(studio.paths.config_file.read_text())["extensions_disabled"] == ["marker-ext"]
+
+    studio.extensions.enable("marker-ext")
+    assert corner(generate(studio)) == RED
+
+
+def test_installed_tab_is_in_the_built_gradio_blocks(studio, tmp_path):
+    from webui.ui import build_ui
+
+    studio.extensions.install(str(git_repo(tmp_path / "tab-ext", mark_main("BLOCKSMARK"), name="tab-ext")))
+    blocks = build_ui(studio)
+    labels = {getattr(b, "label", None) for b in blocks.blocks.values()}
+    assert {"BLOCKSMARK tab", "Extensions", "Seed explorer"} <= labels
+    assert any(getattr(b, "elem_id", None) == "BLOCKSMARK_tab_text" for b in blocks.blocks.values())
+
+
+def test_broken_import_and_broken_hook_leave_studio_and_others_working(studio, tmp_path):
+    write_extension(tmp_path / "bad-import", "raise RuntimeError('BOOM at import')\ndef setup(api): pass\n")
+    write_extension(tmp_path / "bad-hook", """
+        def setup(api):
+            @api.before_generate
+            def worse(req):
+                raise ValueError('BOOM in before_generate')
+            @api.after_generate
+            def broken(result):
+                raise ValueError('BOOM in after_generate')
+    """, priority=1)
+    write_extension(tmp_path / "bad-setup", """
+        def setup(api):
+            api.add_tab('half registered', lambda: None)
+            raise KeyError('BOOM in setup')
+    """)
+    write_extension(tmp_path / "good-mark", mark_main("GOOD"), priority=900)
+
+    for name in ("bad-import", "bad-hook", "bad-setup", "good-mark"):
+        studio.extensions.install(str(tmp_path / name))  # a local folder, copied
+
+    listing = {e["name"]: e for e in studio.extensions.list()}
+    assert listing["bad-import"]["status"] == "failed" and "BOOM at import" in listing["bad-import"]["error"]
+    assert "Traceback" in listing["bad-import"]["error"]
+    assert listing["bad-setup"]["status"] == "failed" and "BOOM in setup" in listing["bad-setup"]["error"]
+    assert "half registered" not in [t.title for t in studio.tabs.list()]  # rolled back
+
+    result = generate(studio)  # the generation goes on past the raising hooks
+    assert corner(result) == RED and "Mark: GOOD" in result.images[0].infotext
+    bad = studio.extensions.describe("bad-hook")
+    assert bad["status"] == "error" and "BOOM in after_generate" in bad["error"]
+    assert studio.extensions.describe("good-mark")["status"] == "enabled"
+    assert studio.extensions.describe("example-seed-explorer")["status"] == "enabled"
+
+
+def test_hooks_run_by_priority_then_name_and_bad_parameters_are_refused(studio, tmp_path):
+    order = """
+        def setup(api):
+            @api.after_generate
+            def tag(result):
+                result.images[0].infotext += ', Order: ' + api.name
+    """
+    for name, prio in (("zz-first", 10), ("bb-second", 50), ("aa-third", 50)):
+        write_extension(tmp_path / name, order, priority=prio)
+        studio.extensions.install(str(tmp_path / name))
+    write_extension(tmp_path / "huge-steps", """
+        def setup(api):
+            @api.before_generate
+            def bigger(req):
+                return req.model_copy(update={'steps': 10 ** 6})
+    """)
+    studio.extensions.install(str(tmp_path / "huge-steps"))
+
+    text = generate(studio).images[0].infotext
+    tags = [part.split(": ")[1] for part in text.split(", ") if part.startswith("Order: ")]
+    assert tags == ["zz-first", "aa-third", "bb-second"]
+    assert "Steps: 2" in text  # the out-of-range change was refused, the request kept
+    assert "steps" in studio.extensions.describe("huge-steps")["error"]
+
+
+def test_install_refused_when_listening_unless_insecure_access(studio, tmp_path):
+    repo = git_repo(tmp_path / "listen-ext", mark_main("LISTEN"), name="listen-ext")
+    studio.options.listen = True
+    with pytest.raises(AtelierError) as err:
+        studio.extensions.install(str(repo))
+    assert err.value.status == 403 and "--enable-insecure-extension-access" in err.value.message
+    assert not (studio.paths.extensions / "listen-ext").exists()
+    for action in (studio.extensions.update, studio.extensions.remove):
+        with pytest.raises(AtelierError) as err:
+            action("example-border")
+        assert err.value.status == 403
+
+    studio.options.enable_insecure_extension_access = True
+    assert studio.extensions.install(str(repo))["status"] == "enabled"
+    studio.options.listen, studio.options.share = False, True
+    studio.options.enable_insecure_extension_access = False
+    with pytest.raises(AtelierError):
+        studio.extensions.remove("listen-ext")
+
+
+def test_update_pulls_and_reloads_remove_deletes(studio, tmp_path):
+    repo = git_repo(tmp_path / "upd-ext", mark_main("V1"), name="upd-ext")
+    studio.extensions.install(str(repo))
+    assert "Mark: V1" in generate(studio).images[0].infotext
+
+    (repo / "main.py").write_text(mark_main("V2"))
+    (repo / "extension.toml").write_text((repo / "extension.toml").read_text().replace("1.0.0", "1.1.0"))
+    from tests.unit.test_extensions_support import commit
+    commit(repo, "second version")
+
+    info = studio.extensions.update("upd-ext")
+    assert info["version"] == "1.1.0" and info["status"] == "enabled"
+    text = generate(studio).images[0].infotext
+    assert "Mark: V2" in text and "V1" not in text
+
+    studio.extensions.remove("upd-ext")
+    assert not (studio.paths.extensions / "upd-ext").exists()
+    assert "upd-ext" not in [e["name"] for e in studio.extensions.list()]
+    assert "Mark" not in generate(studio).images[0].infotext
+    with pytest.raises(InvalidRequest, match="disable it instead"):
+        studio.extensions.remove("example-border")
+
+
+def test_border_example_settings_section_post_processes_and_persists(studio):
+    assert corner(generate(studio)) != (255, 0, 255)  # shipped off: outputs untouched by default
+    saved = studio.extensions.save_settings("example-border", {"enabled": True, "width": 6, "color": "#FF00FF"})
+    assert saved == {"enabled": True, "width": 6, "color": "#ff00ff"}
+    stored = json.loads(studio.paths.config_file.read_text())["extensions"]["example-border"]
+    assert stored["width"] == 6
+
+    result = generate(studio)
+    assert corner(result) == (255, 0, 255) and "Border: 6px #ff00ff" in result.images[0].infotext
+    assert result.images[0].image.getpixel((32, 32)) != (255, 0, 255)
+
+    with pytest.raises(InvalidRequest) as err:
+        studio.extensions.save_settings("example-border", {"enabled": True, "width": 4, "color": "red"})
+    assert err.value.field == "color"
