@@ -70,6 +70,11 @@ def run_download_job(studio, ctx, request) -> dict:
             name = _target_name(req.filename or urlparse(req.source).path)
             final = resolve_inside(folder, name, field_name="filename", must_exist=False)
             done = _download_url(req.source, staging / (name + ".part"), ctx, name)
+        elif "/" in req.source and not req.filename and len(req.source.split("/")) == 2:
+            repo = _repo_and_file(req, need_file=False)[0]
+            name = repo.split("/")[1]  # a whole repo (a diffusers or transformers folder)
+            final = resolve_inside(folder, name, field_name="source", must_exist=False)
+            done = _download_snapshot(repo, req.revision, staging / re.sub(r"[^\w.-]", "--", repo), ctx, name)
         else:
             repo, filename = _repo_and_file(req)
             name = _target_name(filename)
@@ -86,7 +91,7 @@ def run_download_job(studio, ctx, request) -> dict:
     return {"kind": req.kind, "name": entry.name, "size": entry.size, "sha256": entry.sha256}
 
 
-def _repo_and_file(req: DownloadRequest) -> tuple[str, str]:
+def _repo_and_file(req: DownloadRequest, need_file: bool = True) -> tuple[str, str | None]:
     parts = req.source.split("/")
     repo = "/".join(parts[:2])
     filename = req.filename or ("/".join(parts[2:]) if len(parts) > 2 else None)
@@ -94,6 +99,8 @@ def _repo_and_file(req: DownloadRequest) -> tuple[str, str]:
         raise InvalidRequest(f"{req.source!r} is neither an http(s) URL nor a Hugging Face repo id (owner/name)",
                              "source")
     if not filename:
+        if not need_file:
+            return repo, None
         raise InvalidRequest("name the file inside the repo (filename), e.g. model.safetensors", "filename")
     if filename.startswith("/") or ".." in filename.split("/"):
         raise InvalidRequest("must be a path inside the repo", "filename")
@@ -145,6 +152,26 @@ def _download_hub(repo: str, filename: str, revision: str, staging: Path, ctx, l
         raise InvalidRequest(f"could not download {filename} from {repo}: {type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:300] if str(exc) else ''}", "source") from None
     return Path(path)
+
+
+def _download_snapshot(repo: str, revision: str, staging: Path, ctx, label: str) -> Path:
+    """A whole hub repo into `staging` (files already there are kept: a resume), without hub metadata."""
+    from huggingface_hub import constants, snapshot_download
+
+    if constants.HF_HUB_OFFLINE:
+        raise InvalidRequest("HF_HUB_OFFLINE is set, so the hub cannot be reached; unset it to download", "source")
+    try:
+        snapshot_download(repo, revision=revision, local_dir=str(staging), max_workers=2,
+                          endpoint=os.environ.get("HF_ENDPOINT") or None, tqdm_class=_progress_class(ctx, label))
+    except (_Stopped, AtelierError):
+        raise
+    except Exception as exc:
+        raise InvalidRequest(f"could not download {repo}: {type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:300] if str(exc) else ''}", "source") from None
+    shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's resume bookkeeping
+    if not any(staging.iterdir()):
+        raise InvalidRequest(f"{repo} has no files", "source")
+    return staging
 
 
 def _download_url(url: str, part: Path, ctx, label: str) -> Path:

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import json
 import threading
 
 import pytest
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+SNAPSHOT = {"model_index.json": b'{"_class_name": "StableDiffusionPipeline"}', "unet/config.json": b"{}",
+            "unet/diffusion_pytorch_model.safetensors": PAYLOAD[:5000]}
 
 
 class Hub(http.server.BaseHTTPRequestHandler):
@@ -26,7 +29,9 @@ class Hub(http.server.BaseHTTPRequestHandler):
     def _lookup(self):
         path = self.path.split("?")[0]
         if "/resolve/" in path:
-            name = path.rsplit("/", 1)[-1]
+            name = path.split("/resolve/", 1)[1].split("/", 1)[1]
+            if name in SNAPSHOT:
+                return SNAPSHOT[name]
         elif path.startswith(("/files/", "/cut/")):
             name = path.rsplit("/", 1)[-1]
         else:
@@ -52,6 +57,19 @@ class Hub(http.server.BaseHTTPRequestHandler):
         self.end_headers()
 
     def do_GET(self):
+        if self.path.startswith("/api/models/"):  # repo info and file tree, as snapshot_download asks
+            if "/tree/" in self.path:
+                body = json.dumps([{"type": "file", "path": n, "size": len(d), "oid": "0" * 40}
+                                   for n, d in SNAPSHOT.items()]).encode()
+            else:
+                body = json.dumps({"id": "someone/tiny-model", "sha": COMMIT,
+                                   "siblings": [{"rfilename": n} for n in SNAPSHOT]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         data = self._lookup()
         if data is None:
             self.send_response(404)
@@ -130,6 +148,15 @@ def test_direct_url_resumes_after_a_cut_and_never_leaves_a_complete_looking_file
     second.raise_for_error()
     assert (folder / "tiny.safetensors").read_bytes() == PAYLOAD
     assert not part.exists()
+
+
+def test_whole_repo_becomes_a_folder_in_the_kind_folder(studio):
+    job = _run(studio, {"source": "someone/tiny-model"})
+    job.raise_for_error()
+    folder = studio.paths.model_dir("checkpoint") / "tiny-model"
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == PAYLOAD[:5000]
+    assert not (folder / ".cache").exists()
+    assert [(e.name, e.format) for e in studio.registry.list("checkpoint")] == [("tiny-model", "diffusers")]
 
 
 @pytest.mark.parametrize("request_body,field", [
