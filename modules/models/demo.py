@@ -225,3 +225,48 @@ def save_demo_lora(path: Path, fmt: str = "kohya", seed: int = 0, rank: int = 4,
                     tensors[key + ".alpha"] = torch.tensor(float(alpha))
     save_file(tensors, str(path), metadata={"ss_network_dim": str(rank), **(metadata or {})})
     return path
+
+
+def build_sdxl_pipeline(seed: int = 0):
+    """A tiny SDXL-architecture pipeline (two text encoders, pooled embeddings, time ids); random weights."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp))
+        tok = CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
+    cfg = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+               hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+               vocab_size=len(tok), max_position_embeddings=77, projection_dim=32, layer_norm_eps=1e-5)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64, norm_num_groups=1)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32, sample_size=32)
+    return StableDiffusionXLPipeline(
+        vae=vae.eval(), text_encoder=CLIPTextModel(CLIPTextConfig(**cfg)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**cfg)).eval(),
+        tokenizer=tok, tokenizer_2=tok, unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                         steps_offset=1, timestep_spacing="leading"))
+
+
+def save_demo_sdxl_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A tiny SDXL checkpoint as a diffusers folder, written whole or not at all."""
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name("." + folder.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_sdxl_pipeline(seed).save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "ATELIER_DEMO.txt").write_text(DEMO_NOTE + "\n", encoding="utf-8")
+    tmp.rename(folder)
+    return folder

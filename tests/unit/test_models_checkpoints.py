@@ -216,3 +216,19 @@ def test_vae_tiles_only_above_the_threshold(studio):
         studio.settings.update({"vae_tiling_pixels": 1024 * 1024}, save=False)
     studio.models.load()
     assert vae.use_tiling and vae.tile_sample_min_size == 1024 and vae.tile_latent_min_size == 512
+
+
+def test_sdxl_folder_loads_as_sdxl_and_swaps_with_sd1(studio):
+    from modules.models.demo import save_demo_sdxl_checkpoint
+
+    folder = studio.paths.model_dir("checkpoint") / "tiny-xl"
+    save_demo_sdxl_checkpoint(folder)
+    studio.registry.refresh("checkpoint")
+    assert studio.registry.get("checkpoint", "tiny-xl").arch == "sdxl"
+    image, info = _txt2img(studio, override_settings={"sd_model_checkpoint": "tiny-xl"})
+    assert "Model: tiny-xl" in info and image.shape == (64, 64, 3)
+    with studio.models.checkpoint("tiny-xl") as ckpt:
+        assert ckpt.arch == "sdxl" and type(ckpt.pipeline("img2img")).__name__ == "StableDiffusionXLImg2ImgPipeline"
+        assert ckpt.pipeline("img2img").unet is ckpt.pipe.unet, "img2img shares the txt2img weights"
+    _, info = _txt2img(studio)
+    assert "Model: atelier-demo-sd15" in info
