@@ -51,6 +51,18 @@ class LoadOptions(BaseModel):
                                   bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
 
+    def transformers_config(self, compute_dtype):
+        """transformers' BitsAndBytesConfig for LLM/VLM loads (runs on the CPU too); None when unquantized."""
+        if self.quantization == "none":
+            return None
+        from transformers import BitsAndBytesConfig
+
+        if self.quantization == "int8":
+            return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=self.quantization,
+                                  bnb_4bit_use_double_quant=self.double_quant, bnb_4bit_compute_dtype=compute_dtype)
+
+
 class OptionsStore:
     """Per-model load options, kept in the data dir's model-options.json (atomic writes)."""
 
