@@ -170,12 +170,13 @@ def create_app(studio: Studio):
 
     import gradio as gr
 
-    from webui.ui import build_ui
+    from webui.ui import CSS, build_ui
 
     blocks = build_ui(studio)
     gradio_auth = parse_auth(studio.options.gradio_auth, "--gradio-auth") or None
     root = studio.options.root_path.strip("/")
-    app = gr.mount_gradio_app(app, blocks, path="/", auth=gradio_auth, root_path=("/" + root) if root else None)
+    app = gr.mount_gradio_app(app, blocks, path="/", auth=gradio_auth, root_path=("/" + root) if root else None,
+                              css=CSS)
     return RootPath(app, studio.options.root_path) if root else app
 
 

@@ -1,15 +1,72 @@
-"""Builds the Gradio Blocks from the tab registry (built-in tabs register like extensions)."""
+"""Builds the Gradio Blocks from the tab registry (built-in tabs register like extensions).
+
+Each tab's build(studio) returns its components by name; a key "_on_show" holds
+(fn, inputs, outputs) to run whenever that tab is opened. Cross-tab buttons are wired
+after every tab exists (sendto.py). Pass CSS to mount_gradio_app/launch (Gradio 6).
+"""
 from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("atelier.ui")
+
+CSS = """
+#quicksettings { align-items: end; }
+#atelier_status .atelier-banner { padding: 8px 12px; border-radius: 8px; font-size: 0.9em; line-height: 1.35; }
+.atelier-banner.demo { background: var(--color-accent-soft); border: 1px solid var(--border-color-accent); }
+.atelier-banner.loading { background: var(--background-fill-secondary); }
+.atelier-banner.warn, .atelier-banner.error { background: #fff4e5; border: 1px solid #f0b45b; color: #5a3b00; }
+.atelier-actions button.lg { min-height: 72px; font-size: 1.1em; }
+.atelier-progress { margin: 2px 0 6px; }
+.atelier-progress.idle { display: none; }
+.atelier-progress-bar { height: 8px; border-radius: 4px; background: var(--background-fill-secondary); overflow: hidden; }
+.atelier-progress-fill { height: 100%; background: var(--color-accent); transition: width 0.2s linear; }
+.atelier-progress-text { font-size: 0.85em; color: var(--body-text-color-subdued); margin-top: 3px; }
+.atelier-gauge { margin: 6px 0; }
+table.atelier-params th { text-align: left; padding-right: 12px; white-space: nowrap; vertical-align: top; }
+.atelier-muted { color: var(--body-text-color-subdued); }
+"""
+
+
+def builtin_tab_modules():
+    from webui.ui import extensions_tab, gallery, img2img, inpaint, models, pnginfo, settings, txt2img
+
+    return (txt2img, img2img, inpaint, pnginfo, gallery, models, settings, extensions_tab)
+
+
+def register_builtin(studio) -> None:
+    for module in builtin_tab_modules():
+        module.register(studio)
 
 
 def build_ui(studio):
     import gradio as gr
 
-    from webui.ui import txt2img
+    from webui.ui import sendto, topbar
 
-    txt2img.register(studio)
+    register_builtin(studio)
+    # Outputs are served straight from disk (no copy into Gradio's cache), so the gallery stays fast.
+    gr.set_static_paths([str(studio.paths.outputs)])
+    ui: dict[str, dict] = {}
     with gr.Blocks(title="Atelier") as blocks:
-        for spec in studio.tabs.list():
-            with gr.Tab(spec.title, elem_id=spec.elem_id or None):
-                spec.build(studio)
+        top = topbar.build(studio)
+        with gr.Tabs(elem_id="tabs") as tabs:
+            for spec in studio.tabs.list():
+                tab_id = spec.elem_id or spec.title
+                with gr.Tab(spec.title, id=tab_id, elem_id=spec.elem_id or None) as tab:
+                    try:
+                        comps = spec.build(studio) or {}
+                    except Exception as exc:  # one broken (extension) tab must not take the UI down
+                        log.exception("tab %r (%s) failed to build", spec.title, spec.owner)
+                        gr.Markdown(f"⚠️ This tab could not be built: `{type(exc).__name__}: {exc}`")
+                        comps = {}
+                ui[tab_id] = comps if isinstance(comps, dict) else {}
+                on_show = ui[tab_id].get("_on_show")
+                if on_show:
+                    fn, inputs, outputs = on_show
+                    tab.select(fn, inputs, outputs, queue=False, show_progress="hidden")
+        sendto.wire(studio, ui, tabs)
+        fn, inputs, outputs = top["_on_load"]
+        blocks.load(fn, inputs, outputs, queue=False, show_progress="hidden")
+    blocks.atelier_components = ui  # for tests and extensions that want to reach a built tab
     return blocks

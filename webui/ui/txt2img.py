@@ -1,29 +1,35 @@
-"""txt2img tab (minimal; the web UI issue completes it)."""
+"""txt2img tab: prompt row on top, parameters on the left, results on the right (A1111's layout)."""
 from __future__ import annotations
 
 from modules.extensions.tabs import TabSpec
+from webui.ui import components, generation
+
+TAB = "txt2img"
 
 
-def build(studio):
+def build(studio) -> dict:
     import gradio as gr
 
     from modules.diffusion.params import Txt2ImgRequest
 
-    prompt = gr.Textbox(label="Prompt", elem_id="txt2img_prompt")
-    go = gr.Button("Generate", elem_id="txt2img_generate")
-    gallery = gr.Gallery(label="Output", elem_id="txt2img_gallery")
-    info = gr.Textbox(label="Infotext", elem_id="txt2img_info")
-
-    def run(p):
-        studio.wait_ready()
-        job = studio.submit("txt2img", Txt2ImgRequest(prompt=p, steps=10, width=64, height=64)).wait()
-        if job.error:
-            raise gr.Error(job.error)
-        return [g.image for g in job.result.images], job.result.images[0].infotext
-
-    go.click(run, [prompt], [gallery, info], concurrency_id="gpu")
-    return {"prompt": prompt, "generate": go, "gallery": gallery, "info": info}
+    c = components.prompt_row(studio, TAB)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, elem_id=f"{TAB}_settings"):
+            p = components.params_block(studio, TAB, hires=True)
+        with gr.Column(scale=5, elem_id=f"{TAB}_results"):
+            r = components.results_panel(TAB)
+    c.update(p)
+    c.update(r)
+    fields = {k: c[k] for k in request_field_names(c)}
+    generation.wire_generation(studio, TAB, "txt2img", Txt2ImgRequest, fields, {"_seed_extra": c["seed_extra"]}, c)
+    return c
 
 
-def register(studio):
+def request_field_names(c: dict) -> list[str]:
+    from modules.diffusion.params import Txt2ImgRequest
+
+    return [k for k in c if k in Txt2ImgRequest.model_fields]
+
+
+def register(studio) -> None:
     studio.tabs.add(TabSpec("txt2img", build, order=10, elem_id="tab_txt2img"))

@@ -1,0 +1,64 @@
+"""Inpaint in a real browser: upload an image, paint a stroke with the mouse, Generate; the saved
+PNG keeps every pixel outside the painted region and changes some inside it."""
+from __future__ import annotations
+
+import time
+
+from tests.browser.helpers import open_tab, set_number
+
+
+def _gradient(path):
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 64))
+    img.putdata([(x * 4, y * 4, 128) for y in range(64) for x in range(64)])
+    img.save(path)
+    return img
+
+
+def test_paint_mask_and_generate(page, live_server, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    source = _gradient(tmp_path / "source.png")
+    open_tab(page, "Inpaint")
+    page.locator("#inpaint_editor input[type=file]").set_input_files(str(tmp_path / "source.png"))
+    canvas = page.locator("#inpaint_editor .pixi-target canvas").first
+    canvas.wait_for(state="visible")
+    page.wait_for_timeout(800)  # the editor fits the image to the canvas
+    page.get_by_role("button", name="Brush", exact=True).click()
+    # A thin brush (the size picker's slider), so the stroke stays well inside the middle third.
+    page.get_by_role("button", name="Brush Size", exact=True).click()
+    size = page.locator("#inpaint_editor .size_picker input[type=range]")
+    size.evaluate("(el) => { el.value = '4'; el.dispatchEvent(new Event('input', {bubbles: true}));"
+                  " el.dispatchEvent(new Event('change', {bubbles: true})); }")
+    page.get_by_role("button", name="Brush Size", exact=True).click()
+    # The image is drawn centred and square; stroke across its middle row, from 30% to 70% of its width.
+    box = canvas.bounding_box()
+    side = min(box["width"], box["height"]) * 0.9
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - side * 0.2, cy)
+    page.mouse.down()
+    for i in range(1, 21):
+        page.mouse.move(cx - side * 0.2 + side * 0.4 * i / 20, cy)
+    page.mouse.up()
+
+    page.fill("#inpaint_prompt textarea", "a red ball")
+    set_number(page, "inpaint_steps", 4)
+    set_number(page, "inpaint_mask_blur", 0)
+    set_number(page, "inpaint_denoising_strength", 1)
+    before = set((live_server.data_dir / "outputs").rglob("*.png"))
+    page.click("#inpaint_generate")
+    page.wait_for_selector("#inpaint_gallery img", timeout=60_000)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not set((live_server.data_dir / "outputs").rglob("*.png")) - before:
+        time.sleep(0.1)
+    new = sorted(set((live_server.data_dir / "outputs").rglob("*.png")) - before)
+    assert new, "the inpaint result was not saved under outputs/"
+    out = np.asarray(Image.open(new[-1]).convert("RGB")).astype(int)
+    src = np.asarray(source).astype(int)
+    assert out.shape == src.shape
+    # Far from the stroke (the top and bottom thirds) nothing moved; along the stroke something did.
+    assert np.array_equal(out[:18], src[:18]), "pixels above the painted stroke changed"
+    assert np.array_equal(out[46:], src[46:]), "pixels below the painted stroke changed"
+    assert np.abs(out[28:36, 24:40] - src[28:36, 24:40]).max() > 8, "nothing changed where the mask was painted"

@@ -1,0 +1,167 @@
+"""Shared widgets: the prompt row, the generation-parameters block, the results panel.
+
+Every parameter component is keyed by its request field name (AUTOMATIC1111's API
+names), so building a request, filling fields from infotext ("Reuse parameters",
+PNG Info) and the REST API all speak the same names.
+"""
+from __future__ import annotations
+
+from modules.diffusion import infotext as infotext_mod
+
+# Request fields the parameter block edits (besides prompt and negative_prompt).
+HIRES_UPSCALERS_FALLBACK = ["Latent"]
+
+
+def schedule_types() -> list[str]:
+    """Read at build time: the diffusion module may add more schedule types than we know of."""
+    from modules.diffusion import samplers
+
+    names = list(getattr(samplers, "SCHEDULE_TYPES", None) or ["Automatic"])
+    return names if "Automatic" in names else ["Automatic", *names]
+
+
+def hires_upscalers() -> list[str]:
+    try:
+        from modules.diffusion import hires
+
+        found = getattr(hires, "HR_UPSCALERS", None)
+    except ImportError:
+        found = None
+    return list(found or HIRES_UPSCALERS_FALLBACK)
+
+
+def lora_names(studio) -> list[str]:
+    try:
+        return [e.name for e in studio.registry.list("lora")]
+    except Exception:  # a missing folder must not break the page
+        return []
+
+
+def prompt_row(studio, tab: str) -> dict:
+    """Prompt + negative prompt on the left; Generate (↔ Interrupt/Skip) and the LoRA picker on the right."""
+    import gradio as gr
+
+    c: dict = {}
+    with gr.Row(elem_id=f"{tab}_toprow", equal_height=False):
+        with gr.Column(scale=6):
+            c["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
+                                     placeholder="Prompt (press Ctrl+Enter to generate)")
+            c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=8,
+                                              elem_id=f"{tab}_neg_prompt", placeholder="Negative prompt")
+        with gr.Column(scale=1, min_width=180, elem_classes=["atelier-actions"]):
+            c["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", size="lg")
+            with gr.Row():
+                c["interrupt"] = gr.Button("Interrupt", variant="stop", visible=False, elem_id=f"{tab}_interrupt", min_width=60)
+                c["skip"] = gr.Button("Skip", visible=False, elem_id=f"{tab}_skip", min_width=60)
+            with gr.Row():
+                c["lora"] = gr.Dropdown(choices=lora_names(studio), value=None, label="LoRA → prompt",
+                                        elem_id=f"{tab}_lora", scale=4, min_width=100)
+                c["lora_refresh"] = gr.Button("🔄", elem_id=f"{tab}_lora_refresh", scale=1, min_width=40, size="sm")
+
+    def add_lora(name, prompt):
+        if not name:
+            return gr.skip(), gr.skip()
+        tag = f"<lora:{name.rsplit('.', 1)[0] if '.' in name else name}:1>"
+        return (f"{prompt} {tag}".strip() if tag not in prompt else prompt), None
+
+    c["lora"].input(add_lora, [c["lora"], c["prompt"]], [c["prompt"], c["lora"]], queue=False)
+    c["lora_refresh"].click(lambda: gr.Dropdown(choices=lora_names(studio)), None, [c["lora"]], queue=False)
+    return c
+
+
+def params_block(studio, tab: str, hires: bool) -> dict:
+    """Sampler, steps, hires fix, size, batch, CFG, seed, CLIP skip — A1111's order."""
+    import gradio as gr
+
+    s = studio.settings.get()
+    c: dict = {}
+    samplers = studio.samplers.names()
+    with gr.Row():
+        c["sampler_name"] = gr.Dropdown(samplers, value=samplers[0] if samplers else None, label="Sampling method",
+                                        elem_id=f"{tab}_sampling")
+        types = schedule_types()
+        c["scheduler"] = gr.Dropdown(types, value=types[0], label="Schedule type", elem_id=f"{tab}_scheduler")
+    c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+    if hires:
+        with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires"):
+            c["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}_enable_hr")
+            with gr.Row():
+                ups = hires_upscalers()
+                c["hr_upscaler"] = gr.Dropdown(ups, value=ups[0], label="Upscaler", elem_id=f"{tab}_hr_upscaler")
+                c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same)",
+                                                      elem_id=f"{tab}_hires_steps")
+                c["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",
+                                                    elem_id=f"{tab}_denoising_strength")
+            with gr.Row():
+                c["hr_scale"] = gr.Slider(1, 4, value=2, step=0.05, label="Upscale by", elem_id=f"{tab}_hr_scale")
+                c["hr_resize_x"] = gr.Slider(0, 2048, value=0, step=8, label="Resize width to", elem_id=f"{tab}_hr_resize_x")
+                c["hr_resize_y"] = gr.Slider(0, 2048, value=0, step=8, label="Resize height to", elem_id=f"{tab}_hr_resize_y")
+    with gr.Row():
+        with gr.Column(scale=3):
+            c["width"] = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab}_width")
+            c["height"] = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab}_height")
+        with gr.Column(scale=1, min_width=60):
+            swap = gr.Button("⇅", elem_id=f"{tab}_res_switch", size="sm", min_width=40)
+        with gr.Column(scale=2):
+            c["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+            c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+    c["cfg_scale"] = gr.Slider(0, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+    with gr.Row(equal_height=True):
+        c["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=5, minimum=-1)
+        c["random_seed"] = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
+        c["reuse_seed"] = gr.Button("♻️", elem_id=f"{tab}_reuse_seed", scale=0, min_width=40)
+        c["seed_extra"] = gr.Checkbox(False, label="Extra", elem_id=f"{tab}_subseed_show", scale=1, min_width=60)
+    with gr.Row(visible=False) as extra_row:
+        c["subseed"] = gr.Number(-1, label="Variation seed", precision=0, elem_id=f"{tab}_subseed", minimum=-1)
+        c["subseed_strength"] = gr.Slider(0, 1, value=0, step=0.01, label="Variation strength",
+                                          elem_id=f"{tab}_subseed_strength")
+    c["extra_row"] = extra_row
+    c["clip_skip"] = gr.Slider(1, 12, value=s.CLIP_stop_at_last_layers, step=1, label="Clip skip",
+                               elem_id=f"{tab}_clip_skip")
+
+    swap.click(lambda w, h: (h, w), [c["width"], c["height"]], [c["width"], c["height"]], queue=False)
+    c["random_seed"].click(lambda: -1, None, [c["seed"]], queue=False)
+    c["seed_extra"].change(lambda on: gr.Row(visible=on), [c["seed_extra"]], [extra_row], queue=False)
+    return c
+
+
+def results_panel(tab: str) -> dict:
+    """Progress, live preview, the result gallery, send-to buttons and the infotext under the image."""
+    import gradio as gr
+
+    c: dict = {}
+    c["progress"] = gr.HTML("", elem_id=f"{tab}_progress", elem_classes=["atelier-progress-host"])
+    c["preview"] = gr.Image(label="Preview", visible=False, interactive=False, elem_id=f"{tab}_preview",
+                            height=320, type="pil", format="png")
+    c["gallery"] = gr.Gallery(label="Output", elem_id=f"{tab}_gallery", columns=4, height=460, format="png",
+                              object_fit="contain", preview=True, interactive=False)
+    with gr.Row():
+        c["send_img2img"] = gr.Button("🖼️ Send to img2img", elem_id=f"{tab}_send_img2img", size="sm")
+        c["send_inpaint"] = gr.Button("🎨 Send to inpaint", elem_id=f"{tab}_send_inpaint", size="sm")
+        c["reuse"] = gr.Button("↙️ Reuse parameters", elem_id=f"{tab}_reuse_params", size="sm")
+    c["info"] = gr.Textbox(label="Generation parameters", lines=4, max_lines=12, interactive=False,
+                           elem_id=f"{tab}_info", buttons=["copy"])
+    # Per-user values: the last results ([{path, infotext, seed}]), which one is selected, the running job.
+    c["results"] = gr.State([])
+    c["selected"] = gr.State(0)
+    c["job_id"] = gr.State(None)
+    c["last_seed"] = gr.State(-1)
+    return c
+
+
+def fields_from_infotext(text: str) -> dict:
+    """Infotext → request fields, the one conversion behind Reuse parameters and PNG Info."""
+    return infotext_mod.to_request_fields(infotext_mod.parse(text or ""))
+
+
+def updates_for_fields(fields: dict, comps: dict) -> dict:
+    """Request fields → {component: value} for the components a tab has."""
+    out = {}
+    for name, value in fields.items():
+        comp = comps.get(name)
+        if comp is None or name in ("override_settings",):
+            continue
+        out[comp] = value
+    if "seed_extra" in comps and ("subseed" in fields or "subseed_strength" in fields):
+        out[comps["seed_extra"]] = bool(fields.get("subseed_strength"))
+    return out

@@ -1,0 +1,97 @@
+"""Cross-tab wiring, done once every tab is built: "Send to img2img / inpaint / txt2img" and
+"Reuse parameters". A source gives an image and its infotext; the target tab gets both and is opened."""
+from __future__ import annotations
+
+from modules.errors import AtelierError
+from webui.ui.components import fields_from_infotext, updates_for_fields
+from webui.ui.generation import record_image, selected_record
+
+# target tab id -> the component that takes the image
+IMAGE_SLOT = {"tab_img2img": "image", "tab_inpaint": "editor"}
+FILLABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed", "subseed",
+            "subseed_strength", "width", "height", "clip_skip", "denoising_strength", "enable_hr", "hr_scale",
+            "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra")
+
+
+def _open(path: str | None):
+    from PIL import Image
+
+    if not path:
+        return None
+    with Image.open(path) as im:
+        im.load()
+        return im.copy()
+
+
+def wire(studio, ui: dict, tabs) -> None:
+    import gradio as gr
+
+    def target_outputs(tab_id: str) -> list:
+        comps = ui.get(tab_id) or {}
+        outs = [comps[k] for k in FILLABLE if k in comps]
+        if tab_id in IMAGE_SLOT and IMAGE_SLOT[tab_id] in comps:
+            outs.append(comps[IMAGE_SLOT[tab_id]])
+        return outs
+
+    def sender(tab_id: str, source, with_image: bool, switch: bool = True):
+        comps = ui.get(tab_id) or {}
+
+        def handler(*args):
+            try:
+                image, text = source(*args)
+            except (AtelierError, OSError) as exc:
+                raise gr.Error(f"Nothing to send: {exc}") from None
+            if image is None and not text:
+                gr.Warning("Nothing to send yet: generate or select an image first")
+                return {}
+            fields = fields_from_infotext(text) if text else {}
+            updates = updates_for_fields({k: v for k, v in fields.items() if k in FILLABLE}, comps)
+            if with_image and image is not None and tab_id in IMAGE_SLOT:
+                updates[comps[IMAGE_SLOT[tab_id]]] = image
+            if switch:
+                updates[tabs] = gr.Tabs(selected=tab_id)
+            return updates
+
+        return handler, target_outputs(tab_id) + ([tabs] if switch else [])
+
+    def connect(button, tab_id, source, inputs, with_image=True, switch=True):
+        if button is None or tab_id not in ui:
+            return
+        fn, outputs = sender(tab_id, source, with_image, switch)
+        button.click(fn, inputs, outputs, queue=False)
+
+    # Results of the three generation tabs.
+    def from_results(results, selected):
+        record = selected_record(results, selected)
+        return (record_image(record), record["infotext"]) if record else (None, "")
+
+    for tab_id in ("tab_txt2img", "tab_img2img", "tab_inpaint"):
+        comps = ui.get(tab_id)
+        if not comps or "results" not in comps:
+            continue
+        inputs = [comps["results"], comps["selected"]]
+        connect(comps.get("send_img2img"), "tab_img2img", from_results, inputs)
+        connect(comps.get("send_inpaint"), "tab_inpaint", from_results, inputs)
+        connect(comps.get("reuse"), tab_id, from_results, inputs, with_image=False, switch=False)
+
+    # PNG Info: the dropped file and its parameters.
+    png = ui.get("tab_pnginfo")
+    if png:
+        source = lambda path, text: (_open(path), text)  # noqa: E731
+        inputs = [png["image"], png["text"]]
+        connect(png.get("send_txt2img"), "tab_txt2img", source, inputs, with_image=False)
+        connect(png.get("send_img2img"), "tab_img2img", source, inputs)
+        connect(png.get("send_inpaint"), "tab_inpaint", source, inputs)
+
+    # Gallery: the selected file (resolved inside outputs/) and its parameters.
+    gal = ui.get("tab_gallery")
+    if gal:
+        from webui.ui.gallery import resolve_image
+
+        def from_gallery(rel, text):
+            return (_open(str(resolve_image(studio, rel))) if rel else None), text
+
+        inputs = [gal["path"], gal["info"]]
+        connect(gal.get("send_txt2img"), "tab_txt2img", from_gallery, inputs, with_image=False)
+        connect(gal.get("send_img2img"), "tab_img2img", from_gallery, inputs)
+        connect(gal.get("send_inpaint"), "tab_inpaint", from_gallery, inputs)
