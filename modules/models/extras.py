@@ -42,7 +42,9 @@ def sync_vae(registry, ckpt, setting: str, dtype) -> None:
         ckpt.vae_setting = setting
         return
     pipe = ckpt.pipe
-    base = ckpt.__dict__.setdefault("_base_vae", pipe.vae)  # the checkpoint's own, kept aside
+    if ckpt.base_vae is None:
+        ckpt.base_vae = pipe.vae  # the checkpoint's own, kept aside
+    base = ckpt.base_vae
     vae = base if entry is None else load_vae(entry, base, dtype)
     vae.to(device=base.device, dtype=base.dtype)
     pipe.vae = vae
@@ -96,7 +98,7 @@ def sync_embeddings(registry, ckpt) -> None:
     pipe = ckpt.pipe
     if not hasattr(pipe, "load_textual_inversion"):
         return
-    skipped = ckpt.__dict__.setdefault("skipped_embeddings", {})
+    skipped = ckpt.skipped_embeddings
     loaded = {e.path for e in ckpt.embeddings}
     for entry in registry.list("embedding"):
         if entry.path in loaded or str(entry.path) in skipped:

@@ -38,6 +38,8 @@ class LoadedCheckpoint:
     vae: ModelEntry | None = None  # the VAE file in use; None = the checkpoint's own
     vae_setting: str = "Automatic"
     embeddings: list[ModelEntry] = field(default_factory=list)
+    skipped_embeddings: dict = field(default_factory=dict)  # path -> why it does not fit this checkpoint
+    base_vae: Any = None  # the checkpoint's own VAE while another one is in use
     loras: lora.LoraState = field(default_factory=lora.LoraState)
     _modes: dict = field(default_factory=dict)
 
