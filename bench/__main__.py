@@ -55,6 +55,13 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+def _load() -> float | None:
+    try:
+        return round(__import__("os").getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
     quiet_libraries()
@@ -66,6 +73,7 @@ def main(argv=None) -> int:
             return 2
     log = lambda msg: print(msg, file=sys.stderr, flush=True)
     started = time.perf_counter()
+    load_before = _load()
     figures: list[Figure] = []
     for group in GROUPS:
         if group not in args.only:
@@ -83,6 +91,8 @@ def main(argv=None) -> int:
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "seconds": round(elapsed, 1),
         "machine": machine_info(args.device),
+        # Other work on the machine makes every figure noisier; the load average says how busy it was.
+        "load_average": {"start": load_before, "end": _load()},
         "figures": [f.to_json() for f in figures],
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -91,6 +101,10 @@ def main(argv=None) -> int:
     print(f"Atelier benchmark — {m['cpu']}, {m['cores_logical']} cores, {m['ram_gib']} GiB RAM{gpu}; "
           f"device {args.device}; {'quick' if args.quick else 'full'} run, {elapsed:.0f} s")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()))
+    busy = max(load_before or 0, result["load_average"]["end"] or 0)
+    if m["cores_logical"] and busy > m["cores_logical"] / 2:
+        print(f"note: the machine was busy during this run (1-minute load average up to {busy:.1f} on "
+              f"{m['cores_logical']} cores): the spread of each figure shows how much that disturbed it")
     print(table(figures))
     print(f"\nresults: {args.out}")
     return 0
