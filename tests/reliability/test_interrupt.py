@@ -35,6 +35,15 @@ def _post_in_thread(url: str, payload: dict) -> tuple[threading.Thread, dict]:
     return t, out
 
 
+def _step_now(url: str, job: str, part: int | None = None) -> int:
+    """The step the job is on once the request has been taken (read right after it returns):
+    the job may finish the step it is in, and no more."""
+    state = httpx.get(url + "/sdapi/v1/progress?skip_current_image=true", timeout=10).json()["state"]
+    if state["job"] != job or (part is not None and state["job_no"] != part):
+        return 10**6  # already past it: nothing left to check against
+    return state["sampling_step"]
+
+
 def _next_job_runs(url: str) -> None:
     r = httpx.post(url + "/sdapi/v1/txt2img", json=body(seed=5, steps=3), timeout=120)
     assert r.status_code == 200, r.text[:300]
@@ -46,8 +55,8 @@ def test_api_interrupt_stops_within_one_step(server):
     with ProgressWatcher(server.url) as watch:
         thread, out = _post_in_thread(server.url, body(seed=1, steps=LONG))
         state = watch.wait_for(lambda s: s["job"].startswith("txt2img") and s["sampling_step"] >= 3)
-        at_request = state["sampling_step"]
         assert httpx.post(server.url + "/sdapi/v1/interrupt", timeout=10).status_code == 200
+        at_request = _step_now(server.url, state["job"])
         thread.join(60)
         assert not thread.is_alive(), "the interrupted request never answered"
         job_steps = [step for (job, _), step in watch.seen.items() if job == state["job"]]
@@ -62,8 +71,8 @@ def test_api_skip_drops_the_current_image_and_goes_on(server):
     with ProgressWatcher(server.url) as watch:
         thread, out = _post_in_thread(server.url, body(seed=2, steps=LONG, n_iter=2))
         state = watch.wait_for(lambda s: s["job"].startswith("txt2img") and s["job_no"] == 0 and s["sampling_step"] >= 3)
-        at_request = state["sampling_step"]
         assert httpx.post(server.url + "/sdapi/v1/skip", timeout=10).status_code == 200
+        at_request = _step_now(server.url, state["job"], part=0)
         # The batch goes on with its second image…
         watch.wait_for(lambda s: s["job"] == state["job"] and s["job_no"] == 1 and s["sampling_step"] >= 1, timeout=60)
         first_part = watch.seen[(state["job"], 0)]
@@ -85,16 +94,17 @@ def _wait_step(job, step: int, timeout: float = 60) -> int:
 def test_engine_interrupt_and_skip_stop_within_one_step(studio):
     req = Txt2ImgRequest(prompt="a boat", steps=LONG, width=64, height=64, seed=3, save_images=False)
     job = studio.submit("txt2img", req)
-    at_request = _wait_step(job, 3)
+    _wait_step(job, 3)
     studio.jobs.interrupt(job.id)
+    at_request = job.progress.step
     job.wait(60)
     assert job.state == JobState.INTERRUPTED, job.snapshot()
     assert job.progress.step <= at_request + 1, f"interrupt at step {at_request}, ended at {job.progress.step}"
 
     skipped = studio.submit("txt2img", req.model_copy(update={"n_iter": 2, "steps": 40}))
-    at_request = _wait_step(skipped, 3)
+    _wait_step(skipped, 3)
     studio.jobs.skip(skipped.id)
-    last_first = at_request
+    at_request = last_first = skipped.progress.step
     deadline = time.monotonic() + 60
     while skipped.progress.part == 0:
         assert time.monotonic() < deadline, "skip did not move on to the next image"
