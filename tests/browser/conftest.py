@@ -25,6 +25,17 @@ def browser():
         b.close()
 
 
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory, demo_checkpoint):
+    """One server for the whole browser suite (start-up costs seconds; the tests don't disturb each other)."""
+    from tests.conftest import LiveServer, make_data_dir
+
+    data = make_data_dir(tmp_path_factory.mktemp("browser-data"), demo_checkpoint)
+    server = LiveServer(data).wait_ready()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def page(browser, live_server):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
