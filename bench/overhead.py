@@ -81,9 +81,9 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
     figures = []
     cases = [
         ("overhead_demo", "txt2img overhead vs diffusers, demo model", lambda: demo_folder(), 64,
-         10, 20 if quick else 40),
+         10, 12 if quick else 40),
         ("overhead_sd15", "txt2img overhead vs diffusers, SD1.5-size UNet", lambda: ensure_sd15_folder(log), 256,
-         2 if quick else 10, 4 if quick else 6),
+         2 if quick else 10, 3 if quick else 6),
     ]
     for key, title, folder, width, steps, reps in cases:
         try:

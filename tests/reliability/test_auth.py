@@ -52,6 +52,13 @@ def test_ui_refuses_without_login_and_serves_after(server):
         assert anon.get("/config").status_code == 401
         for path in ("/gradio_api/info", "/gradio_api/queue/status", "/config?x=1"):
             assert anon.get(path).status_code in (401, 403), path
+        # Files: a saved output, through Gradio's file route, and uploads.
+        saved = httpx.post(server.url + "/sdapi/v1/txt2img", json=body(steps=1, save_images=True), auth=API, timeout=120)
+        assert saved.status_code == 200
+        png = next(server.data_dir.joinpath("outputs").rglob("*.png"))
+        for path in (f"/gradio_api/file={png}", f"/file={png}"):
+            assert anon.get(path).status_code in (401, 403, 404), path
+        assert anon.post("/gradio_api/upload", files={"files": ("a.png", b"x")}).status_code in (401, 403)
         assert anon.post("/login", data={"username": UI[0], "password": "wrong"}).status_code in (400, 401)
         assert anon.get("/config").status_code == 401
         login_page = anon.get("/")
