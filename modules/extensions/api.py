@@ -286,6 +286,9 @@ class _GuardedBuild:
         self.api, self.title, self.build = api, title, build
 
     def __call__(self, studio=None):
+        follow = getattr(self.api._studio.extensions, "tab_built", None)
+        if follow:  # the web UI hides this tab on page load while its extension is disabled
+            follow(self.api.name)
         try:
             return self.build()
         except Exception:

@@ -105,6 +105,7 @@ class ExtensionLoader:
         self.routes = RouteRegistry()
         self.records: dict[str, ExtensionRecord] = {}
         self.render_error = None  # set by the web UI: (message, traceback) -> shows it inside a tab
+        self.tab_built = None  # set by the web UI: (owner) -> called inside each extension tab as it is built
         self._job_kind_owner: dict[str, str] = {}
         self._lock = threading.RLock()
 

@@ -40,7 +40,9 @@ class ExtensionManager(ExtensionLoader):
 
     def _tab_note(self, rec: ExtensionRecord) -> str:
         has_tabs = any(t.owner == rec.name for t in self.studio.tabs.list())
-        return "restart the studio to see its tabs" if self.ui_built and has_tabs and not rec.in_ui else ""
+        if not (self.ui_built and has_tabs):
+            return ""
+        return "its tabs come back when the page is reloaded" if rec.in_ui else "restart the studio to see its tabs"
 
     # -- what the tab and the API show ------------------------------------
     def list(self) -> list[dict]:

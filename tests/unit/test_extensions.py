@@ -68,6 +68,16 @@ def test_installed_tab_is_in_the_built_gradio_blocks(studio, tmp_path):
     assert {"BLOCKSMARK tab", "Extensions", "Seed explorer"} <= labels
     assert any(getattr(b, "elem_id", None) == "BLOCKSMARK_tab_text" for b in blocks.blocks.values())
 
+    # On each page load the tab follows its extension: disabled → hidden at the next reload.
+    tab = next(b for b in blocks.blocks.values() if getattr(b, "label", None) == "BLOCKSMARK tab")
+    on_load = [f for f in blocks.fns.values() if tab in f.outputs]
+    assert len(on_load) == 1
+    assert on_load[0].fn().visible is True
+    studio.extensions.disable("tab-ext")
+    assert on_load[0].fn().visible is False
+    assert "reloaded" in studio.extensions.enable("tab-ext")["note"]
+    assert on_load[0].fn().visible is True
+
 
 def test_broken_import_and_broken_hook_leave_studio_and_others_working(studio, tmp_path):
     write_extension(tmp_path / "bad-import", "raise RuntimeError('BOOM at import')\ndef setup(api): pass\n")

@@ -18,6 +18,7 @@ HEADERS = ["name", "version", "status", "source", "description", "tabs", "routes
 def register(studio) -> None:
     studio.tabs.add(TabSpec("Extensions", build, order=900, elem_id="tab_extensions"))
     studio.extensions.render_error = render_error
+    studio.extensions.tab_built = lambda owner: follow_enabled(studio, owner)
     # build_ui builds every registered tab right after registration: the loaded ones are on the page.
     studio.extensions.mark_ui_built()
 
@@ -27,6 +28,22 @@ def render_error(message: str, text: str) -> None:
     import gradio as gr
 
     gr.Markdown(f"⚠️ {message} See the Extensions tab.\n\n```\n{text[-3000:]}\n```")
+
+
+def follow_enabled(studio, owner: str) -> None:
+    """Inside an extension's gr.Tab: on every page load, show it only while its extension
+    is enabled — so disabling takes its tab away at the next reload, without a restart."""
+    import gradio as gr
+    from gradio.context import Context
+
+    tab, root = Context.block, Context.root_block
+    if not isinstance(tab, gr.Tab) or root is None:
+        return
+
+    def visible():
+        return gr.Tab(visible=owner not in studio.extensions.disabled_names())
+
+    root.load(visible, None, [tab], queue=False, show_progress="hidden")
 
 
 def _rows(studio) -> list[list[str]]:
