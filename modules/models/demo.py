@@ -270,3 +270,32 @@ def save_demo_sdxl_checkpoint(folder: Path, seed: int = 0) -> Path:
     (tmp / "ATELIER_DEMO.txt").write_text(DEMO_NOTE + "\n", encoding="utf-8")
     tmp.rename(folder)
     return folder
+
+
+def save_demo_sdxl_lora(path: Path, seed: int = 0, rank: int = 4, scale: float = 0.3) -> Path:
+    """A kohya-format SDXL LoRA for the tiny SDXL: `lora_unet_<SGM block names>`, `lora_te1_…`, `lora_te2_…`."""
+    import torch
+    from safetensors.torch import save_file
+
+    from modules.models.singlefile import unet_key
+
+    pipe = build_sdxl_pipeline(0)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+
+    def add(key, module):
+        tensors[key + ".lora_down.weight"] = torch.randn(rank, module.in_features, generator=gen) * scale
+        tensors[key + ".lora_up.weight"] = torch.randn(module.out_features, rank, generator=gen) * scale
+
+    for name, module in pipe.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(_LORA_UNET):
+            ldm = unet_key(name + ".weight", pipe.unet.config)[: -len(".weight")]  # kohya SDXL uses SGM names
+            add("lora_unet_" + ldm.replace(".", "_"), module)
+    for prefix, encoder in (("lora_te1_text_model_", pipe.text_encoder), ("lora_te2_text_model_", pipe.text_encoder_2)):
+        for name, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(_LORA_TE):
+                add(prefix + name.removeprefix("text_model.").replace(".", "_"), module)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank)})
+    return path

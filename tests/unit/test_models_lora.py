@@ -105,3 +105,25 @@ def test_lora_arch_from_metadata_and_keys(studio):
     studio.registry.refresh("lora")
     assert studio.registry.get("lora", "xl-style").arch == "sdxl"
     assert studio.registry.get("lora", "kohya").arch is None  # the demo's 32-wide layers claim no real arch
+
+
+def test_kohya_sdxl_lora_applies_to_sdxl_and_is_refused_on_sd1(studio):
+    import torch
+
+    from modules.models.demo import save_demo_sdxl_checkpoint, save_demo_sdxl_lora
+
+    save_demo_sdxl_checkpoint(studio.paths.model_dir("checkpoint") / "tiny-xl")
+    save_demo_sdxl_lora(studio.paths.model_dir("lora") / "xl-kohya.safetensors")
+    studio.registry.refresh()
+    assert studio.registry.get("lora", "xl-kohya").arch == "sdxl"  # from its lora_te1_/lora_te2_ keys
+
+    def xl(loras=()):
+        with studio.models.checkpoint("tiny-xl") as ckpt, studio.models.loras(ckpt, list(loras)):
+            return ckpt.pipe(prompt="a cat", num_inference_steps=2, height=64, width=64, output_type="np",
+                             generator=torch.Generator().manual_seed(1)).images
+
+    base = xl()
+    assert np.abs(xl([("xl-kohya", 1.0)]) - base).max() > 1e-3
+    assert np.array_equal(xl(), base)
+    with pytest.raises(InvalidRequest, match="xl-kohya.*SDXL"):
+        _image(studio, [("xl-kohya", 1.0)])
