@@ -8,6 +8,7 @@ that looks complete — and the next attempt resumes where it stopped.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -69,7 +70,9 @@ def run_download_job(studio, ctx, request) -> dict:
         if urlparse(req.source).scheme in ("http", "https"):
             name = _target_name(req.filename or urlparse(req.source).path)
             final = resolve_inside(folder, name, field_name="filename", must_exist=False)
-            done = _download_url(req.source, staging / (name + ".part"), ctx, name)
+            # The part file is tied to its URL, so a resume never appends another file's bytes.
+            url_id = hashlib.sha1(req.source.encode()).hexdigest()[:8]
+            done = _download_url(req.source, staging / f"{name}.{url_id}.part", ctx, name)
         elif "/" in req.source and not req.filename and len(req.source.split("/")) == 2:
             repo = _repo_and_file(req, need_file=False)[0]
             name = repo.split("/")[1]  # a whole repo (a diffusers or transformers folder)

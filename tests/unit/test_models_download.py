@@ -7,6 +7,7 @@ import hashlib
 import http.server
 import json
 import threading
+import time
 
 import pytest
 
@@ -22,6 +23,7 @@ class Hub(http.server.BaseHTTPRequestHandler):
 
     files: dict = {}
     cut_once: set = set()
+    ranges: list = []  # (path, first byte asked for) of every GET with a Range header
 
     def log_message(self, *args):
         pass
@@ -32,7 +34,7 @@ class Hub(http.server.BaseHTTPRequestHandler):
             name = path.split("/resolve/", 1)[1].split("/", 1)[1]
             if name in SNAPSHOT:
                 return SNAPSHOT[name]
-        elif path.startswith(("/files/", "/cut/")):
+        elif path.startswith(("/files/", "/cut/", "/slow/")):
             name = path.rsplit("/", 1)[-1]
         else:
             return None
@@ -80,6 +82,7 @@ class Hub(http.server.BaseHTTPRequestHandler):
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
             start = int(rng[6:].split("-")[0] or 0)
+            self.ranges.append((self.path, start))
         if start:
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
@@ -93,6 +96,12 @@ class Hub(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
             self.connection.shutdown(2)  # the connection drops mid-file
+            return
+        if self.path.startswith("/slow/"):
+            for i in range(0, len(body), 65536):  # a slow link: time to interrupt mid-file
+                self.wfile.write(body[i:i + 65536])
+                self.wfile.flush()
+                time.sleep(0.05)
             return
         self.wfile.write(body)
 
@@ -142,10 +151,12 @@ def test_direct_url_resumes_after_a_cut_and_never_leaves_a_complete_looking_file
     assert first.state.value == "failed" and first.error_status < 500, first.error
     assert not (folder / "tiny.safetensors").exists(), "a half file must not look complete"
     assert studio.registry.list("checkpoint") == []
-    part = folder / ".downloads" / "tiny.safetensors.part"
+    (part,) = (folder / ".downloads").glob("tiny.safetensors.*.part")
     assert 0 < part.stat().st_size < len(PAYLOAD), "the partial download is kept for a resume"
+    have = part.stat().st_size
     second = _run(studio, {"source": url})
     second.raise_for_error()
+    assert ("/cut/tiny.safetensors", have) in Hub.ranges, "the second attempt resumed where the first stopped"
     assert (folder / "tiny.safetensors").read_bytes() == PAYLOAD
     assert not part.exists()
 
@@ -157,6 +168,22 @@ def test_whole_repo_becomes_a_folder_in_the_kind_folder(studio):
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == PAYLOAD[:5000]
     assert not (folder / ".cache").exists()
     assert [(e.name, e.format) for e in studio.registry.list("checkpoint")] == [("tiny-model", "diffusers")]
+
+
+def test_interrupted_download_keeps_its_part_and_resumes(studio, hub):
+    folder = studio.paths.model_dir("vae")
+    job = studio.submit("download", {"source": f"{hub}/slow/tiny.safetensors", "kind": "vae"})
+    deadline = time.monotonic() + 30
+    while job.progress.step == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    studio.jobs.interrupt(job.id)
+    job.wait(60)
+    assert job.state.value in ("interrupted", "done") and job.result == {"interrupted": True, "resumable": True}
+    (part,) = (folder / ".downloads").glob("tiny.safetensors.*.part")
+    assert 0 < part.stat().st_size < len(PAYLOAD) and not (folder / "tiny.safetensors").exists()
+    done = _run(studio, {"source": f"{hub}/slow/tiny.safetensors", "kind": "vae"})
+    done.raise_for_error()
+    assert (folder / "tiny.safetensors").read_bytes() == PAYLOAD
 
 
 @pytest.mark.parametrize("request_body,field", [
