@@ -131,8 +131,19 @@ def test_hooks_run_by_priority_then_name_and_bad_parameters_are_refused(studio, 
                 return req.model_copy(update={'steps': 10 ** 6})
     """)
     studio.extensions.install(str(tmp_path / "huge-steps"))
+    write_extension(tmp_path / "saved-log", """
+        def setup(api):
+            @api.on_image_saved
+            def log(image):
+                with open(api.data_dir / "saved.txt", "a") as f:
+                    f.write(f"{image.path}|{image.seed}\\n")
+    """)
+    studio.extensions.install(str(tmp_path / "saved-log"))
 
-    text = generate(studio).images[0].infotext
+    result = generate(studio)
+    text = result.images[0].infotext
+    logged = (studio.paths.root / "extensions-data" / "saved-log" / "saved.txt").read_text().splitlines()
+    assert logged == [f"{result.images[0].path}|7"]
     tags = [part.split(": ")[1] for part in text.split(", ") if part.startswith("Order: ")]
     assert tags == ["zz-first", "aa-third", "bb-second"]
     assert "Steps: 2" in text  # the out-of-range change was refused, the request kept

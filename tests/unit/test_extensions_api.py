@@ -177,3 +177,35 @@ def test_shipped_examples_found_with_a_custom_data_dir(bare):
     assert names["example-border"]["source"] == "shipped" and names["example-border"]["status"] == "enabled"
     assert names["example-seed-explorer"]["tabs"] == ["Seed explorer"]
     assert names["example-border"]["has_settings"]
+
+
+def test_chat_hooks_filter_typed_objects_and_skip_a_raising_one(bare, tmp_path):
+    from pydantic import BaseModel
+
+    class ChatRequest(BaseModel):  # stands in for the chat task's request type
+        message: str
+
+    write_extension(tmp_path / "chatty", """
+        def setup(api):
+            @api.before_chat
+            def shout(req):
+                return req.model_copy(update={"message": req.message.upper()})
+            @api.after_chat
+            def wrong_type(reply):
+                return 42
+    """, priority=1)
+    write_extension(tmp_path / "chat-crash", """
+        def setup(api):
+            @api.before_chat
+            def crash(req):
+                raise RuntimeError("BOOM in before_chat")
+    """, priority=2)
+    for name in ("chatty", "chat-crash"):
+        bare.extensions.install(str(tmp_path / name))
+
+    assert bare.hooks.before_chat(ChatRequest(message="hi")).message == "HI"
+    assert bare.hooks.after_chat(ChatRequest(message="reply")).message == "reply"  # 42 refused, value kept
+    assert "expected ChatRequest" in bare.extensions.describe("chatty")["error"]
+    assert "BOOM in before_chat" in bare.extensions.describe("chat-crash")["error"]
+    bare.extensions.disable("chatty")
+    assert bare.hooks.before_chat(ChatRequest(message="hi")).message == "hi"
