@@ -135,15 +135,18 @@ def test_hooks_run_by_priority_then_name_and_bad_parameters_are_refused(studio, 
         def setup(api):
             @api.on_image_saved
             def log(image):
+                import threading
                 with open(api.data_dir / "saved.txt", "a") as f:
-                    f.write(f"{image.path}|{image.seed}\\n")
+                    f.write(f"{image.path}|{image.seed}|{threading.current_thread().name}\\n")
     """)
     studio.extensions.install(str(tmp_path / "saved-log"))
 
     result = generate(studio)
     text = result.images[0].infotext
     logged = (studio.paths.root / "extensions-data" / "saved-log" / "saved.txt").read_text().splitlines()
-    assert logged == [f"{result.images[0].path}|7"]
+    path, seed, thread = logged[0].split("|")
+    assert len(logged) == 1 and (path, seed) == (str(result.images[0].path), "7")
+    assert thread.startswith("atelier-jobs-")  # hooks run on the job worker, never in the UI's event loop
     tags = [part.split(": ")[1] for part in text.split(", ") if part.startswith("Order: ")]
     assert tags == ["zz-first", "aa-third", "bb-second"]
     assert "Steps: 2" in text  # the out-of-range change was refused, the request kept
@@ -207,3 +210,12 @@ def test_border_example_settings_section_post_processes_and_persists(studio):
     with pytest.raises(InvalidRequest) as err:
         studio.extensions.save_settings("example-border", {"enabled": True, "width": 4, "color": "red"})
     assert err.value.field == "color"
+
+
+def test_seed_explorer_generates_consecutive_seeds_through_the_api(studio):
+    api = studio.extensions.records["example-seed-explorer"].api
+    result = api.txt2img(prompt="a fox", seed=5, batch_size=2, steps=2, width=64, height=64)
+    assert [g.seed for g in result.images] == [5, 6]
+    with pytest.raises(InvalidRequest) as err:
+        api.txt2img(prompt="a fox", steps=0)
+    assert err.value.field == "steps"
