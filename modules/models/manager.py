@@ -145,8 +145,16 @@ class ModelManager:
         from modules.models import quant
 
         dtype = opts.torch_dtype(self.device.dtype)
-        pipe, arch = loaders.load_checkpoint(entry, dtype, self.registry.paths, opts, self.device.name)
-        self.registry.ensure_hash(entry)
+        # A big file is hashed (once, then cached) while it loads: both read the same pages.
+        hasher = None
+        if entry.sha256 is None:
+            hasher = threading.Thread(target=self.registry.ensure_hash, args=(entry,), name="atelier-hash", daemon=True)
+            hasher.start()
+        try:
+            pipe, arch = loaders.load_checkpoint(entry, dtype, self.registry.paths, opts, self.device.name)
+        finally:
+            if hasher is not None:
+                hasher.join()
         pipe.set_progress_bar_config(disable=True)
         quantization = quant.quantize_pipeline(pipe, opts, self.device.name)
         return LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=opts, quantization=quantization,
