@@ -17,7 +17,7 @@ from modules import atomic
 log = logging.getLogger("atelier.models")
 
 CHUNK = 1024 * 1024
-EAGER_LIMIT = 512 * 1024 * 1024  # files up to this size are hashed during a scan; bigger ones when used
+EAGER_LIMIT = 64 * 1024 * 1024  # files up to this size are hashed during a scan; bigger ones when first used
 
 
 def _signature(path: Path) -> tuple[float, int]:

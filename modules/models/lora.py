@@ -115,6 +115,7 @@ def applied(registry, ckpt, wanted: list[tuple[str, float]]):
     for name, weight in wanted:
         entry = _lookup(registry, name)
         _check_arch(entry, ckpt.arch)
+        registry.ensure_hash(entry)  # the infotext's "Lora hashes" needs it; cached after the first use
         entries.append((entry, float(weight)))
     if not entries:
         yield []
