@@ -78,6 +78,19 @@ def test_installed_tab_is_in_the_built_gradio_blocks(studio, tmp_path):
     assert "reloaded" in studio.extensions.enable("tab-ext")["note"]
     assert on_load[0].fn().visible is True
 
+    # The Extensions tab's own buttons drive the same manager and show refusals as messages.
+    comps = blocks.atelier_components["tab_extensions"]
+
+    def click(button, *args):
+        fn = next(f for f in blocks.fns.values() if any(t[0] == comps[button]._id for t in f.targets))
+        return fn.fn(*args)
+
+    rows, errors, _, message = click("disable", "tab-ext", "", False)
+    assert "tab-ext: disabled" in message and ["tab-ext", "1.0.0"] == rows[[r[0] for r in rows].index("tab-ext")][:2]
+    studio.options.listen = True
+    *_, message = click("install", None, str(tmp_path / "tab-ext"), False)
+    assert message.startswith("⚠️") and "--enable-insecure-extension-access" in message
+
 
 def test_broken_import_and_broken_hook_leave_studio_and_others_working(studio, tmp_path):
     write_extension(tmp_path / "bad-import", "raise RuntimeError('BOOM at import')\ndef setup(api): pass\n")
