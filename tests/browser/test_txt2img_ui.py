@@ -1,6 +1,9 @@
 """txt2img in a real browser: type a prompt, Generate, an image appears with its infotext."""
 from __future__ import annotations
 
+import os
+import shutil
+
 from tests.browser.helpers import small_run
 
 
@@ -19,6 +22,11 @@ def test_generate_shows_image_and_infotext(page, live_server, tmp_path):
     saved = list((live_server.data_dir / "outputs").rglob("*.png"))
     assert saved, "no PNG was written under outputs/"
     page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
-    import shutil, os
-    if os.environ.get("ATELIER_SHOT_DIR"):
+    if os.environ.get("ATELIER_SHOT_DIR"):  # to look at the layout by eye
         shutil.copy(tmp_path / "txt2img.png", os.environ["ATELIER_SHOT_DIR"])
+
+    # Send to img2img: the picture and its prompt arrive in the img2img tab, which opens.
+    page.click("#txt2img_send_img2img")
+    page.wait_for_selector("#img2img_image img", timeout=15_000)
+    assert page.locator("#img2img_prompt textarea").input_value() == "a lighthouse at dusk"
+    assert page.locator("#img2img_steps input[type=number]").input_value() == "4"

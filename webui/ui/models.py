@@ -66,17 +66,17 @@ def build(studio) -> dict:
 
     kinds = studio.paths.model_kinds()
     c: dict = {}
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=False):
         c["kind"] = gr.Dropdown(kinds, value="checkpoint", label="Kind", elem_id="models_kind", scale=2)
-        c["refresh"] = gr.Button("🔄 Refresh", elem_id="models_refresh", scale=1, size="sm")
+        c["refresh"] = gr.Button("🔄 Refresh", elem_id="models_refresh", scale=0, min_width=120, size="sm")
     c["table"] = gr.Dataframe(headers=COLUMNS, value=[], interactive=False, elem_id="models_table", wrap=True)
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=False):
         c["name"] = gr.Dropdown(choices=[], label="Checkpoint", elem_id="models_name", scale=3)
-        c["load"] = gr.Button("Load", variant="primary", elem_id="models_load", scale=1, size="sm")
-        c["unload"] = gr.Button("Unload", elem_id="models_unload", scale=1, size="sm")
+        c["load"] = gr.Button("Load", variant="primary", elem_id="models_load", scale=0, min_width=100, size="sm")
+        c["unload"] = gr.Button("Unload", elem_id="models_unload", scale=0, min_width=100, size="sm")
     c["memory"] = gr.HTML("", elem_id="models_memory")
     with gr.Accordion("Download a model", open=False, elem_id="models_download_acc"):
-        with gr.Row(equal_height=True):
+        with gr.Row(equal_height=False):
             c["source"] = gr.Textbox(label="Hugging Face repo id or URL", placeholder="runwayml/stable-diffusion-v1-5",
                                      elem_id="models_download_source", scale=4)
             c["download_kind"] = gr.Dropdown(kinds, value="checkpoint", label="Into", scale=1)
@@ -89,8 +89,10 @@ def build(studio) -> dict:
             table = rows(studio, kind)
         except AtelierError as exc:
             raise gr.Error(str(exc)) from None
+        from webui.ui.topbar import active_checkpoint
+
         names = [e.name for e in studio.registry.list("checkpoint")]
-        return table, gr.Dropdown(choices=names), memory_html(studio)
+        return table, gr.Dropdown(choices=names, value=active_checkpoint(studio)), memory_html(studio)
 
     outs = [c["table"], c["name"], c["memory"]]
     c["kind"].change(show, [c["kind"]], outs, queue=False)

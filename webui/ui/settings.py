@@ -8,6 +8,15 @@ from modules.extensions.tabs import TabSpec
 
 # Edited elsewhere (the checkpoint bar, the Extensions tab) or not a simple value.
 SKIP = {"extensions", "extensions_disabled", "sd_model_checkpoint", "sd_vae"}
+# Labels in A1111's words where the field has no description of its own.
+LABELS = {
+    "memory_policy": "Memory policy: auto, all on the GPU, model offload, sequential offload",
+    "samples_format": "File format for images",
+    "outdir_txt2img_samples": "Output folder for txt2img images (inside outputs/)",
+    "outdir_img2img_samples": "Output folder for img2img / inpaint images (inside outputs/)",
+    "save_images_default": "Save every generated image",
+    "ui_updates_per_second": "Progress updates per second in the browser while generating",
+}
 
 
 def _bounds(info) -> tuple[float | None, float | None]:
@@ -25,7 +34,7 @@ def widget_for(name: str, info, value):
     """A Gradio component for one settings field, labelled with its description."""
     import gradio as gr
 
-    label = f"{info.description or name.replace('_', ' ')}"
+    label = LABELS.get(name) or info.description or name.replace("_", " ")
     elem_id = f"setting_{name}"
     ann = info.annotation
     if typing.get_origin(ann) is typing.Literal:
@@ -55,11 +64,13 @@ def build(studio) -> dict:
         c["save"] = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=180)
         c["result"] = gr.Markdown("", elem_id="settings_result")
     fields: dict = {}
-    with gr.Column(elem_id="settings_fields"):
-        for name, info in Settings.model_fields.items():
-            if name in SKIP:
-                continue
-            fields[name] = widget_for(name, info, getattr(current, name))
+    shown = [(n, i) for n, i in Settings.model_fields.items() if n not in SKIP]
+    half = (len(shown) + 1) // 2
+    with gr.Row(elem_id="settings_fields", equal_height=False):
+        for column in (shown[:half], shown[half:]):
+            with gr.Column():
+                for name, info in column:
+                    fields[name] = widget_for(name, info, getattr(current, name))
     c.update(fields)
     names = list(fields)
 

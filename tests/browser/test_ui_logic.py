@@ -1,0 +1,146 @@
+"""The UI's own logic without a browser: throttled progress, the painted mask, gallery listing,
+request building, the loading banner, and a broken tab that must not take the page down."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from modules.errors import InvalidRequest, PathRefused
+from modules.jobs import Job, JobContext, JobState
+
+
+def test_progress_is_throttled_and_ends_with_the_final_state():
+    from webui.ui.progress import follow
+
+    job = Job(kind="txt2img", request=None)
+    ctx = JobContext(job, None)
+
+    def engine():
+        job.state = JobState.RUNNING
+        job.started_at = time.time()
+        for step in range(1, 401):  # ~400 changes in ~0.8 s: far more than a browser should see
+            ctx.progress(step, 400)
+            time.sleep(0.002)
+        job.state = JobState.DONE
+        job._touch()
+
+    threading.Thread(target=engine, daemon=True).start()
+    started = time.monotonic()
+    snaps = list(follow(job, updates_per_second=5))
+    elapsed = time.monotonic() - started
+    assert snaps[-1].finished and snaps[-1].state == JobState.DONE
+    assert len(snaps) <= elapsed * 5 + 3, f"{len(snaps)} updates in {elapsed:.2f}s"
+    assert any(0 < s.step < 400 for s in snaps), "no intermediate progress was shown"
+
+
+def test_progress_html_shows_step_total_and_eta():
+    from webui.ui.progress import progress_html, snapshot
+
+    job = Job(kind="txt2img", request=None, state=JobState.RUNNING, started_at=time.time() - 2)
+    JobContext(job, None).progress(5, 20)
+    text = progress_html(snapshot(job))
+    assert "Step 5/20" in text and "ETA" in text
+
+
+def test_painted_layer_becomes_white_mask():
+    from PIL import Image, ImageDraw
+
+    from webui.ui.inpaint import painted_mask, uploaded_mask
+
+    background = Image.new("RGBA", (64, 64), (10, 20, 30, 255))
+    layer = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    ImageDraw.Draw(layer).rectangle((10, 20, 29, 29), fill=(255, 255, 255, 90))  # half-transparent still counts
+    mask = painted_mask({"background": background, "layers": [layer], "composite": background})
+    assert mask.mode == "L" and mask.getbbox() == (10, 20, 30, 30)
+    assert set(mask.getdata()) == {0, 255}
+    empty = Image.new("RGBA", (64, 64), (0, 0, 0, 0))
+    assert painted_mask({"background": background, "layers": [empty], "composite": background}) is None
+    upload = Image.new("RGB", (32, 32), "black")
+    upload.paste((255, 255, 255), (0, 0, 16, 32))
+    assert uploaded_mask(upload, (64, 64)).getbbox() == (0, 0, 32, 64)  # resized to the image
+
+
+def test_gallery_lists_thousands_fast_newest_first_and_skips_temporaries(tmp_path):
+    from webui.ui.gallery import list_dates, list_images, page_of
+
+    outputs = tmp_path / "outputs"
+    day = outputs / "txt2img-images" / "2026-01-02"
+    day.mkdir(parents=True)
+    (outputs / "img2img-images" / "2026-01-01").mkdir(parents=True)
+    for i in range(3000):
+        p = day / f"{i:05d}-1.png"
+        p.write_bytes(b"")  # never opened to list
+        os.utime(p, (1_000_000 + i, 1_000_000 + i))
+    (day / ".00001-x.png.tmp").write_bytes(b"")
+    (day / ".hidden.png").write_bytes(b"")
+    started = time.monotonic()
+    items = list_images(outputs, "2026-01-02")
+    assert time.monotonic() - started < 1.0
+    assert len(items) == 3000 and items[0] == "txt2img-images/2026-01-02/02999-1.png"
+    assert list_dates(outputs) == ["2026-01-02", "2026-01-01"]
+    page, number, pages = page_of(items, 99)
+    assert number == pages == 84 and len(page) == 3000 - 83 * 36
+
+
+def test_gallery_refuses_paths_outside_outputs(studio):
+    from webui.ui.gallery import resolve_image
+
+    with pytest.raises(PathRefused):
+        resolve_image(studio, "../config.json")
+    with pytest.raises(InvalidRequest):
+        (studio.paths.outputs / "notes.txt").write_text("x")
+        resolve_image(studio, "notes.txt")
+
+
+def test_make_request_names_the_bad_field():
+    from modules.diffusion.params import Txt2ImgRequest
+    from webui.ui.generation import make_request
+
+    ok = make_request(Txt2ImgRequest, {"prompt": "a", "seed": 12.0, "width": 64.0, "height": 64, "_seed_extra": False,
+                                       "subseed_strength": 0.5})
+    assert ok.seed == 12 and ok.width == 64 and ok.subseed_strength == 0.0
+    with pytest.raises(InvalidRequest) as err:
+        make_request(Txt2ImgRequest, {"prompt": "a", "width": 65})
+    assert err.value.field == "width"
+
+
+def test_infotext_fills_fields_by_request_name():
+    from webui.ui.components import fields_from_infotext
+
+    fields = fields_from_infotext("cat\nNegative prompt: dog\nSteps: 9, Sampler: Euler, CFG scale: 4, Seed: 7, Size: 96x64")
+    assert fields == {"prompt": "cat", "negative_prompt": "dog", "steps": 9, "sampler_name": "Euler",
+                      "cfg_scale": 4.0, "seed": 7, "width": 96, "height": 64}
+
+
+def test_loading_banner_then_demo_banner(data_dir):
+    from modules.studio import Studio, StudioOptions
+    from webui.ui.topbar import status_html
+
+    s = Studio(StudioOptions(data_dir=data_dir, device="cpu"))
+    try:
+        assert "Loading models" in status_html(s)
+        s.load()
+        assert "random weights" in status_html(s)
+    finally:
+        s.shutdown()
+
+
+def test_a_broken_tab_does_not_take_the_ui_down(tmp_path):
+    from modules.extensions.tabs import TabSpec
+    from modules.studio import Studio, StudioOptions
+    from webui.ui import build_ui
+
+    s = Studio(StudioOptions(data_dir=tmp_path, device="cpu", build_demo=False))
+
+    def broken(studio):
+        raise RuntimeError("boom")
+
+    s.tabs.add(TabSpec("Broken", broken, owner="bad-ext", order=70, elem_id="tab_broken"))
+    blocks = build_ui(s)
+    assert {"tab_txt2img", "tab_inpaint", "tab_broken", "tab_settings"} <= set(blocks.atelier_components)
+    assert blocks.atelier_components["tab_broken"] == {}
+    s.shutdown()
