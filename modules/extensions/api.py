@@ -197,10 +197,17 @@ class ExtensionAPIv1:
 
     def get(self, path: str) -> Callable:
         """Decorator: @api.get("/hello")."""
-        return lambda fn: (self.add_route(path, fn, ("GET",)), fn)[1]
+        return self._route_decorator(path, "GET")
 
     def post(self, path: str) -> Callable:
-        return lambda fn: (self.add_route(path, fn, ("POST",)), fn)[1]
+        """Decorator: @api.post("/apply")."""
+        return self._route_decorator(path, "POST")
+
+    def _route_decorator(self, path: str, method: str) -> Callable:
+        def register(fn: Callable) -> Callable:
+            self.add_route(path, fn, (method,))
+            return fn
+        return register
 
     # -- models, vision, jobs --------------------------------------------
     def add_model_kind(self, kind: str, folder: str) -> Path:

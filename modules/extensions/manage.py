@@ -174,6 +174,7 @@ class ExtensionManager(ExtensionLoader):
         shutil.rmtree(folder)
         with self._lock:
             self.records.pop(name, None)
+            self._job_kind_owner = {k: v for k, v in self._job_kind_owner.items() if v != name}
         self._set_disabled(name, False)
         return {"name": name, "removed": True}
 
