@@ -253,11 +253,13 @@ def _extract_zip(path: Path, dest: Path) -> Path:
 def _git_info(folder: Path) -> dict | None:
     if not (folder / ".git").exists():
         return None
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True, timeout=10).stdout.strip()
+
     try:
-        url = subprocess.run(["git", "-C", str(folder), "config", "--get", "remote.origin.url"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        commit = subprocess.run(["git", "-C", str(folder), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
+        url = git("config", "--get", "remote.origin.url")
+        commit, date = (git("log", "-1", "--format=%H %ct").split() + ["", ""])[:2]
+        branch = git("rev-parse", "--abbrev-ref", "HEAD")
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return {"remote": url, "commit": commit}
+    return {"remote": url, "commit": commit[:8], "commit_hash": commit, "commit_date": int(date or 0), "branch": branch}

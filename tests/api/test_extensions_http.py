@@ -115,6 +115,9 @@ def test_install_from_local_git_repo_over_http_adds_routes_at_once(server, tmp_p
     assert r.status_code == 200, r.text
     assert r.json()["status"] == "enabled" and "restart" in r.json()["note"]  # its tab needs a restart
     assert httpx.get(server.url + "/ext/http-ext/hello", timeout=10).json()["from"] == "http-ext"
+    a1111 = {e["name"]: e for e in httpx.get(server.url + "/sdapi/v1/extensions", timeout=10).json()}
+    assert a1111["http-ext"]["remote"] == str(repo) and len(a1111["http-ext"]["commit_hash"]) == 40
+    assert a1111["http-ext"]["enabled"] and a1111["example-border"]["version"] == "1.0.0"
 
     r = httpx.post(server.url + "/atelier/extensions/install", json={"source": str(repo)}, timeout=60)
     assert r.status_code == 422 and "installed already" in r.json()["detail"]

@@ -69,6 +69,17 @@ def router(studio):
     def save_settings(name: str, values: dict = Body(...)) -> dict:
         return ext.save_settings(name, values)
 
+    @r.get("/sdapi/v1/extensions", tags=["sdapi"])
+    def a1111_extensions() -> list[dict]:
+        """AUTOMATIC1111's listing shape, for clients that ask it."""
+        out = []
+        for e in ext.list():
+            git = e["git"] or {}
+            out.append({"name": e["name"], "remote": git.get("remote", ""), "branch": git.get("branch", ""),
+                        "commit_hash": git.get("commit_hash", ""), "commit_date": git.get("commit_date", 0),
+                        "version": e["version"], "enabled": e["enabled"]})
+        return out
+
     r.mount("/ext", ExtensionRoutes(studio))
     return r
 
