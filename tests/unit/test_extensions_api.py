@@ -209,3 +209,50 @@ def test_chat_hooks_filter_typed_objects_and_skip_a_raising_one(bare, tmp_path):
     assert "BOOM in before_chat" in bare.extensions.describe("chat-crash")["error"]
     bare.extensions.disable("chatty")
     assert bare.hooks.before_chat(ChatRequest(message="hi")).message == "hi"
+
+
+def _tiny_wheel(folder, name="atelier_ext_testpkg", version="1.0"):
+    """A pure-Python wheel built by hand, so pip can install it with no index (offline)."""
+    import base64
+    import hashlib
+
+    files = {f"{name}/__init__.py": "VALUE = 42\n",
+             f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
+             f"{name}-{version}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: atelier-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{name}-{version}.dist-info/RECORD,,")
+    files[f"{name}-{version}.dist-info/RECORD"] = "\n".join(record) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, text in files.items():
+            zf.writestr(path, text)
+    return wheel
+
+
+def test_confirmed_requirements_are_installed_with_the_studios_python(bare, tmp_path, monkeypatch):
+    import subprocess
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _tiny_wheel(wheels)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")  # offline: pip finds the package only in this folder
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+    monkeypatch.setenv("PIP_DISABLE_PIP_VERSION_CHECK", "1")
+    write_extension(tmp_path / "needs-pkg", """
+        import atelier_ext_testpkg
+        def setup(api):
+            api.add_vision_task("answer", lambda image, options: atelier_ext_testpkg.VALUE)
+    """, requirements=["atelier-ext-testpkg==1.0"])
+    try:
+        with pytest.raises(InvalidRequest):
+            bare.extensions.install(str(tmp_path / "needs-pkg"))
+        info = bare.extensions.install(str(tmp_path / "needs-pkg"), confirm_requirements=True)
+        assert info["status"] == "enabled", info["error"]
+        assert bare.vision_tasks.get("answer").run(None, {}) == 42
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "atelier-ext-testpkg"],
+                       capture_output=True, timeout=120)
+        sys.modules.pop("atelier_ext_testpkg", None)
