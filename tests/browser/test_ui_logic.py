@@ -144,3 +144,16 @@ def test_a_broken_tab_does_not_take_the_ui_down(tmp_path):
     assert {"tab_txt2img", "tab_inpaint", "tab_broken", "tab_settings"} <= set(blocks.atelier_components)
     assert blocks.atelier_components["tab_broken"] == {}
     s.shutdown()
+
+
+def test_corrupt_config_is_reported_in_the_banner(data_dir):
+    from modules.studio import Studio, StudioOptions
+    from webui.ui.topbar import status_html
+
+    (data_dir / "config.json").write_text("{not json", encoding="utf-8")
+    s = Studio(StudioOptions(data_dir=data_dir, device="cpu"))
+    try:
+        s.ready.set()  # the banner only; no model needed
+        assert "config.json.bak" in status_html(s)
+    finally:
+        s.shutdown()

@@ -75,12 +75,14 @@ def build(studio) -> dict:
 
     outputs = studio.paths.outputs
     c: dict = {}
-    with gr.Row(equal_height=True):
+    with gr.Row(equal_height=False, elem_id="gallery_nav"):
         c["date"] = gr.Dropdown(choices=[], label="Date", elem_id="gallery_date", scale=3)
-        c["prev"] = gr.Button("◀ Newer", elem_id="gallery_prev", scale=1, size="sm")
-        c["page"] = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="gallery_page", scale=1)
-        c["next"] = gr.Button("Older ▶", elem_id="gallery_next", scale=1, size="sm")
-        c["refresh"] = gr.Button("🔄 Refresh", elem_id="gallery_refresh", scale=1, size="sm")
+        c["page"] = gr.Number(1, label="Page", precision=0, minimum=1, elem_id="gallery_page", scale=1, min_width=90)
+        with gr.Column(scale=2, min_width=240):
+            with gr.Row():
+                c["prev"] = gr.Button("◀ Newer", elem_id="gallery_prev", size="sm", min_width=70)
+                c["next"] = gr.Button("Older ▶", elem_id="gallery_next", size="sm", min_width=70)
+                c["refresh"] = gr.Button("🔄 Refresh", elem_id="gallery_refresh", size="sm", min_width=70)
     c["status"] = gr.Markdown("", elem_id="gallery_status")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):

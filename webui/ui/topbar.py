@@ -34,6 +34,8 @@ def status_html(studio) -> str:
 
     if not studio.ready.is_set():
         return "<div class='atelier-banner loading'>⏳ Loading models… the page works; generation starts when they are ready.</div>"
+    if studio.settings.warning:  # a corrupt config.json was kept aside: say so before anything else
+        return f"<div class='atelier-banner warn'>⚠️ {html.escape(studio.settings.warning)}</div>"
     if studio.load_error:
         return f"<div class='atelier-banner error'>⚠️ Models could not load: {html.escape(studio.load_error)}</div>"
     active = getattr(studio.models, "active", None) if studio.models is not None else None
