@@ -213,12 +213,12 @@ class ExtensionLoader:
     def _import(self, rec: ExtensionRecord, m: Manifest):
         # The folder becomes a package of its own, so `from . import util` works inside it.
         package = "atelier_ext_" + m.name.replace("-", "_")
-        self._forget_modules(rec)
+        rec.package = package
+        self._forget_modules(rec)  # never reuse a module object left by an earlier load
         spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
         pkg = importlib.util.module_from_spec(spec)
         pkg.__path__ = [str(rec.folder)]
         sys.modules[package] = pkg
-        rec.package = package
         importlib.invalidate_caches()  # an update (git pull) may have changed the files
         return importlib.import_module(f"{package}.{Path(m.entry).stem}")
 

@@ -256,3 +256,21 @@ def test_confirmed_requirements_are_installed_with_the_studios_python(bare, tmp_
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "atelier-ext-testpkg"],
                        capture_output=True, timeout=120)
         sys.modules.pop("atelier_ext_testpkg", None)
+
+
+def test_same_name_in_two_studios_loads_each_ones_own_code(bare, tmp_path):
+    from modules.studio import Studio, StudioOptions
+
+    for version in ("one", "two"):
+        write_extension(tmp_path / version / "same-name", f"""
+            def setup(api):
+                api.add_vision_task("which", lambda image, options: "{version}")
+        """)
+    bare.extensions.install(str(tmp_path / "one" / "same-name"))
+    other = Studio(StudioOptions(data_dir=tmp_path / "other", device="cpu", build_demo=False))
+    try:
+        other.extensions.install(str(tmp_path / "two" / "same-name"))
+        assert other.vision_tasks.get("which").run(None, {}) == "two"
+        assert bare.vision_tasks.get("which").run(None, {}) == "one"
+    finally:
+        other.shutdown()
