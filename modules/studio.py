@@ -103,7 +103,7 @@ class Studio:
             self.registry.refresh()
             self.models = ModelManager(self.registry, self.settings, self.device)
             if self.registry.list("checkpoint"):
-                self.models.load()
+                self.models.load_at_start()
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("start-up loading failed; the UI stays up and shows this error")

@@ -141,6 +141,19 @@ class ModelManager:
                      self.last_switch_seconds, ckpt.policy)
             return ckpt
 
+    def load_at_start(self) -> LoadedCheckpoint:
+        """The settings' checkpoint; when that one is gone or broken, the first that loads (as A1111 falls back)."""
+        try:
+            return self.load()
+        except AtelierError as exc:
+            wanted = self.settings.get().sd_model_checkpoint
+            others = [e for e in self.registry.list("checkpoint") if e.name != wanted and not e.problem]
+            if not wanted or not others:
+                raise
+            log.warning("checkpoint %r could not be loaded (%s); falling back to %s", wanted, exc.message, others[0].name)
+            self.settings.update({"sd_model_checkpoint": others[0].name}, save=False)  # config.json keeps the user's
+            return self.load(others[0].name)
+
     def _read(self, entry: ModelEntry, opts: LoadOptions) -> LoadedCheckpoint:
         from modules.models import quant
 

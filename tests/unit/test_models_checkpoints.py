@@ -232,3 +232,20 @@ def test_sdxl_folder_loads_as_sdxl_and_swaps_with_sd1(studio):
         assert ckpt.pipeline("img2img").unet is ckpt.pipe.unet, "img2img shares the txt2img weights"
     _, info = _txt2img(studio)
     assert "Model: atelier-demo-sd15" in info
+
+
+def test_a_stale_checkpoint_in_the_settings_falls_back_at_start(tmp_path, demo_checkpoint):
+    import json
+
+    from modules.studio import Studio, StudioOptions
+    from tests.conftest import make_data_dir
+
+    data = make_data_dir(tmp_path / "stale", demo_checkpoint)
+    (data / "config.json").write_text(json.dumps({"sd_model_checkpoint": "deleted-last-week.safetensors"}))
+    s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
+    s.load()
+    try:
+        assert s.load_error is None and s.models.active.entry.name == "atelier-demo-sd15"
+        assert json.loads((data / "config.json").read_text())["sd_model_checkpoint"] == "deleted-last-week.safetensors"
+    finally:
+        s.shutdown()
