@@ -210,7 +210,10 @@ class ModelManager:
         """The VAE the settings ask for and the embeddings on disk, applied to the active pipeline."""
         from modules.models import extras
 
+        vae_before = ckpt.pipe.vae
         extras.sync_vae(self.registry, ckpt, self.settings.get().sd_vae, self.device.dtype)
+        if ckpt.pipe.vae is not vae_before and ckpt.policy != "gpu":
+            self._apply(ckpt, ckpt.policy)  # offload hooks are per module: hook the new VAE too
         extras.sync_embeddings(self.registry, ckpt)
         memory.configure_vae_tiling(ckpt.pipe, self.settings.get().vae_tiling_pixels)
         if ckpt.pipe.vae is not None and hasattr(ckpt.pipe.vae, "disable_slicing"):
