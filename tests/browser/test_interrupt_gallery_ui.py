@@ -17,6 +17,10 @@ def test_interrupt_long_generation(page):
     page.wait_for_function("() => /Step \\d+\\/150/.test(document.querySelector('#txt2img_progress').innerText)",
                            timeout=60_000)
     assert "ETA" in page.locator("#txt2img_progress").inner_text()
+    # Skip drops the current picture and goes on with the next one of the batch count.
+    page.click("#txt2img_skip")
+    page.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.includes('batch 2/4')",
+                           timeout=20_000)
     started = time.monotonic()
     page.click("#txt2img_interrupt")
     page.wait_for_selector("#txt2img_generate", state="visible", timeout=20_000)

@@ -30,3 +30,9 @@ def test_generate_shows_image_and_infotext(page, live_server, tmp_path):
     page.wait_for_selector("#img2img_image img", timeout=15_000)
     assert page.locator("#img2img_prompt textarea").input_value() == "a lighthouse at dusk"
     assert page.locator("#img2img_steps input[type=number]").input_value() == "4"
+
+    # …and img2img runs on it, writing its own output.
+    page.click("#img2img_generate")
+    page.wait_for_function("() => document.querySelector('#img2img_info textarea').value.includes('Denoising strength')",
+                           timeout=60_000)
+    page.wait_for_selector("#img2img_gallery img")
