@@ -82,7 +82,7 @@ class ExtensionAPIv1:
                  report: Callable[[str, str, str], None]):
         self.name = name
         self.folder = Path(folder)  # the extension's own files (read-only by convention)
-        self.data_dir = Path(data_dir)  # a folder of its own for data it writes
+        self._data_dir = Path(data_dir)
         self.log = logging.getLogger(f"atelier.ext.{name}")
         self.types = _types()
         self._studio = studio
@@ -95,6 +95,12 @@ class ExtensionAPIv1:
         self._settings_title = ""
         self._lock = threading.Lock()
         self.active = True
+
+    @property
+    def data_dir(self) -> Path:
+        """A folder of its own for data it writes (made on first use)."""
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        return self._data_dir
 
     # -- UI -------------------------------------------------------------
     def add_tab(self, title: str, build: Callable[[], Any], order: int = 500) -> None:

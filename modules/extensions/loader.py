@@ -185,7 +185,6 @@ class ExtensionLoader:
             data_dir = self.studio.paths.root / "extensions-data" / m.name
             api = api_cls(self.studio, m.name, m.priority, rec.folder, data_dir, self.report_failure)
             try:
-                data_dir.mkdir(parents=True, exist_ok=True)
                 module = self._import(rec, m)
                 setup = getattr(module, "setup", None)
                 if not callable(setup):
