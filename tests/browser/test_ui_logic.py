@@ -157,3 +157,19 @@ def test_corrupt_config_is_reported_in_the_banner(data_dir):
         assert "config.json.bak" in status_html(s)
     finally:
         s.shutdown()
+
+
+def test_checkpoint_switch_is_remembered_and_listed(studio):
+    from webui.ui.models import rows
+    from webui.ui.topbar import switch_checkpoint
+
+    switch_checkpoint(studio, "atelier-demo-sd15")
+    assert studio.models.active.entry.name == "atelier-demo-sd15"
+    assert studio.settings.get().sd_model_checkpoint == "atelier-demo-sd15"
+    assert '"sd_model_checkpoint": "atelier-demo-sd15"' in studio.paths.config_file.read_text()
+    (row,) = rows(studio, "checkpoint")
+    assert row[0] == "atelier-demo-sd15" and row[4] != "disk"  # it is loaded somewhere
+    with pytest.raises(Exception) as err:
+        switch_checkpoint(studio, "../outside")
+    assert "checkpoint" in str(err.value)
+    assert studio.settings.get().sd_model_checkpoint == "atelier-demo-sd15"  # a failed switch is not remembered

@@ -32,7 +32,7 @@ def hires_upscalers() -> list[str]:
 
 def lora_names(studio) -> list[str]:
     try:
-        return [e.name for e in studio.registry.list("lora")]
+        return [e.stem for e in studio.registry.list("lora")]  # what `<lora:NAME:w>` is matched against
     except Exception:  # a missing folder must not break the page
         return []
 
@@ -61,7 +61,7 @@ def prompt_row(studio, tab: str) -> dict:
     def add_lora(name, prompt):
         if not name:
             return gr.skip(), gr.skip()
-        tag = f"<lora:{name.rsplit('.', 1)[0] if '.' in name else name}:1>"
+        tag = f"<lora:{name}:1>"
         return (f"{prompt} {tag}".strip() if tag not in prompt else prompt), None
 
     c["lora"].input(add_lora, [c["lora"], c["prompt"]], [c["prompt"], c["lora"]], queue=False)

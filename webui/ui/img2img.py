@@ -6,7 +6,7 @@ from modules.extensions.tabs import TabSpec
 from webui.ui import components, generation
 
 TAB = "img2img"
-RESIZE_MODES = ["Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)"]
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 
 
 def size_from_image(image) -> tuple:
@@ -24,7 +24,7 @@ def image_controls(tab: str, default_denoise: float = 0.75) -> dict:
     import gradio as gr
 
     c: dict = {}
-    c["resize_mode"] = gr.Radio(RESIZE_MODES, value=RESIZE_MODES[0], type="index", label="Resize mode",
+    c["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index", label="Resize mode",
                                 elem_id=f"{tab}_resize_mode")
     c["denoising_strength"] = gr.Slider(0, 1, value=default_denoise, step=0.01, label="Denoising strength",
                                         elem_id=f"{tab}_denoising_strength")

@@ -11,7 +11,7 @@ from webui.ui import components, generation
 from webui.ui.img2img import image_controls, size_from_image
 
 TAB = "inpaint"
-MASKED_CONTENT = ["fill", "original", "latent noise", "latent nothing"]  # inpainting_fill 0..3
+MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")  # inpainting_fill 0..3
 
 
 def painted_mask(editor_value):
@@ -70,7 +70,7 @@ def build(studio) -> dict:
                 c["mask_blur"] = gr.Slider(0, 64, value=4, step=1, label="Mask blur", elem_id=f"{TAB}_mask_blur")
                 c["inpainting_mask_invert"] = gr.Radio(["Inpaint masked", "Inpaint not masked"], value="Inpaint masked",
                                                        type="index", label="Mask mode", elem_id=f"{TAB}_mask_mode")
-            c["inpainting_fill"] = gr.Radio(MASKED_CONTENT, value="original", type="index", label="Masked content",
+            c["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value="original", type="index", label="Masked content",
                                             elem_id=f"{TAB}_inpainting_fill")
             with gr.Row():
                 c["inpaint_full_res"] = gr.Radio(["Whole picture", "Only masked"], value="Whole picture", type="index",

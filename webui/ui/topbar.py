@@ -48,8 +48,8 @@ def status_html(studio) -> str:
 
 
 def switch_checkpoint(studio, name: str) -> None:
-    """Remember the choice (A1111 stores it as an option), then load it through the job queue when possible."""
-    studio.settings.update({"sd_model_checkpoint": name})
+    """Load through the job queue when possible, then remember the choice (A1111 stores it as an option);
+    a name that fails to load is never written to config.json."""
     if "load_checkpoint" in studio.jobs.kinds():
         job = studio.submit("load_checkpoint", name).wait()
         job.raise_for_error()
@@ -58,6 +58,7 @@ def switch_checkpoint(studio, name: str) -> None:
         if studio.models is None:
             raise AtelierError(f"models are not available: {studio.load_error}", "sd_model_checkpoint")
         studio.models.load(name)
+    studio.settings.update({"sd_model_checkpoint": name})
 
 
 def build(studio) -> dict:
