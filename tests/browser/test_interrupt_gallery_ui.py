@@ -33,7 +33,7 @@ def test_gallery_browse_view_delete(page, live_server):
     # Make sure there is at least one image today.
     page.fill("#txt2img_prompt textarea", "for the gallery")
     small_run(page, "txt2img", steps=2, size=64)
-    page.click("#txt2img_generate")
+    page.locator("#txt2img_prompt textarea").press("Shift+Enter")  # generates like the button
     page.wait_for_function("() => document.querySelector('#txt2img_info textarea').value.includes('for the gallery')",
                            timeout=60_000)
     open_tab(page, "Gallery")

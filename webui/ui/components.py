@@ -45,7 +45,7 @@ def prompt_row(studio, tab: str) -> dict:
     with gr.Row(elem_id=f"{tab}_toprow", equal_height=False):
         with gr.Column(scale=6):
             c["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
-                                     placeholder="Prompt (press Ctrl+Enter to generate)")
+                                     placeholder="Prompt (Shift+Enter to generate)")
             c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=8,
                                               elem_id=f"{tab}_neg_prompt", placeholder="Negative prompt")
         with gr.Column(scale=1, min_width=180, elem_classes=["atelier-actions"]):

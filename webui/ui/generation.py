@@ -104,7 +104,8 @@ def wire_generation(studio, tab: str, kind: str, request_cls, fields: dict, aux:
         return gr.Button(visible=True), gr.Button(visible=False), gr.Button(visible=False)
 
     buttons = [c["generate"], c["interrupt"], c["skip"]]
-    c["generate"].click(busy, None, buttons, queue=False).then(
+    # Shift+Enter in the prompt (Gradio's submit for multi-line boxes) generates like the button.
+    gr.on([c["generate"].click, c["prompt"].submit], busy, None, buttons, queue=False).then(
         run, set(inputs.values()), outputs, concurrency_id=GPU, show_progress="hidden",
     ).then(idle, None, buttons, queue=False)
 
