@@ -80,6 +80,8 @@ def resolve_inside(folder: Path, name: str, field_name: str = "name", must_exist
         raise PathRefused("must be a non-empty name", field_name)
     if "\x00" in name or len(name) > 1024:
         raise PathRefused("contains a NUL byte or is too long", field_name)
+    if "\\" in name:  # a Windows separator: refused everywhere so the same names are refused on every OS
+        raise PathRefused(f"{name!r} contains a backslash; use / between folders", field_name)
     candidate = Path(name)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise PathRefused(f"{name!r} points outside {folder.name}/; give a name inside that folder", field_name)

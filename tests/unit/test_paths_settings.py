@@ -16,7 +16,7 @@ def paths(tmp_path):
     return p
 
 
-@pytest.mark.parametrize("name", ["../config.json", "../../etc/passwd", "/etc/passwd", "a/../../x", "bad\x00name", "", "  "])
+@pytest.mark.parametrize("name", ["../config.json", "../../etc/passwd", "/etc/passwd", "a/../../x", "bad\x00name", "", "  ", "..\\..\\x"])
 def test_names_outside_the_folder_are_refused(paths, name):
     with pytest.raises(PathRefused) as info:
         paths.resolve_model("lora", name)
