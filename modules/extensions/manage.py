@@ -131,10 +131,12 @@ class ExtensionManager(ExtensionLoader):
         if not isinstance(source, str) or not source.strip():
             raise InvalidRequest("give a git URL, a local folder or a .zip file", "source")
         source = source.strip()
+        if len(source) > 2048 or "\x00" in source:
+            raise InvalidRequest("is too long or holds a NUL byte; give a git URL, a local folder or a .zip file", "source")
         self.user_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".install-", dir=self.user_dir))
         try:
-            base = Path(source.rstrip("/\\")).name.removesuffix(".git").removesuffix(".zip") or "extension"
+            base = Path(source.rstrip("/\\")).name.removesuffix(".git").removesuffix(".zip")[:100] or "extension"
             root = self._fetch(source, tmp / base)
             manifest = read_manifest(root, check_folder_name=False)
             if manifest.name.startswith("example-"):
