@@ -74,7 +74,10 @@ def main(argv: list[str]) -> int:
     else:
         cmd = [sys.executable, "-m", "webui", *rest]
     os.chdir(ROOT)
-    return subprocess.call(cmd, env=env)
+    # Replace this process, so signals (Ctrl+C, SIGTERM from a host) reach the server and
+    # the exit status is pytest's or the server's own.
+    os.execve(sys.executable, cmd, env)
+    return 0  # not reached
 
 
 if __name__ == "__main__":

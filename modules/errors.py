@@ -6,6 +6,11 @@ Errors of the machine (out of memory, a corrupt file) are also reported through
 """
 from __future__ import annotations
 
+import re
+
+# Library messages (torch's unpickling errors, say) carry terminal colour codes; a person reads JSON or a UI.
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 
 class AtelierError(Exception):
     """Base class: `status` is the HTTP status the API answers with."""
@@ -13,6 +18,7 @@ class AtelierError(Exception):
     status = 400
 
     def __init__(self, message: str, field: str | None = None):
+        message = _ANSI.sub("", message)
         super().__init__(message)
         self.message = message
         self.field = field
