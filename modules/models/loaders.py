@@ -21,8 +21,19 @@ log = logging.getLogger("atelier.models")
 FIELD = "sd_model_checkpoint"
 
 
+def _quiet_library_progress_bars() -> None:
+    """The libraries' own tqdm bars ("Loading pipeline components…") flood a server log; the job
+    engine reports loading instead. Their documented switches, not a patch."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_checkpoint(entry: ModelEntry, dtype, paths, options=None, device_name: str = "cpu"):
     """Load a Stable Diffusion checkpoint on the CPU in `dtype`; returns (pipe, arch). The manager places it."""
+    _quiet_library_progress_bars()
     try:
         if entry.format == "diffusers":
             return _load_diffusers_folder(entry, dtype, options, device_name)

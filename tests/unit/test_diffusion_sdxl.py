@@ -1,4 +1,4 @@
-"""SDXL prompt encoding (two encoders + pooled) on a tiny SDXL built from diffusers/transformers classes."""
+"""SDXL prompt encoding (two encoders + pooled) on the tiny SDXL from the demo factory."""
 import pytest
 import torch
 
@@ -6,32 +6,10 @@ from modules.diffusion import prompts
 
 
 @pytest.fixture(scope="module")
-def xl(tmp_path_factory):
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+def xl():
+    from modules.models.demo import build_sdxl_pipeline
 
-    from modules.models.demo import write_clip_tokenizer
-
-    torch.manual_seed(0)
-    tok_dir = tmp_path_factory.mktemp("tok")
-    write_clip_tokenizer(tok_dir)
-    tok = CLIPTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-    cfg = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-               hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
-               vocab_size=len(tok), max_position_embeddings=77, projection_dim=32, layer_norm_eps=1e-5)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
-        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
-        cross_attention_dim=64, norm_num_groups=1)
-    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
-                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-                        norm_num_groups=32, sample_size=32)
-    pipe = StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(CLIPTextConfig(**cfg)), text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**cfg)),
-        tokenizer=tok, tokenizer_2=tok, unet=unet,
-        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, steps_offset=1))
+    pipe = build_sdxl_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
