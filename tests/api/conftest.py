@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LiveServer, make_data_dir
+from tests.support import decode_png as png
 
 SECOND = "second-model"  # a second demo checkpoint with other random weights
 
@@ -32,15 +33,7 @@ def start_server(tmp_path_factory, demo_checkpoint, *flags, checkpoints=(), env=
         raise
 
 
-def png(b64: str):
-    """Decode a base64 PNG the way clients do; fails the test if it is not a PNG."""
-    from PIL import Image
 
-    raw = base64.b64decode(b64)
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    image = Image.open(io.BytesIO(raw))
-    image.load()
-    return image
 
 
 def b64_of(image, fmt: str = "PNG") -> str:

@@ -1,8 +1,6 @@
 """Shared by the reliability tests: real servers over fresh data folders, PNG checks, memory."""
 from __future__ import annotations
 
-import base64
-import io
 import threading
 import time
 from pathlib import Path
@@ -11,6 +9,7 @@ import httpx
 import psutil
 
 from tests.conftest import LiveServer, make_data_dir
+from tests.support import decode_png  # noqa: F401 (re-exported for the reliability tests)
 
 
 def start(tmp_path_factory, demo_checkpoint, *flags, prepare=None, auth=None, env=None) -> LiveServer:
@@ -31,15 +30,7 @@ def body(seed: int = 1, steps: int = 3, side: int = 64, **extra) -> dict:
             "sampler_name": "Euler a", **extra}
 
 
-def decode_png(b64: str):
-    """The image a client gets: a whole PNG that decodes, or the test fails."""
-    from PIL import Image
 
-    raw = base64.b64decode(b64)
-    assert raw[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    image = Image.open(io.BytesIO(raw))
-    image.load()
-    return image
 
 
 def rss(server: LiveServer) -> int:

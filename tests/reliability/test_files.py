@@ -9,20 +9,11 @@ import httpx
 import pytest
 
 from tests.reliability.helpers import assert_json_error, body, decode_png, start
+from tests.support import MaliciousPickle as Payload
 
 BROKEN_CONFIG = b'{"sd_model_checkpoint": "x", oops this is not JSON'
 # Names sort after the demo model, so the studio's default checkpoint stays the demo.
 TRUNCATED, PICKLE, GARBAGE_LORA = "zz-truncated.safetensors", "zz-payload.ckpt", "garbage-keys"
-
-
-class Payload:
-    """Unpickling this would create the marker file: the attack a malicious .ckpt carries."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
 
 
 @pytest.fixture(scope="module")

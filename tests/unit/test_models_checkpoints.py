@@ -6,18 +6,9 @@ import numpy as np
 import pytest
 
 from modules.errors import AtelierError, ModelLoadError
+from tests.support import MaliciousPickle as Payload
 
 SECOND = "second-sd15"
-
-
-class Payload:
-    """Unpickling this would create the marker file: the attack a malicious .ckpt carries."""
-
-    def __init__(self, marker: str):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
 
 
 @pytest.fixture(scope="module")
