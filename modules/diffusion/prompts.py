@@ -179,7 +179,13 @@ def _weighted(z, weights):
         return z
     original_mean = z.mean()
     z = z * torch.tensor(weights, dtype=z.dtype, device=z.device).reshape(1, -1, 1)
-    return z * (original_mean / z.mean())
+    ratio = original_mean / z.mean()
+    # A1111 divides unguarded; when the mean sits near zero (layer-normed outputs of small or
+    # random encoders) the ratio explodes or flips sign and the image comes out black (NaN).
+    # Then the weights alone are kept.
+    if not torch.isfinite(ratio) or not 0.1 < float(ratio) < 10.0:
+        return z
+    return z * ratio
 
 
 def _encode_chunks(tokenizer, encoder, chunks: list[Chunk], layer: int | None, final_norm: bool):

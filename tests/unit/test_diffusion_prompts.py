@@ -108,3 +108,15 @@ def test_textual_inversion_tokens_expand_as_diffusers_does():
     pos, _ = pipe.encode_prompt("a mystyle cat", "cpu", 1, True, "")
     assert torch.equal(cond.kwargs["prompt_embeds"], pos)
     assert not torch.equal(pos, prompts.encode(pipe, ["a cat"], [""]).kwargs["prompt_embeds"])
+
+
+def test_weighted_prompt_with_break_makes_a_real_image(studio):
+    """Regression: emphasis + BREAK on an encoder whose output mean is near zero gave NaN (a black image)."""
+    import numpy as np
+
+    from modules.diffusion.params import Txt2ImgRequest
+
+    for prompt in ("a (cat:1.2) BREAK dog", "(a:1.5) [cat] BREAK (dog:0.5)"):
+        job = studio.submit("txt2img", Txt2ImgRequest(prompt=prompt, steps=4, width=64, height=64, seed=5)).wait(120)
+        pixels = np.asarray(job.result.images[0].image, dtype=float)
+        assert pixels.std() > 1.0, f"{prompt!r} gave a flat image"
