@@ -85,14 +85,16 @@ def build_sd15_components(seed: int = 0, unet_channels: tuple[int, ...] = (32, 6
         norm_num_groups=min(32, unet_channels[0]),
     )
     vae = AutoencoderKL(
-        block_out_channels=(32, 64),
+        # Four blocks: the real 8x downsampling, so A1111's default 512x512 is a 64x64 latent and
+        # runs in seconds on a CPU (with two blocks it was a 256x256 latent and took minutes).
+        block_out_channels=(32, 32, 64, 64),
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
         latent_channels=4,
         norm_num_groups=32,
-        sample_size=sample_size * 2,
+        sample_size=sample_size * 8,
     )
     text_config = CLIPTextConfig(
         bos_token_id=0, eos_token_id=2, hidden_size=cross_dim, intermediate_size=37, layer_norm_eps=1e-05,

@@ -189,7 +189,8 @@ def test_progress_every_step_and_preview_every_n_steps(studio):
     job.wait(60)
     t.join(5)
     assert job.progress.step == 6 and job.progress.total == 6
-    assert job.preview is not None and job.preview.size == (32, 32)  # latent size of the demo VAE, no decode
+    latent_side = 64 // studio.models.active.pipe.vae_scale_factor
+    assert job.preview is not None and job.preview.size == (latent_side, latent_side)  # latent size: no VAE decode
     studio.settings.update({"show_progress_every_n_steps": 0}, save=False)
     off = studio.submit("txt2img", req(steps=4)).wait(60)
     assert off.preview is None
