@@ -99,6 +99,17 @@ class LiveServer:
         self._log.close()
 
 
+def start_live_server(data_dir: Path, *flags: str, env: dict | None = None,
+                      auth: tuple[str, str] | None = None) -> LiveServer:
+    """Start a LiveServer and wait until it is ready; a server that never gets ready is stopped."""
+    server = LiveServer(data_dir, *flags, env=env)
+    try:
+        return server.wait_ready(auth=auth)
+    except Exception:
+        server.stop()
+        raise
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, demo_checkpoint):
     """One server per test module (start-up is seconds; tests in a module share it)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import LiveServer, make_data_dir
+from tests.conftest import LiveServer, make_data_dir, start_live_server
 from tests.support import decode_png as png
 
 SECOND = "second-model"  # a second demo checkpoint with other random weights
@@ -25,12 +25,7 @@ def start_server(tmp_path_factory, demo_checkpoint, *flags, checkpoints=(), env=
     data = make_data_dir(tmp_path_factory.mktemp("api-data"), demo_checkpoint)
     for ckpt in checkpoints:
         shutil.copytree(ckpt, data / "models" / "Stable-diffusion" / Path(ckpt).name)
-    server = LiveServer(data, *flags, env=env)
-    try:
-        return server.wait_ready(auth=auth)
-    except Exception:
-        server.stop()
-        raise
+    return start_live_server(data, *flags, env=env, auth=auth)
 
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.conftest import LiveServer, make_data_dir
+from tests.conftest import LiveServer, make_data_dir, start_live_server
 from tests.support import decode_png  # noqa: F401 (re-exported for the reliability tests)
 
 
@@ -17,12 +17,7 @@ def start(tmp_path_factory, demo_checkpoint, *flags, prepare=None, auth=None, en
     data = make_data_dir(tmp_path_factory.mktemp("rel-data"), demo_checkpoint)
     if prepare:
         prepare(data)
-    server = LiveServer(data, *flags, env=env)
-    try:
-        return server.wait_ready(auth=auth)
-    except Exception:
-        server.stop()
-        raise
+    return start_live_server(data, *flags, env=env, auth=auth)
 
 
 def body(seed: int = 1, steps: int = 3, side: int = 64, **extra) -> dict:
