@@ -74,3 +74,14 @@ def free_accelerator_memory(device_name: str) -> None:
         import torch
 
         torch.mps.empty_cache()
+
+
+def device_total_memory(device_name: str) -> int:
+    """Bytes of memory on the accelerator (0 when there is none)."""
+    import torch
+
+    if device_name == "cuda":
+        return torch.cuda.mem_get_info()[1]
+    if device_name == "mps":
+        return int(torch.mps.recommended_max_memory())
+    return 0

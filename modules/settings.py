@@ -33,6 +33,10 @@ class Settings(BaseModel):
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="CLIP skip")
     sd_checkpoints_limit: int = Field(2, ge=1, le=16, description="Checkpoints kept in RAM")
     sd_checkpoint_cache_gb: float = Field(16.0, ge=0.0, le=1024.0, description="RAM budget for cached checkpoints, GiB")
+    ram_budget_gb: float = Field(0.0, ge=0.0, le=65536.0,
+                                 description="RAM the model manager may fill with models, GiB (0: 75% of the machine's)")
+    gpu_budget_gb: float = Field(0.0, ge=0.0, le=65536.0,
+                                 description="GPU memory the model manager may fill, GiB (0: all but 1.5 GiB)")
     memory_policy: MemoryPolicy = Field("auto", description="auto, gpu, model_offload, sequential_offload")
     vae_tiling_pixels: int = Field(1024 * 1024, ge=0, description="Tile the VAE above this many pixels (0: never)")
     show_progress_every_n_steps: int = Field(2, ge=0, le=100, description="Live preview every N steps (0: off)")

@@ -16,10 +16,12 @@ from modules.extensions.manage import ExtensionManager
 from modules.extensions.registries import VisionTaskRegistry
 from modules.extensions.tabs import TabRegistry
 from modules.jobs import Job, JobEngine
+from modules.models.manager import ModelManager
 from modules.models.registry import ModelRegistry
 from modules.outputs import OutputWriter
 from modules.paths import DataPaths
 from modules.settings import SettingsStore
+from modules.tasks import Registrar, register_builtin_tasks
 
 log = logging.getLogger("atelier")
 
@@ -66,42 +68,36 @@ class Studio:
         self.tabs = TabRegistry()
         self.vision_tasks = VisionTaskRegistry()  # built-in and extension vision tasks (the vision tab reads it)
         self.jobs = JobEngine()
-        self.models = None  # the ModelManager, made in load() once torch is imported
+        self.models = ModelManager(self.registry, self.settings)  # cheap; the device is attached in load()
         self.device = None
         self.ready = threading.Event()
         self.load_error: str | None = None
-        self._register_jobs()
+        self._registrar = Registrar(jobs=self.jobs, models=self.models, registry=self.registry,
+                                    settings=self.settings, outputs=self.outputs, hooks=self.hooks,
+                                    samplers=self.samplers, exposed=options.exposed,
+                                    build_demo=options.build_demo)
+        register_builtin_tasks(self._registrar)
         # Extensions load last (built-in names are taken first); small imports only, so the port opens fast.
         self.extensions = ExtensionManager(self)
         self.hooks.set_failure_handler(self.extensions.report_failure)
         self.extensions.load_enabled()
 
-    def _register_jobs(self) -> None:
-        from modules.diffusion import generate
-
-        self.jobs.register_kind("txt2img", lambda ctx, req: generate.run_txt2img(self, ctx, req))
-        self.jobs.register_kind("img2img", lambda ctx, req: generate.run_img2img(self, ctx, req))  # inpaint = img2img + mask
-        self.jobs.register_kind("load_checkpoint", lambda ctx, req: _models_job("run_load_job", self, ctx, req))
-        self.jobs.register_kind("download", lambda ctx, req: _models_job("run_download_job", self, ctx, req))
-
     # -- start-up -----------------------------------------------------
     def load(self) -> None:
-        """The heavy part: device, demo model, the default checkpoint. Safe to call once."""
+        """The heavy part: device, demo models, the default checkpoint. Safe to call once."""
         try:
             from modules import atomic
             from modules.devices import choose_device
-            from modules.models.demo import ensure_demo_checkpoint
-            from modules.models.manager import ModelManager
 
             # A kill -9 mid-write leaves `.name.xxx.tmp` files (the real files were never touched): clean them.
             atomic.remove_stale_temporaries(self.paths.outputs)
             for tmp in self.paths.root.glob(f".{self.paths.config_file.name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
             self.device = choose_device(self.options.device)
-            if self.options.build_demo:
-                ensure_demo_checkpoint(self.paths.model_dir("checkpoint"))
+            self.models.attach(self.device)
+            for step in self._registrar.startup:  # the tasks' start-up steps (demo models)
+                step()
             self.registry.refresh()
-            self.models = ModelManager(self.registry, self.settings, self.device)
             if self.registry.list("checkpoint"):
                 self.models.load_at_start()
         except Exception as exc:
@@ -120,18 +116,8 @@ class Studio:
 
     # -- work ---------------------------------------------------------
     def submit(self, kind: str, request) -> Job:
-        if kind in ("txt2img", "img2img"):  # refuse an unknown sampler & co. before it waits in the queue
-            from modules.diffusion.generate import validate_for_submit
-
-            validate_for_submit(self, request)
+        """Queue a job; its kind's own validation refuses a bad request before it waits."""
         return self.jobs.submit(kind, request)
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
-
-
-def _models_job(runner: str, studio: Studio, ctx, request):
-    """Model-manager job kinds, imported when first run (torch stays out of start-up)."""
-    from modules.models import download, manager
-
-    return getattr(manager if hasattr(manager, runner) else download, runner)(studio, ctx, request)

@@ -4,11 +4,13 @@ The order of one job, as in A1111's process_images:
   before_generate hook → checkpoint → LoRAs from the prompt → for each batch (batch count):
   encode prompts, sample (txt2img.py / img2img.py / inpaint.py), after_generate hook, save
   each PNG, on_image_saved hook; stop on interrupt, go on after skip.
-Hooks run here, on the job worker, never in the UI event loop.
+Hooks run here, on the job worker, never in the UI event loop. Runners see
+`ctx.services` (DiffusionServices), never the Studio.
 """
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from modules.diffusion import hires, img2img, prompts, results, txt2img
@@ -19,46 +21,66 @@ from modules.errors import InvalidRequest
 from modules.jobs import JobContext
 
 if TYPE_CHECKING:
-    from modules.studio import Studio
+    from modules.diffusion.samplers import SamplerRegistry
+    from modules.extensions.hooks import HookRegistry
+    from modules.models.manager import ModelManager
+    from modules.outputs import OutputWriter
+    from modules.settings import SettingsStore
 
 
-def validate_for_submit(studio: "Studio", req: GenerationRequest) -> None:
-    """Refuse what the request types cannot see alone (sampler names, upscalers) before queueing."""
-    if not isinstance(req, GenerationRequest):
-        return
-    studio.samplers.resolve(req.sampler_name, req.scheduler)
-    hires.check(studio, req)
-    prompts.extract_loras(req.prompt)  # a malformed <lora:…> weight is refused now, not mid-queue
-    if isinstance(req, Img2ImgRequest) and req.mask is not None:
-        init = req.init_images[0]
-        if req.mask.width * req.mask.height == 0:
-            raise InvalidRequest("the mask is empty", "mask")
-        if abs(req.mask.width / req.mask.height - init.width / init.height) > 0.01:
-            raise InvalidRequest(
-                f"the mask is {req.mask.width}x{req.mask.height} but the image is {init.width}x{init.height}; "
-                "send a mask with the image's aspect ratio", "mask")
+@dataclass(frozen=True)
+class DiffusionServices:
+    """What a generation job sees of the studio."""
+
+    models: "ModelManager"
+    samplers: "SamplerRegistry"
+    hooks: "HookRegistry"
+    outputs: "OutputWriter"
+    settings: "SettingsStore"
 
 
-def run_txt2img(studio: "Studio", ctx: JobContext, req) -> GenerationResult:
-    return _run(studio, ctx, req, txt2img.batch, studio.settings.get().outdir_txt2img_samples)
+def validator(samplers: "SamplerRegistry"):
+    """The job kinds' submit-time check: what the request types cannot see alone (sampler names,
+    upscalers, LoRA tags, the mask's shape), refused before the request waits in the queue."""
+    def validate(req) -> None:
+        if not isinstance(req, GenerationRequest):
+            raise InvalidRequest("send a txt2img or img2img request", "request")
+        samplers.resolve(req.sampler_name, req.scheduler)
+        hires.check(samplers, req)
+        prompts.extract_loras(req.prompt)  # a malformed <lora:…> weight is refused now, not mid-queue
+        if isinstance(req, Img2ImgRequest) and req.mask is not None:
+            init = req.init_images[0]
+            if req.mask.width * req.mask.height == 0:
+                raise InvalidRequest("the mask is empty", "mask")
+            if abs(req.mask.width / req.mask.height - init.width / init.height) > 0.01:
+                raise InvalidRequest(
+                    f"the mask is {req.mask.width}x{req.mask.height} but the image is {init.width}x{init.height}; "
+                    "send a mask with the image's aspect ratio", "mask")
+    return validate
 
 
-def run_img2img(studio: "Studio", ctx: JobContext, req) -> GenerationResult:
-    return _run(studio, ctx, req, img2img.batch, studio.settings.get().outdir_img2img_samples)
+def run_txt2img(ctx: JobContext, req) -> GenerationResult:
+    return _run(ctx, req, txt2img.batch, ctx.services.settings.get().outdir_txt2img_samples)
 
 
-def _run(studio: "Studio", ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
-    req = studio.hooks.before_generate(req)
-    validate_for_submit(studio, req)
-    spec, schedule = studio.samplers.resolve(req.sampler_name, req.scheduler)
+def run_img2img(ctx: JobContext, req) -> GenerationResult:
+    return _run(ctx, req, img2img.batch, ctx.services.settings.get().outdir_img2img_samples)
+
+
+def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
+    services: DiffusionServices = ctx.services
+    req = services.hooks.before_generate(req)
+    validator(services.samplers)(req)  # a hook may have changed the request
+    spec, schedule = services.samplers.resolve(req.sampler_name, req.scheduler)
     plan = SeedPlan.for_request(req.seed, req.subseed, req.subseed_strength, req.n_iter * req.batch_size)
     is_hires = bool(req.enable_hr) and not isinstance(req, Img2ImgRequest)
     _, lora_list = prompts.extract_loras(req.prompt)
-    settings = studio.settings.get()
+    settings = services.settings.get()
+    models = services.models
     images: list = []
-    with studio.models.checkpoint(req.checkpoint_override) as ckpt, _loras(studio, ckpt, lora_list) as applied:
-        run = Run(studio=studio, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name, schedule=schedule,
-                  clip_skip=_clip_skip(req, settings),
+    with models.checkpoint(req.checkpoint_override) as ckpt, _loras(models, ckpt, lora_list) as applied:
+        run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
+                  schedule=schedule, clip_skip=_clip_skip(req, settings),
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
         ctx.set_parts(req.n_iter * run.passes)
         for iteration in range(req.n_iter):
@@ -71,13 +93,14 @@ def _run(studio: "Studio", ctx: JobContext, req, make_batch, outdir: str) -> Gen
                 run.conditioning = cond.kwargs
                 return make_batch(run, _iteration)
 
-            made = _retry_on_oom(studio, ckpt, one_batch)
+            made = models.retry_on_oom(ckpt, one_batch)
             batch = results.batch_result(run, made, list(batch_range), req.prompt, req.negative_prompt, applied)
-            batch = studio.hooks.after_generate(batch)  # extensions post-process before the save
+            batch = services.hooks.after_generate(batch)  # extensions post-process before the save
             for generated in batch.images:
                 if req.save_images:  # each batch is on disk before the next starts
-                    generated.path = studio.outputs.save_png(generated.image, outdir, generated.seed, generated.infotext)
-                    studio.hooks.image_saved(generated)
+                    generated.path = services.outputs.save_png(generated.image, outdir, generated.seed,
+                                                               generated.infotext)
+                    services.hooks.image_saved(generated)
                 images.append(generated)
             ctx.take_skip()  # a skip finished this batch early; the next one starts fresh
         result = GenerationResult(images=images, request=req, interrupted=ctx.interrupted,
@@ -93,20 +116,10 @@ def _clip_skip(req, settings) -> int:
 
 
 @contextlib.contextmanager
-def _loras(studio: "Studio", ckpt, wanted: list[tuple[str, float]]):
+def _loras(models: "ModelManager", ckpt, wanted: list[tuple[str, float]]):
     """The prompt's LoRAs applied for the job (the model manager makes it reversible)."""
     if not wanted:
         yield []
         return
-    apply = getattr(studio.models, "loras", None)
-    if apply is None:
-        names = ", ".join(name for name, _ in wanted)
-        raise InvalidRequest(f"LoRAs cannot be applied by this model manager yet ({names}); remove the <lora:…> tags",
-                             "prompt")
-    with apply(ckpt, wanted) as applied:
+    with models.loras(ckpt, wanted) as applied:
         yield list(applied)
-
-
-def _retry_on_oom(studio: "Studio", ckpt, fn):
-    retry = getattr(studio.models, "retry_on_oom", None)
-    return retry(ckpt, fn) if retry is not None else fn()

@@ -21,25 +21,25 @@ HR_UPSCALERS = tuple(LATENT_MODES) + tuple(PIXEL_MODES)
 DEFAULT_DENOISING = 0.7  # A1111's default for the hires pass
 
 
-def check(studio, req) -> None:
+def check(samplers, req) -> None:
     if not req.enable_hr:
         return
     if req.hr_upscaler not in HR_UPSCALERS:
         raise InvalidRequest(f"unknown hires upscaler {req.hr_upscaler!r} (upscaler models such as ESRGAN are not "
                              f"supported yet); choose one of: {', '.join(HR_UPSCALERS)}", "hr_upscaler")
     try:
-        sampler(studio, req)
+        sampler(samplers, req)
     except InvalidRequest as exc:  # name the hires field, not the first pass's
         field = {"sampler_name": "hr_sampler_name", "scheduler": "hr_scheduler"}.get(exc.field, exc.field)
         raise InvalidRequest(exc.message, field) from None
 
 
-def sampler(studio, req) -> tuple[str, str]:
+def sampler(samplers, req) -> tuple[str, str]:
     """The hires pass's (sampler, schedule type): A1111's hr_sampler_name / hr_scheduler, empty = the first pass's."""
     same = req.hr_sampler_name in ("", "Use same sampler")
     name = req.sampler_name if same else req.hr_sampler_name
     schedule = req.scheduler if req.hr_scheduler in ("", "Use same scheduler") else req.hr_scheduler
-    spec, label = studio.samplers.resolve(name, schedule)
+    spec, label = samplers.resolve(name, schedule)
     return spec.name, label
 
 
@@ -89,7 +89,7 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         conditioning = prompts.encode(pipe, [positive] * size, [negative] * size, run.clip_skip, run.arch).kwargs
     out = sampling.call(
         run, run.ckpt.pipeline("img2img"), part=iteration * run.passes + 1, steps_hint=int(n * strength),
-        sampler=sampler(run.studio, req), conditioning=conditioning,
+        sampler=sampler(run.samplers, req), conditioning=conditioning,
         image=image, strength=strength, num_inference_steps=img2img_steps(n, strength),
         guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
     )

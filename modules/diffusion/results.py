@@ -45,7 +45,7 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         if req.hr_second_pass_steps:
             params["Hires steps"] = req.hr_second_pass_steps
         params["Hires upscaler"] = req.hr_upscaler
-        hr_sampler, hr_schedule = hires.sampler(run.studio, req)
+        hr_sampler, hr_schedule = hires.sampler(run.samplers, req)
         if hr_sampler != run.sampler:
             params["Hires sampler"] = hr_sampler
         if hr_schedule != run.schedule:

@@ -19,7 +19,7 @@ from modules.diffusion.seeds import SeedPlan
 class Run:
     """Everything one generation job needs, built once and passed to each step of it."""
 
-    studio: Any
+    samplers: Any  # the SamplerRegistry (built-in and extension samplers)
     ctx: Any  # JobContext
     req: Any  # Txt2ImgRequest | Img2ImgRequest
     ckpt: Any  # LoadedCheckpoint
@@ -41,7 +41,7 @@ class Run:
 
     def scheduler_for(self, pipe, seed: int, sampler: tuple[str, str] | None = None):
         name, schedule = sampler or (self.sampler, self.schedule)
-        return self.studio.samplers.make_scheduler(name, pipe.scheduler.config, schedule, seed=seed)
+        return self.samplers.make_scheduler(name, pipe.scheduler.config, schedule, seed=seed)
 
 
 @contextlib.contextmanager

@@ -216,8 +216,10 @@ class ExtensionAPIv1:
         return register
 
     # -- models, vision, jobs --------------------------------------------
-    def add_model_kind(self, kind: str, folder: str) -> Path:
-        """A models/<folder> the registry scans as `kind`; returns the folder."""
+    def add_model_kind(self, kind: str, folder: str, adapter=None) -> Path:
+        """A models/<folder> the registry scans as `kind`; returns the folder. With an `adapter`
+        (load / to / prepare / release / residency, see modules/models/adapters.py) the model manager
+        loads the kind for jobs (`ctx.models.use(kind, name)`), counted in the same memory budget."""
         from modules.paths import MODEL_FOLDERS, resolve_inside
 
         if not _KIND_RE.match(kind):
@@ -229,6 +231,8 @@ class ExtensionAPIv1:
         path = resolve_inside(self._studio.paths.models, folder, field_name="folder", must_exist=False)
         path.mkdir(parents=True, exist_ok=True)
         self._studio.extensions.set_model_kind(kind, path)
+        if adapter is not None:
+            self._studio.models.add_adapter(kind, adapter)
         self._model_kinds.append(kind)
         return path
 
@@ -288,6 +292,8 @@ class ExtensionAPIv1:
         for name in self._samplers:
             s.samplers.remove(name)
         for kind in self._model_kinds:
+            if kind in s.models.kinds():
+                s.models.remove_adapter(kind)
             s.extensions.set_model_kind(kind, None)
         self._samplers, self._model_kinds = [], []
 

@@ -4,6 +4,6 @@ engine.py   queues, workers, job kinds, progress / stream / metrics, interrupt a
 child.py    runners whose work runs in a child process (training): events relayed, crashes contained
 store.py    jobs of long kinds persisted in the data dir, listed again after a restart
 """
-from modules.jobs.engine import Job, JobContext, JobEngine, JobState, Progress
+from modules.jobs.engine import Job, JobContext, JobEngine, JobKind, JobState, Progress
 
-__all__ = ["Job", "JobContext", "JobEngine", "JobState", "Progress"]
+__all__ = ["Job", "JobContext", "JobEngine", "JobKind", "JobState", "Progress"]

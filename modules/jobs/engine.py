@@ -1,15 +1,21 @@
 """The job engine: every heavy operation (generation, chat, vision, training) is a Job.
 
-One FIFO queue and one worker thread per device queue. A job has an id, a state,
-progress (step/total/ETA, an optional preview), a result, and can be interrupted
-(stops after the current step, keeps what is done) or skipped (drops the current
-item of a batch, goes on with the next). Runners write their results to disk
-before returning, so "done" always means "on disk".
+A job kind is registered once (`JobKind`: runner, queue, validation, exclusivity,
+persistence). Each queue has one FIFO and one worker thread, so kinds on different queues
+run side by side (a chat reply while an image batch renders); whether their models fit
+together is the model manager's call, not the engine's. An exclusive kind (training)
+takes the whole device: it waits for running jobs to finish and holds new ones back.
+
+A job carries progress (step/total/ETA), an optional preview (throttled: readers see
+the latest), an append-only stream of pieces (tokens: every reader sees every piece, in
+order, through its own cursor), metric series (loss, learning rate), log lines and a
+result. Interrupt stops after the current step and keeps what is done; skip drops the
+current item of a batch. Runners write results to disk before returning, so "done"
+means "on disk".
 """
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import threading
 import time
@@ -17,11 +23,19 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import BaseModel
 
 from modules.errors import AtelierError, NotFound
+from modules.jobs.gate import DeviceGate
+
+if TYPE_CHECKING:
+    from modules.jobs.store import JobStore
 
 log = logging.getLogger("atelier.jobs")
+
+LOG_LINES_KEPT = 2000  # a training log can run for hours; the newest lines are what a reader wants
 
 
 class JobState(str, Enum):
@@ -53,6 +67,22 @@ class Progress:
         return min(1.0, (self.part + self.step / self.total) / max(1, self.parts))
 
 
+Runner = Callable[["JobContext", Any], Any]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """What a kind of job needs from the engine; tasks and extensions register these."""
+
+    name: str
+    runner: Runner
+    queue: str = "default"  # one worker per queue: kinds on different queues run side by side
+    validate: Callable[[Any], None] | None = None  # refuses a bad request at submit, before it waits in a queue
+    exclusive: bool = False  # takes the whole device (training): waits for others, holds new ones back
+    persist: bool = False  # kept in the job store and listed again after a restart (long jobs)
+    owner: str = "studio"
+
+
 @dataclass
 class Job:
     kind: str
@@ -61,7 +91,10 @@ class Job:
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
     state: JobState = JobState.QUEUED
     progress: Progress = field(default_factory=Progress)
-    preview: Any = None  # a PIL image, set every N steps when previews are on
+    preview: Any = None  # the latest preview (a PIL image); readers may miss earlier ones by design
+    stream: list = field(default_factory=list)  # append-only pieces; read with a cursor (read_stream)
+    metrics: dict = field(default_factory=dict)  # name -> [(step, value), …]
+    logs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES_KEPT))
     result: Any = None
     error: str | None = None
     error_field: str | None = None
@@ -107,6 +140,22 @@ class Job:
                 self._cond.wait(timeout)
             return self.version
 
+    def read_stream(self, cursor: int, timeout: float = 0.0) -> tuple[list, int, bool]:
+        """The pieces after `cursor`, the new cursor, and whether the stream has ended.
+
+        Waits up to `timeout` for a new piece. Every reader keeps its own cursor, so two
+        readers (an SSE client and the Chat tab) each get the whole sequence in order."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.stream) <= cursor and not self.state.finished:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            pieces = self.stream[cursor:]
+            ended = self.state.finished and cursor + len(pieces) == len(self.stream)
+            return pieces, cursor + len(pieces), ended
+
     def raise_for_error(self) -> None:
         if self.state == JobState.FAILED:
             err = AtelierError(self.error or "job failed", self.error_field)
@@ -126,16 +175,21 @@ class Job:
             "eta": self.eta,
             "text": self.progress.text,
             "error": self.error,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
         }
 
 
 class JobContext:
-    """What a running job sees: report progress, publish a preview, check for interrupts."""
+    """What a running job sees: progress, preview, stream, metrics, log, interrupt — and the
+    services its task was registered with (models, outputs, settings…), never the Studio."""
 
-    def __init__(self, job: Job, engine: "JobEngine"):
+    def __init__(self, job: Job, services: Any = None):
         self.job = job
-        self._engine = engine
+        self.services = services
 
+    # -- stop requests ----------------------------------------------------
     @property
     def interrupted(self) -> bool:
         return self.job.interrupt_requested
@@ -156,6 +210,7 @@ class JobContext:
         """The sampling loop stops after this step when the job is interrupted or skipped."""
         return self.job.interrupt_requested or self.job.skip_requested
 
+    # -- reporting --------------------------------------------------------
     def set_parts(self, parts: int) -> None:
         self.job.progress.parts = max(1, parts)
         self.job._touch()
@@ -173,15 +228,29 @@ class JobContext:
         self.job.preview = image
         self.job._touch()
 
+    def emit(self, piece: Any) -> None:
+        """Append one piece to the job's stream (a token, a JSON event); never dropped."""
+        with self.job._cond:
+            self.job.stream.append(piece)
+        self.job._touch()
 
-Runner = Callable[[JobContext, Any], Any]
+    def metric(self, name: str, value: float, step: int) -> None:
+        with self.job._cond:
+            self.job.metrics.setdefault(name, []).append((int(step), float(value)))
+        self.job._touch()
+
+    def log(self, line: str) -> None:
+        with self.job._cond:
+            self.job.logs.append(str(line).rstrip("\n"))
+        self.job._touch()
 
 
 class JobEngine:
-    """Queues per device, one worker thread each; job kinds are registered by name."""
+    """Queues per lane, one worker thread each; job kinds are registered by name."""
 
-    def __init__(self, history: int = 500):
-        self._runners: dict[str, tuple[Runner, str]] = {}
+    def __init__(self, history: int = 500, store: "JobStore | None" = None):
+        self._kinds: dict[str, JobKind] = {}
+        self._services: dict[str, Any] = {}  # owner -> what that owner's runners see as ctx.services
         self._queues: dict[str, collections.deque[Job]] = {}
         self._current: dict[str, Job | None] = {}
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
@@ -189,38 +258,61 @@ class JobEngine:
         self._lock = threading.Condition()
         self._workers: dict[str, threading.Thread] = {}
         self._stopping = False
-        self._counter = itertools.count(1)
+        self._gate = DeviceGate()
+        self._store = store
+        self._stored: list[dict] = store.load_all() if store is not None else []  # long jobs of earlier runs
 
     # -- registration -------------------------------------------------
-    def register_kind(self, kind: str, runner: Runner, queue: str = "default") -> None:
-        """Register a job kind (built-in or from an extension); `queue` names the device queue."""
+    def add_kind(self, kind: JobKind, services: Any = None) -> None:
+        """Register a job kind (a task's or an extension's). `services` is what its runner's
+        ctx.services holds (the task's narrow view of the studio)."""
         with self._lock:
-            self._runners[kind] = (runner, queue)
-            self._queues.setdefault(queue, collections.deque())
-            self._current.setdefault(queue, None)
+            self._kinds[kind.name] = kind
+            self._services[kind.name] = services
+            self._queues.setdefault(kind.queue, collections.deque())
+            self._current.setdefault(kind.queue, None)
+
+    def register_kind(self, kind: str, runner: Runner, queue: str = "default", **options) -> None:
+        """Shorthand for add_kind(JobKind(kind, runner, queue, …))."""
+        services = options.pop("services", None)
+        self.add_kind(JobKind(kind, runner, queue, **options), services)
+
+    def remove_kind(self, kind: str) -> None:
+        with self._lock:
+            self._kinds.pop(kind, None)
+            self._services.pop(kind, None)
 
     def kinds(self) -> list[str]:
-        return sorted(self._runners)
+        return sorted(self._kinds)
+
+    def kind(self, name: str) -> JobKind:
+        if name not in self._kinds:
+            raise NotFound(f"unknown job kind {name!r}; known: {', '.join(self.kinds())}", "kind")
+        return self._kinds[name]
 
     # -- submission ---------------------------------------------------
     def submit(self, kind: str, request: Any) -> Job:
-        if kind not in self._runners:
-            raise NotFound(f"unknown job kind {kind!r}", "kind")
-        _, queue = self._runners[kind]
-        job = Job(kind=kind, request=request, queue=queue)
+        spec = self.kind(kind)
+        if spec.validate is not None:
+            spec.validate(request)  # raises AtelierError naming the field; nothing is queued
+        job = Job(kind=kind, request=request, queue=spec.queue)
         with self._lock:
             if self._stopping:
                 raise AtelierError("the studio is shutting down", None)
             self._jobs[job.id] = job
-            while len(self._jobs) > self._history:
-                oldest_id, oldest = next(iter(self._jobs.items()))
-                if not oldest.state.finished:
-                    break
-                self._jobs.pop(oldest_id)
-            self._queues[queue].append(job)
-            self._ensure_worker(queue)
+            self._trim_history()
+            self._queues[spec.queue].append(job)
+            self._ensure_worker(spec.queue)
             self._lock.notify_all()
+        self._persist(job)
         return job
+
+    def _trim_history(self) -> None:
+        while len(self._jobs) > self._history:
+            oldest_id, oldest = next(iter(self._jobs.items()))
+            if not oldest.state.finished:
+                break
+            self._jobs.pop(oldest_id)
 
     def run(self, kind: str, request: Any, timeout: float | None = None) -> Job:
         """Submit and wait: the convenience the API and tests use."""
@@ -236,16 +328,31 @@ class JobEngine:
     def current(self, queue: str = "default") -> Job | None:
         return self._current.get(queue)
 
-    def last(self) -> Job | None:
-        """The running job if any, else the most recently submitted one."""
-        for job in self._current.values():
-            if job is not None:
+    def last(self, queue: str | None = None) -> Job | None:
+        """The running job (of `queue`, or of any) if any, else the most recently submitted one."""
+        for name, job in self._current.items():
+            if job is not None and queue in (None, name):
                 return job
-        return next(reversed(self._jobs.values()), None) if self._jobs else None
+        for job in reversed(list(self._jobs.values())):
+            if queue in (None, job.queue):
+                return job
+        return None
 
-    def pending(self, queue: str = "default") -> int:
+    def pending(self, queue: str | None = None) -> int:
+        """Jobs waiting (not running) in `queue`, or in every queue."""
         with self._lock:
-            return len(self._queues.get(queue, ()))
+            if queue is not None:
+                return len(self._queues.get(queue, ()))
+            return sum(len(q) for q in self._queues.values())
+
+    def listing(self, kind: str | None = None) -> list[dict]:
+        """The jobs of long (persisted) kinds: this run's and earlier runs', newest first."""
+        live = [j.snapshot() | _record_extras(j) for j in list(self._jobs.values())
+                if j.kind in self._kinds and self._kinds[j.kind].persist]
+        seen = {r["id"] for r in live}
+        rows = live + [r for r in self._stored if r["id"] not in seen]
+        rows = [r for r in rows if kind in (None, r["kind"])]
+        return sorted(rows, key=lambda r: r.get("created_at") or 0, reverse=True)
 
     # -- control ------------------------------------------------------
     def interrupt(self, job_id: str | None = None) -> list[Job]:
@@ -271,6 +378,7 @@ class JobEngine:
         for job in list(self._current.values()):
             if job:
                 job.interrupt_requested = True
+                job._touch()
         for worker in self._workers.values():
             worker.join(timeout)
 
@@ -307,12 +415,25 @@ class JobEngine:
         if job.interrupt_requested:
             self._finish(job, JobState.CANCELLED)
             return
-        runner, _ = self._runners[job.kind]
+        spec = self._kinds.get(job.kind)
+        if spec is None:  # its extension was disabled while the job waited
+            job.error, job.error_field, job.error_status = f"the job kind {job.kind!r} is gone", "kind", 404
+            self._finish(job, JobState.FAILED)
+            return
+        with self._gate.enter(spec.exclusive, lambda: job.interrupt_requested):
+            if job.interrupt_requested:  # stopped while waiting for the device
+                self._finish(job, JobState.CANCELLED)
+                return
+            self._run(job, spec)
+
+    def _run(self, job: Job, spec: JobKind) -> None:
         job.state = JobState.RUNNING
         job.started_at = time.time()
         job._touch()
+        self._persist(job)
+        watcher = _Persister(self, job) if spec.persist and self._store is not None else None
         try:
-            job.result = runner(JobContext(job, self), job.request)
+            job.result = spec.runner(JobContext(job, self._services.get(job.kind)), job.request)
         except AtelierError as exc:
             job.error, job.error_field, job.error_status = exc.message, exc.field, exc.status
             log.warning("job %s (%s) failed: %s", job.id, job.kind, exc)
@@ -323,9 +444,56 @@ class JobEngine:
             log.error("job %s (%s) crashed:\n%s", job.id, job.kind, traceback.format_exc())
             self._finish(job, JobState.FAILED)
             return
+        finally:
+            if watcher is not None:
+                watcher.stop()
         self._finish(job, JobState.INTERRUPTED if job.interrupt_requested else JobState.DONE)
 
     def _finish(self, job: Job, state: JobState) -> None:
         job.finished_at = time.time()
         job.state = state
         job._touch()
+        self._persist(job)
+
+    # -- persistence of long kinds ---------------------------------------
+    def _persist(self, job: Job) -> None:
+        spec = self._kinds.get(job.kind)
+        if self._store is None or spec is None or not spec.persist:
+            return
+        try:
+            self._store.save(job.snapshot() | _record_extras(job))
+        except OSError as exc:  # a full disk must not fail the job itself
+            log.warning("could not save job %s: %s", job.id, exc)
+
+
+def _record_extras(job: Job) -> dict:
+    """What a persisted record holds beyond the snapshot: metric series, the result's paths, the request."""
+    with job._cond:
+        metrics = {name: [list(p) for p in series] for name, series in job.metrics.items()}
+    result = job.result if isinstance(job.result, (dict, list, str, int, float, type(None))) else str(job.result)
+    request = job.request
+    if isinstance(request, BaseModel):
+        request = request.model_dump(mode="json", exclude_none=True)
+    elif not isinstance(request, (dict, list, str, int, float, type(None))):
+        request = str(request)
+    return {"metrics": metrics, "result": result, "request": request}
+
+
+class _Persister:
+    """Saves a long job's record every few seconds while it runs (progress survives a kill)."""
+
+    INTERVAL_S = 5.0
+
+    def __init__(self, engine: JobEngine, job: Job):
+        self._engine, self._job = engine, job
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"atelier-persist-{job.id}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            self._engine._persist(self._job)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2)

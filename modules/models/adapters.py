@@ -53,6 +53,10 @@ class AdapterContext:
 class ModelAdapter(Protocol):
     """Load / move / release one kind of model. Implementations hold no per-model state."""
 
+    def residency(self, settings) -> dict:
+        """The kind's own limits, each None for none: max_on_device (models of this kind on the GPU at
+        once), max_resident (in memory at all), max_parked_bytes (bytes of idle ones in the RAM cache)."""
+
     def load(self, actx: AdapterContext, entry: "ModelEntry", options: "LoadOptions") -> Loaded:
         """Read `entry` with `options` and place it on `actx.device` (raise AtelierError naming the field)."""
 

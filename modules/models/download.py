@@ -60,9 +60,9 @@ def _target_name(name: str) -> str:
     return base
 
 
-def run_download_job(studio, ctx, request) -> dict:
+def run_download_job(services, ctx, request) -> dict:
     req = parse(request)
-    folder = studio.paths.model_dir(req.kind)  # an unknown kind is refused here, naming the field
+    folder = services.paths.model_dir(req.kind)  # an unknown kind is refused here, naming the field
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / ".downloads"
     staging.mkdir(exist_ok=True)
@@ -88,9 +88,9 @@ def run_download_job(studio, ctx, request) -> dict:
     if final.exists():
         raise InvalidRequest(f"{final.name} is already in {folder.name}/; delete or rename it first", "filename")
     os.replace(done, final)  # appears whole or not at all
-    studio.registry.refresh(req.kind)
-    entry = studio.registry.get(req.kind, final.relative_to(folder).as_posix())
-    studio.registry.ensure_hash(entry)
+    services.registry.refresh(req.kind)
+    entry = services.registry.get(req.kind, final.relative_to(folder).as_posix())
+    services.registry.ensure_hash(entry)
     return {"kind": req.kind, "name": entry.name, "size": entry.size, "sha256": entry.sha256}
 
 

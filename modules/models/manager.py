@@ -1,9 +1,13 @@
-"""What is in memory and where: loads checkpoints, keeps the last few in RAM, swaps them.
+"""What is in memory and where: the one place that loads, moves and evicts models of every kind.
 
-Callers use `with manager.checkpoint(name) as ckpt:` so a model is never swapped out while a
-job is using it. Switching never holds two copies on the device: the old pipeline goes back to
-the CPU (into the RAM cache, bounded by count and bytes) or is dropped before the new one moves
-in. Switching back to a cached checkpoint moves tensors, it does not read the disk again.
+Jobs ask `with manager.use(kind, name, options) as handle:` and get the model resident on
+the compute device and pinned: a pinned model is never moved or evicted. Each device has
+one memory budget (settings `gpu_budget_gb`, `ram_budget_gb`). Loading a model that does not
+fit evicts the least recently used idle models — from the GPU to the RAM cache first, then
+out — so an SD checkpoint and a chat model stay resident together when they fit, and a job
+whose model cannot fit next to models in use waits for them (never an out-of-memory crash).
+Kinds are adapters (adapters.py); a kind may limit its own residency (A1111's checkpoint
+cache: one checkpoint on the device, `sd_checkpoints_limit` in RAM).
 """
 from __future__ import annotations
 
@@ -13,135 +17,385 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from modules.devices import DeviceChoice, free_accelerator_memory
-from modules.errors import AtelierError, NotFound
-from modules.models import loaders, lora, memory
+from modules.errors import AtelierError, Busy, NotFound
+from modules.models.adapters import AdapterContext, Loaded, ModelAdapter
 from modules.models.quant import LoadOptions, OptionsStore
 from modules.models.registry import ModelEntry, ModelRegistry
 from modules.settings import SettingsStore
 
 log = logging.getLogger("atelier.models")
 
+WAIT_FOR_ROOM_S = 600.0  # a job waits this long for models in use to be released before it gives up
+GPU_HEADROOM_BYTES = int(1.5 * 1024**3)  # activations and the CUDA context need room beside the weights
+AUTO_RAM_FRACTION = 0.75
+
 
 @dataclass
-class LoadedCheckpoint:
-    entry: ModelEntry
-    pipe: Any  # the txt2img pipeline; other modes share its components
-    arch: str = "sd1"
-    options: LoadOptions = field(default_factory=LoadOptions)
-    quantization: str | None = None  # "nf4", "nf4 double quant", "int8", … for the infotext
-    policy: str = "gpu"
-    location: str = "cpu"  # where the weights are: "cpu", "cuda", … (offloaded: "cuda (offload)")
-    footprint: int = 0
-    vae: ModelEntry | None = None  # the VAE file in use; None = the checkpoint's own
-    vae_setting: str = "Automatic"
-    embeddings: list[ModelEntry] = field(default_factory=list)
-    skipped_embeddings: dict = field(default_factory=dict)  # path -> why it does not fit this checkpoint
-    base_vae: Any = None  # the checkpoint's own VAE while another one is in use
-    loras: lora.LoraState = field(default_factory=lora.LoraState)
-    _modes: dict = field(default_factory=dict)
+class Slot:
+    """One resident model: what is loaded, who holds it, when it was last used."""
+
+    loaded: Loaded
+    lock: threading.RLock = field(default_factory=threading.RLock)  # one job at a time uses a model's state
+    holders: collections.Counter = field(default_factory=collections.Counter)  # thread id -> pins
+    last_used: float = field(default_factory=time.monotonic)
 
     @property
-    def name(self) -> str:
-        return self.entry.name
-
-    @property
-    def vae_name(self) -> str | None:
-        return self.vae.stem if self.vae else None
-
-    @property
-    def vae_hash(self) -> str | None:
-        return self.vae.short_hash if self.vae else None
-
-    @property
-    def embedding_names(self) -> list[str]:
-        return [e.stem for e in self.embeddings]
-
-    def pipeline(self, mode: str):
-        """The pipeline for txt2img / img2img / inpaint, built once from the same components."""
-        if mode == "txt2img":
-            return self.pipe
-        if mode not in self._modes:
-            from diffusers import (
-                StableDiffusionImg2ImgPipeline,
-                StableDiffusionInpaintPipeline,
-                StableDiffusionXLImg2ImgPipeline,
-                StableDiffusionXLInpaintPipeline,
-            )
-
-            classes = {
-                ("sd", "img2img"): StableDiffusionImg2ImgPipeline,
-                ("sd", "inpaint"): StableDiffusionInpaintPipeline,
-                ("sdxl", "img2img"): StableDiffusionXLImg2ImgPipeline,
-                ("sdxl", "inpaint"): StableDiffusionXLInpaintPipeline,
-            }
-            family = "sdxl" if self.arch == "sdxl" else "sd"
-            made = classes[(family, mode)].from_pipe(self.pipe)
-            made.set_progress_bar_config(disable=True)
-            self._modes[mode] = made
-        return self._modes[mode]
+    def pinned(self) -> bool:
+        return sum(self.holders.values()) > 0
 
 
 class ModelManager:
-    def __init__(self, registry: ModelRegistry, settings: SettingsStore, device: DeviceChoice):
+    def __init__(self, registry: ModelRegistry, settings: SettingsStore, device: DeviceChoice | None = None):
         self.registry = registry
         self.settings = settings
-        self.device = device
+        self.device = device or DeviceChoice("cpu", "float32")
         self.options = OptionsStore(registry.paths.root / "model-options.json")
-        self._lock = threading.RLock()
-        self._active: LoadedCheckpoint | None = None
-        self._cache: collections.OrderedDict[str, LoadedCheckpoint] = collections.OrderedDict()  # on the CPU
+        self._adapters: dict[str, ModelAdapter] = {}
+        self._slots: collections.OrderedDict[tuple[str, str], Slot] = collections.OrderedDict()  # LRU first
+        self._cond = threading.Condition()  # guards _slots and the pins
+        self._place_lock = threading.Lock()  # one placement decision (load / move / evict) at a time
+        self._chosen: dict[str, str] = {}  # kind -> the last name loaded by choice (not a per-request override)
+        self._active: dict[str, tuple[str, str]] = {}  # kind -> key of the one used last
         self.last_switch_seconds: float | None = None
-        self._chosen: str | None = None  # the last checkpoint loaded by name outside a per-request override
+
+    # -- set-up ----------------------------------------------------------------
+    def attach(self, device: DeviceChoice) -> None:
+        """The compute device, once torch has chosen it (start-up's heavy part)."""
+        self.device = device
+
+    def add_adapter(self, kind: str, adapter: ModelAdapter) -> None:
+        self._adapters[kind] = adapter
+
+    def remove_adapter(self, kind: str) -> None:
+        for slot in [s for s in self._slots_list() if s.loaded.kind == kind and not s.pinned]:
+            self._drop(slot)
+        self._adapters.pop(kind, None)
+
+    def kinds(self) -> list[str]:
+        return list(self._adapters)
 
     @property
-    def active(self) -> LoadedCheckpoint | None:
-        return self._active
+    def _actx(self) -> AdapterContext:
+        return AdapterContext(self.registry, self.settings, self.device)
 
-    def default_checkpoint_name(self) -> str:
-        wanted = self.settings.get().sd_model_checkpoint or self._chosen
+    def _adapter(self, kind: str) -> ModelAdapter:
+        if kind not in self._adapters:
+            raise NotFound(f"no loader for models of kind {kind!r}; loadable kinds: {', '.join(self._adapters)}", "kind")
+        return self._adapters[kind]
+
+    # -- which model ------------------------------------------------------------
+    def default_name(self, kind: str) -> str:
+        wanted = (self.settings.get().sd_model_checkpoint if kind == "checkpoint" else "") or self._chosen.get(kind)
         if wanted:
             return wanted
-        entries = self.registry.list("checkpoint")
+        entries = [e for e in self.registry.list(kind) if not e.problem]
         if not entries:
-            raise NotFound("no checkpoint in models/Stable-diffusion; add one and press Refresh", "sd_model_checkpoint")
+            folder = self.registry.paths.model_dir(kind).name
+            raise NotFound(f"no {kind} model in models/{folder}; add one and press Refresh",
+                           "sd_model_checkpoint" if kind == "checkpoint" else "model")
         return entries[0].name
 
-    # -- loading and switching ---------------------------------------------
-    def load(self, name: str | None = None, options: LoadOptions | None = None,
-             remember: bool = True) -> LoadedCheckpoint:
-        """Make `name` (default: the settings' checkpoint) the active one; `remember` makes it the default."""
-        with self._lock:
-            entry = self.registry.get("checkpoint", name or self.default_checkpoint_name())
-            if name and remember:
-                self._chosen = entry.name
-            opts = options or self.options.get(entry.name)
-            start = time.perf_counter()
-            key = str(entry.path)
-            if self._active and str(self._active.entry.path) == key and self._active.options == opts:
-                self._sync_extras(self._active)
-                return self._active
-            cached = self._cache.pop(key, None)
-            if cached is not None and cached.options != opts:
-                cached = None  # other dtype/quantization asked for: read it again
-            if cached is None:
-                # Read into RAM first: a file that fails to load leaves the current checkpoint serving.
-                ckpt = self._read(entry, opts)
-            else:
-                ckpt = cached
-                log.info("checkpoint %s taken from the RAM cache", entry.name)
-            self._park_active()  # the old one leaves the device before the new one arrives
-            self._place(ckpt)
-            self._active = ckpt
-            self._sync_extras(ckpt)
-            self.last_switch_seconds = time.perf_counter() - start
-            log.info("checkpoint %s ready on %s in %.2fs (%s)", entry.name, ckpt.location,
-                     self.last_switch_seconds, ckpt.policy)
-            return ckpt
+    def default_checkpoint_name(self) -> str:
+        return self.default_name("checkpoint")
 
-    def load_at_start(self) -> LoadedCheckpoint:
+    def _entry(self, kind: str, name: str | None) -> ModelEntry:
+        return self.registry.get(kind, name or self.default_name(kind))
+
+    # -- using a model ------------------------------------------------------------
+    @contextlib.contextmanager
+    def use(self, kind: str, name: str | None = None, options: LoadOptions | None = None):
+        """The model, resident on the compute device and pinned for the block; yields its handle."""
+        entry = self._entry(kind, name)
+        opts = options or self.options.get(entry.name)
+        slot = self._acquire(kind, entry, opts)
+        try:
+            with slot.lock:
+                self._adapter(kind).prepare(self._actx, slot.loaded)
+                yield slot.loaded.handle
+        finally:
+            self._release(slot)
+
+    def load(self, name: str | None = None, options: LoadOptions | None = None, remember: bool = True,
+             kind: str = "checkpoint"):
+        """Make `name` (default: the settings' or last chosen) resident and the active one of its kind."""
+        entry = self._entry(kind, name)
+        if name and remember:
+            self._chosen[kind] = entry.name
+        opts = options or self.options.get(entry.name)
+        slot = self._acquire(kind, entry, opts)
+        try:
+            with slot.lock:
+                self._adapter(kind).prepare(self._actx, slot.loaded)
+            return slot.loaded.handle
+        finally:
+            self._release(slot)
+
+    def checkpoint(self, name: str | None = None):
+        """`with manager.checkpoint(override) as ckpt:` — the SD checkpoint for one job."""
+        return self.use("checkpoint", name)
+
+    @property
+    def active(self):
+        """The SD checkpoint used last (what A1111 calls the loaded model), or None."""
+        return self.active_of("checkpoint")
+
+    def active_of(self, kind: str):
+        key = self._active.get(kind)
+        slot = self._slots.get(key) if key else None
+        return slot.loaded.handle if slot else None
+
+    def resident(self) -> list[Loaded]:
+        return [s.loaded for s in self._slots_list()]
+
+    def _slots_list(self) -> list[Slot]:
+        with self._cond:
+            return list(self._slots.values())
+
+    # -- placement ------------------------------------------------------------------
+    def _acquire(self, kind: str, entry: ModelEntry, opts: LoadOptions) -> Slot:
+        deadline = time.monotonic() + WAIT_FOR_ROOM_S
+        while True:
+            with self._place_lock:
+                slot = self._try_place(kind, entry, opts)
+            if slot is not None:
+                return slot
+            with self._cond:  # models in use stand in the way: wait until one is released
+                if time.monotonic() > deadline:
+                    raise Busy(f"{entry.name} does not fit in memory next to the models in use; "
+                               "try again when the running jobs finish, or raise the memory budget", "model")
+                self._cond.wait(1.0)
+
+    def _try_place(self, kind: str, entry: ModelEntry, opts: LoadOptions) -> Slot | None:
+        """Resident on the device and pinned, or None when models in use must be released first."""
+        adapter = self._adapter(kind)
+        key = (kind, str(entry.path))
+        start = time.perf_counter()
+        slot = self._slots.get(key)
+        if slot is not None and slot.loaded.options != opts:
+            if slot.pinned:
+                return None  # in use with other options: swap once it is released
+            self._drop(slot)  # hot swap of dtype / quantization: the old copy goes first
+            slot = None
+        moved = slot is None or slot.loaded.device != self.device.name
+        if slot is None:
+            estimate = _estimate_bytes(entry, opts)
+            if not self._make_room(self.device.name, estimate, key, kind):
+                return None
+            loaded = adapter.load(self._actx, entry, opts)  # may raise: nothing resident has changed
+            slot = Slot(loaded)
+            with self._cond:
+                self._slots[key] = slot
+            log.info("%s %s loaded on %s (%.0f MiB)", kind, entry.name, loaded.location, loaded.footprint / 2**20)
+        elif slot.loaded.device != self.device.name:
+            if not self._make_room(self.device.name, slot.loaded.footprint, key, kind):
+                return None
+            adapter.to(self._actx, slot.loaded, self.device.name)
+            log.info("%s %s moved from the RAM cache to %s", kind, entry.name, slot.loaded.location)
+        with self._cond:
+            slot.holders[threading.get_ident()] += 1
+            slot.last_used = time.monotonic()
+            self._slots.move_to_end(key)
+            self._active[kind] = key
+        if moved:
+            self._make_room(self.device.name, 0, key, kind)  # the real footprint may exceed the estimate
+        self._trim_kind(kind, key)  # the active one changed: the kind's cache limits apply again
+        self.last_switch_seconds = time.perf_counter() - start
+        return slot
+
+    def _release(self, slot: Slot) -> None:
+        with self._cond:
+            me = threading.get_ident()
+            slot.holders[me] -= 1
+            if slot.holders[me] <= 0:
+                del slot.holders[me]
+            slot.last_used = time.monotonic()
+            self._cond.notify_all()
+
+    def budget(self, device_name: str) -> int:
+        """Bytes of weights the manager may keep on `device_name`."""
+        import psutil
+
+        s = self.settings.get()
+        if device_name == "cpu":
+            return int(s.ram_budget_gb * 1024**3) or int(psutil.virtual_memory().total * AUTO_RAM_FRACTION)
+        if s.gpu_budget_gb:
+            return int(s.gpu_budget_gb * 1024**3)
+        from modules.devices import device_total_memory
+
+        return max(0, device_total_memory(device_name) - GPU_HEADROOM_BYTES)
+
+    def used(self, device_name: str) -> int:
+        return sum(s.loaded.footprint for s in self._slots_list() if s.loaded.device == device_name)
+
+    def _make_room(self, device_name: str, need: int, keep: tuple[str, str], kind: str) -> bool:
+        """Evict idle models (LRU first) until `need` more bytes fit; False when models in use stand in the way."""
+        limit = self._adapter(kind).residency(self.settings.get()).get("max_on_device")
+        same_kind = [s for s in self._slots_list() if s.loaded.kind == kind and s.loaded.device == device_name
+                     and s.loaded.key != keep]
+        if limit is not None and device_name != "cpu" and len(same_kind) >= limit:
+            for slot in same_kind[:len(same_kind) - limit + 1]:
+                if slot.pinned:
+                    return False
+                self._evict(slot)
+        budget = self.budget(device_name)
+        for slot in self._slots_list():
+            if self.used(device_name) + need <= budget:
+                return True
+            if slot.loaded.device == device_name and slot.loaded.key != keep and not slot.pinned:
+                self._evict(slot)
+        if self.used(device_name) + need <= budget:
+            return True
+        mine = threading.get_ident()
+        blocking = [s for s in self._slots_list() if s.loaded.device == device_name and s.pinned
+                    and s.loaded.key != keep and set(s.holders) - {mine}]
+        if blocking:
+            return False
+        # Nothing idle is left: a model larger than the budget still loads (its memory policy offloads it).
+        log.warning("%s: %.0f MiB asked for, %.0f MiB budget; loading anyway", device_name, need / 2**20,
+                    budget / 2**20)
+        return True
+
+    def _evict(self, slot: Slot) -> None:
+        """An idle model leaves the device: to the RAM cache when it can move and fits, else out."""
+        loaded = slot.loaded
+        if loaded.device != "cpu" and loaded.movable and self._room_in_ram(loaded):
+            self._adapter(loaded.kind).to(self._actx, loaded, "cpu")
+            log.info("%s %s moved to the RAM cache", loaded.kind, loaded.entry.name)
+            free_accelerator_memory(self.device.name)
+            self._trim_kind(loaded.kind, None)
+        else:
+            self._drop(slot)
+
+    def _room_in_ram(self, loaded: Loaded) -> bool:
+        residency = self._adapter(loaded.kind).residency(self.settings.get())
+        if residency.get("max_resident") is not None and residency["max_resident"] <= 1:
+            return False
+        cap = residency.get("max_parked_bytes")
+        if cap is not None and loaded.footprint > cap:
+            return False
+        return self._make_room_cpu(loaded.footprint, loaded.key)
+
+    def _make_room_cpu(self, need: int, keep: tuple[str, str]) -> bool:
+        budget = self.budget("cpu")
+        for slot in self._slots_list():
+            if self.used("cpu") + need <= budget:
+                return True
+            if slot.loaded.device == "cpu" and slot.loaded.key != keep and not slot.pinned:
+                self._drop(slot)
+        return self.used("cpu") + need <= budget
+
+    def _trim_kind(self, kind: str, keep: tuple[str, str] | None) -> None:
+        """A kind's own residency limits (A1111: sd_checkpoints_limit, sd_checkpoint_cache_gb)."""
+        if kind not in self._adapters:
+            return
+        residency = self._adapters[kind].residency(self.settings.get())
+        count, parked_cap = residency.get("max_resident"), residency.get("max_parked_bytes")
+        while True:
+            mine = [s for s in self._slots_list() if s.loaded.kind == kind]
+            parked = [s for s in mine if s.loaded.key != self._active.get(kind)]
+            too_many = count is not None and len(mine) > count
+            too_big = parked_cap is not None and sum(s.loaded.footprint for s in parked) > parked_cap
+            idle = [s for s in parked if not s.pinned and s.loaded.key != keep]
+            if not (too_many or too_big) or not idle:
+                return
+            self._drop(idle[0])
+
+    def _drop(self, slot: Slot) -> None:
+        loaded = slot.loaded
+        with self._cond:
+            self._slots.pop(loaded.key, None)
+            if self._active.get(loaded.kind) == loaded.key:
+                del self._active[loaded.kind]
+        self._adapter(loaded.kind).release(self._actx, loaded)
+        log.info("%s %s unloaded", loaded.kind, loaded.entry.name)
+        del slot, loaded
+        free_accelerator_memory(self.device.name)
+
+    # -- the Models tab and REST ---------------------------------------------------------
+    def describe(self) -> list[dict]:
+        """Every model on disk, with where it is now and its footprint when loaded."""
+        resident = {s.loaded.key: s for s in self._slots_list()}
+        rows = []
+        for kind in self.registry.paths.model_kinds():
+            for e in self.registry.list(kind):
+                slot = resident.get((kind, str(e.path)))
+                loaded = slot.loaded if slot else None
+                rows.append({
+                    "kind": kind, "name": e.name, "size": e.size, "arch": e.arch, "format": e.format,
+                    "short_hash": e.short_hash, "location": loaded.location if loaded else "disk",
+                    "active": bool(loaded is not None and self._active.get(kind) == loaded.key),
+                    "in_use": bool(slot and slot.pinned),
+                    "footprint_bytes": loaded.footprint if loaded else 0,
+                    "quantization": (loaded.options if loaded else self.options.get(e.name)).label(),
+                    "loadable": kind in self._adapters,
+                })
+        return rows
+
+    def budgets(self) -> list[dict]:
+        """The memory gauge per device: budget and what resident models use of it."""
+        devices = ["cpu"] + ([self.device.name] if self.device.name != "cpu" else [])
+        return [{"device": d, "budget_bytes": self.budget(d), "used_bytes": self.used(d)} for d in devices]
+
+    def unload(self, name: str | None = None, kind: str = "checkpoint") -> None:
+        """Drop one model (or, with no name, every idle model) from the device and the RAM cache."""
+        if name is None:
+            targets = self._slots_list()
+        else:
+            key = (kind, str(self.registry.get(kind, name).path))
+            targets = [s for s in self._slots_list() if s.loaded.key == key]
+        with self._place_lock:
+            for slot in targets:
+                if slot.pinned:
+                    raise Busy(f"{slot.loaded.entry.name} is in use by a running job; unload it when that finishes",
+                               "name")
+                self._drop(slot)
+
+    def memory(self) -> dict:
+        from modules.devices import memory_readings
+
+        return memory_readings(self.device.name)
+
+    def set_options(self, name: str, options: LoadOptions | dict, kind: str = "checkpoint") -> None:
+        """Remember per-model load options (dtype, quantization); used on the next load of it."""
+        entry = self.registry.get(kind, name)
+        self.options.set(entry.name, options)
+
+    # -- SD per-job helpers (the diffusion task's; kept here because they move weights) ----------
+    def loras(self, ckpt, wanted: list[tuple[str, float]]):
+        """`with manager.loras(ckpt, [(name, weight)]) as applied:` — see modules/models/lora.py."""
+        from modules.models import lora
+
+        return lora.applied(self.registry, ckpt, wanted)
+
+    def retry_on_oom(self, ckpt, fn):
+        """Call fn(); on out-of-memory free caches, switch to the next lighter policy and retry once."""
+        from modules.models import memory
+
+        try:
+            return fn()
+        except Exception as exc:
+            if not memory.is_oom(exc):
+                raise
+            log.warning("out of memory with policy %s; freeing caches and retrying lighter", ckpt.policy)
+        free_accelerator_memory(self.device.name)
+        policy_before = ckpt.policy
+        nxt = memory.lighter(ckpt.policy) if self.device.name == "cuda" else None
+        slot = self._slots.get(("checkpoint", str(ckpt.entry.path)))
+        if nxt is not None and not ckpt.quantization and slot is not None:
+            self._adapters["checkpoint"].apply_policy(slot.loaded, nxt, self.device.name)
+        memory.lightest_vae(ckpt.pipe)
+        try:
+            return fn()
+        except Exception as exc:
+            if not memory.is_oom(exc):
+                raise
+            free_accelerator_memory(self.device.name)
+            raise memory.OutOfMemory(memory.oom_message(self.device.name, nxt or policy_before), "width") from None
+
+    # -- start-up ----------------------------------------------------------------------
+    def load_at_start(self):
         """The settings' checkpoint; when that one is gone or broken, the first that loads (as A1111 falls back)."""
         try:
             return self.load()
@@ -154,174 +408,12 @@ class ModelManager:
             self.settings.update({"sd_model_checkpoint": others[0].name}, save=False)  # config.json keeps the user's
             return self.load(others[0].name)
 
-    def _read(self, entry: ModelEntry, opts: LoadOptions) -> LoadedCheckpoint:
-        from modules.models import quant
 
-        dtype = opts.torch_dtype(self.device.dtype)
-        # A big file is hashed (once, then cached) while it loads: both read the same pages.
-        hasher = None
-        if entry.sha256 is None:
-            hasher = threading.Thread(target=self.registry.ensure_hash, args=(entry,), name="atelier-hash", daemon=True)
-            hasher.start()
-        try:
-            pipe, arch = loaders.load_checkpoint(entry, dtype, self.registry.paths, opts, self.device.name)
-        finally:
-            if hasher is not None:
-                hasher.join()
-        pipe.set_progress_bar_config(disable=True)
-        quantization = quant.quantize_pipeline(pipe, opts, self.device.name)
-        return LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=opts, quantization=quantization,
-                                footprint=memory.footprint_bytes(pipe))
-
-    def _place(self, ckpt: LoadedCheckpoint) -> None:
-        policy = memory.choose_policy(self.settings.get().memory_policy, self.device.name, ckpt.pipe)
-        if ckpt.quantization and self.device.name == "cuda":
-            policy = "gpu"  # bitsandbytes weights are placed by their own config, not moved by offload hooks
-        self._apply(ckpt, policy)
-
-    def _apply(self, ckpt: LoadedCheckpoint, policy: str) -> None:
-        memory.apply_policy(ckpt.pipe, policy, self.device.torch_device)
-        ckpt.policy = policy
-        ckpt.location = self.device.name + ("" if policy == "gpu" else f" ({policy})")
-
-    def _park_active(self) -> None:
-        """Move the active checkpoint off the device into the RAM cache, or drop it."""
-        old, self._active = self._active, None
-        if old is None:
-            return
-        limit = self.settings.get().sd_checkpoints_limit
-        budget = int(self.settings.get().sd_checkpoint_cache_gb * 1024**3)
-        if limit > 1 and old.footprint <= budget and not (old.quantization and self.device.name == "cuda"):
-            if self.device.name != "cpu":
-                memory.apply_policy(old.pipe, "gpu", "cpu")
-            old.location = "cpu"
-            self._cache[str(old.entry.path)] = old
-        del old
-        self._trim_cache(limit - 1, budget)
-        free_accelerator_memory(self.device.name)
-
-    def _trim_cache(self, count: int, budget: int) -> None:
-        while self._cache and (len(self._cache) > max(0, count)
-                               or sum(c.footprint for c in self._cache.values()) > budget):
-            name, _dropped = self._cache.popitem(last=False)
-            log.info("checkpoint %s dropped from the RAM cache", name)
-
-    def _sync_extras(self, ckpt: LoadedCheckpoint) -> None:
-        """The VAE the settings ask for and the embeddings on disk, applied to the active pipeline."""
-        from modules.models import extras
-
-        vae_before = ckpt.pipe.vae
-        extras.sync_vae(self.registry, ckpt, self.settings.get().sd_vae, self.device.dtype)
-        if ckpt.pipe.vae is not vae_before and ckpt.policy != "gpu":
-            self._apply(ckpt, ckpt.policy)  # offload hooks are per module: hook the new VAE too
-        extras.sync_embeddings(self.registry, ckpt)
-        memory.configure_vae_tiling(ckpt.pipe, self.settings.get().vae_tiling_pixels)
-        if ckpt.pipe.vae is not None and hasattr(ckpt.pipe.vae, "disable_slicing"):
-            ckpt.pipe.vae.disable_slicing()  # a previous job's out-of-memory fallback ends with that job
-
-    @contextlib.contextmanager
-    def checkpoint(self, name: str | None = None):
-        """The checkpoint for one job; a per-request `name` (override_settings) is used for that job only."""
-        with self._lock:
-            yield self.load(name, remember=False)
-
-    # -- per-job helpers -----------------------------------------------------
-    def loras(self, ckpt: LoadedCheckpoint, wanted: list[tuple[str, float]]):
-        """`with manager.loras(ckpt, [(name, weight)]) as applied:` — see modules/models/lora.py."""
-        return lora.applied(self.registry, ckpt, wanted)
-
-    def retry_on_oom(self, ckpt: LoadedCheckpoint, fn):
-        """Call fn(); on out-of-memory free caches, switch to the next lighter policy and retry once."""
-        try:
-            return fn()
-        except Exception as exc:
-            if not memory.is_oom(exc):
-                raise
-            log.warning("out of memory with policy %s; freeing caches and retrying lighter", ckpt.policy)
-        free_accelerator_memory(self.device.name)
-        policy_before = ckpt.policy
-        nxt = memory.lighter(ckpt.policy) if self.device.name == "cuda" else None
-        with self._lock:
-            if nxt is not None and not ckpt.quantization:
-                self._apply(ckpt, nxt)
-            memory.lightest_vae(ckpt.pipe)
-        try:
-            return fn()
-        except Exception as exc:
-            if not memory.is_oom(exc):
-                raise
-            free_accelerator_memory(self.device.name)
-            raise memory.OutOfMemory(memory.oom_message(self.device.name, nxt or policy_before), "width") from None
-
-    # -- the Models tab --------------------------------------------------------
-    def describe(self) -> list[dict]:
-        """Every model on disk, with where it is now and its memory footprint when loaded."""
-        # No lock: a running job holds it for the whole generation, and the Models tab must not wait.
-        active = self._active
-        loaded = {str(c.entry.path): c for c in list(self._cache.values()) + ([active] if active else [])}
-        rows = []
-        for kind in self.registry.paths.model_kinds():
-            for e in self.registry.list(kind):
-                c = loaded.get(str(e.path))
-                rows.append({
-                    "kind": kind, "name": e.name, "size": e.size, "arch": e.arch, "format": e.format,
-                    "short_hash": e.short_hash, "location": c.location if c else "disk",
-                    "active": bool(c is not None and c is active),
-                    "footprint_bytes": c.footprint if c else 0,
-                    "quantization": (c.quantization if c else None) or self.options.get(e.name).label(),
-                })
-        return rows
-
-    def unload(self, name: str | None = None) -> None:
-        """Drop a checkpoint (or all, with None) from the device and the RAM cache."""
-        with self._lock:
-            if name is None:
-                self._active = None
-                self._cache.clear()
-            else:
-                entry = self.registry.get("checkpoint", name)
-                key = str(entry.path)
-                self._cache.pop(key, None)
-                if self._active and str(self._active.entry.path) == key:
-                    self._active = None
-            free_accelerator_memory(self.device.name)
-
-    def memory(self) -> dict:
-        from modules.devices import memory_readings
-
-        return memory_readings(self.device.name)
-
-    def set_options(self, name: str, options: LoadOptions | dict) -> None:
-        """Remember per-model load options (dtype, quantization); used on the next load of it."""
-        entry = self.registry.get("checkpoint", name)
-        self.options.set(entry.name, options)
+def _estimate_bytes(entry: ModelEntry, opts: LoadOptions) -> int:
+    """Weights in memory before loading them: the files' size, scaled by the quantization asked for."""
+    scale = {"none": 1.0, "int8": 0.55, "nf4": 0.35, "fp4": 0.35}[opts.quantization]
+    return int(entry.size * scale)
 
 
 def describe_error(exc: BaseException) -> str:
     return exc.message if isinstance(exc, AtelierError) else f"{type(exc).__name__}: {exc}"
-
-
-def run_load_job(studio, ctx, request) -> dict:
-    """Job kind "load_checkpoint": request is a name, or {"name": …, "options": {dtype, quantization, …}}."""
-    from modules.errors import InvalidRequest
-
-    if isinstance(request, dict):
-        name, options = request.get("name"), request.get("options")
-    else:
-        name, options = request, None
-    if name is not None and not isinstance(name, str):
-        raise InvalidRequest("must be a checkpoint name", FIELD_CHECKPOINT)
-    if studio.models is None:
-        raise InvalidRequest("the studio is still starting; try again in a moment", FIELD_CHECKPOINT)
-    if options is not None:
-        studio.models.set_options(name or studio.models.default_checkpoint_name(), options)
-    ctx.progress(0, 1, text=f"loading {name or 'the default checkpoint'}")
-    ckpt = studio.models.load(name)
-    if name:
-        studio.settings.update({"sd_model_checkpoint": ckpt.entry.name})
-    ctx.progress(1, 1, text=f"{ckpt.entry.name} ready")
-    return {"name": ckpt.entry.name, "title": ckpt.entry.title, "location": ckpt.location,
-            "seconds": studio.models.last_switch_seconds, "quantization": ckpt.quantization}
-
-
-FIELD_CHECKPOINT = "sd_model_checkpoint"

@@ -91,7 +91,8 @@ def test_ram_cache_limit_of_one_reads_the_disk_again(studio):
         _switch(studio, "atelier-demo-sd15")
         _switch(studio, SECOND)
         assert studio.models.active.pipe is not pipe
-        assert not studio.models._cache, "with a limit of 1 nothing stays cached besides the active one"
+        assert len([m for m in studio.models.resident() if m.kind == "checkpoint"]) == 1, \
+            "with a limit of 1 nothing stays cached besides the active one"
     finally:
         studio.settings.update({"sd_checkpoints_limit": 2}, save=False)
         _switch(studio, "atelier-demo-sd15")

@@ -1,0 +1,20 @@
+"""The diffusion task: txt2img and img2img (inpaint = img2img with a mask) as job kinds."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from modules.jobs import JobKind
+
+if TYPE_CHECKING:
+    from modules.tasks import Registrar
+
+QUEUE = "images"  # generation jobs run one after another, as in A1111
+
+
+def register(reg: "Registrar") -> None:
+    from modules.diffusion.generate import DiffusionServices, run_img2img, run_txt2img, validator
+
+    services = DiffusionServices(reg.models, reg.samplers, reg.hooks, reg.outputs, reg.settings)
+    validate = validator(reg.samplers)
+    reg.add_job_kind(JobKind("txt2img", run_txt2img, queue=QUEUE, validate=validate), services)
+    reg.add_job_kind(JobKind("img2img", run_img2img, queue=QUEUE, validate=validate), services)

@@ -1,0 +1,157 @@
+"""The "checkpoint" kind: Stable Diffusion pipelines (SD1.x, SD2.x, SDXL) behind the adapter interface.
+
+Loading reads the file into RAM first (a file that fails leaves everything else serving),
+then quantizes and places it under the memory policy. Every use syncs the VAE and the
+embeddings the settings ask for. txt2img, img2img and inpaint share one set of weights
+(`LoadedCheckpoint.pipeline(mode)`, diffusers' `from_pipe`).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from modules.models import loaders, lora, memory
+from modules.models.adapters import AdapterContext, Loaded
+from modules.models.quant import LoadOptions
+from modules.models.registry import ModelEntry
+
+log = logging.getLogger("atelier.models")
+
+
+@dataclass
+class LoadedCheckpoint:
+    entry: ModelEntry
+    pipe: Any  # the txt2img pipeline; other modes share its components
+    arch: str = "sd1"
+    options: LoadOptions = field(default_factory=LoadOptions)
+    quantization: str | None = None  # "nf4", "nf4 double quant", "int8", … for the infotext
+    policy: str = "gpu"
+    location: str = "cpu"  # where the weights are: "cpu", "cuda", … (offloaded: "cuda (model_offload)")
+    footprint: int = 0
+    vae: ModelEntry | None = None  # the VAE file in use; None = the checkpoint's own
+    vae_setting: str = "Automatic"
+    embeddings: list[ModelEntry] = field(default_factory=list)
+    skipped_embeddings: dict = field(default_factory=dict)  # path -> why it does not fit this checkpoint
+    base_vae: Any = None  # the checkpoint's own VAE while another one is in use
+    loras: lora.LoraState = field(default_factory=lora.LoraState)
+    _modes: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    @property
+    def vae_name(self) -> str | None:
+        return self.vae.stem if self.vae else None
+
+    @property
+    def vae_hash(self) -> str | None:
+        return self.vae.short_hash if self.vae else None
+
+    @property
+    def embedding_names(self) -> list[str]:
+        return [e.stem for e in self.embeddings]
+
+    def pipeline(self, mode: str):
+        """The pipeline for txt2img / img2img / inpaint, built once from the same components."""
+        if mode == "txt2img":
+            return self.pipe
+        if mode not in self._modes:
+            from diffusers import (
+                StableDiffusionImg2ImgPipeline,
+                StableDiffusionInpaintPipeline,
+                StableDiffusionXLImg2ImgPipeline,
+                StableDiffusionXLInpaintPipeline,
+            )
+
+            classes = {
+                ("sd", "img2img"): StableDiffusionImg2ImgPipeline,
+                ("sd", "inpaint"): StableDiffusionInpaintPipeline,
+                ("sdxl", "img2img"): StableDiffusionXLImg2ImgPipeline,
+                ("sdxl", "inpaint"): StableDiffusionXLInpaintPipeline,
+            }
+            family = "sdxl" if self.arch == "sdxl" else "sd"
+            made = classes[(family, mode)].from_pipe(self.pipe)
+            made.set_progress_bar_config(disable=True)
+            self._modes[mode] = made
+        return self._modes[mode]
+
+
+class DiffusionAdapter:
+    """load / move / prepare / release for diffusers checkpoints."""
+
+    def residency(self, settings) -> dict:
+        """A1111's checkpoint cache: one checkpoint on the device, `sd_checkpoints_limit` in RAM
+        (the one in use counted), the parked ones within `sd_checkpoint_cache_gb`."""
+        return {"max_on_device": 1, "max_resident": settings.sd_checkpoints_limit,
+                "max_parked_bytes": int(settings.sd_checkpoint_cache_gb * 1024**3)}
+
+    def load(self, actx: AdapterContext, entry: ModelEntry, options: LoadOptions) -> Loaded:
+        from modules.models import quant
+
+        device = actx.device
+        dtype = options.torch_dtype(device.dtype)
+        # A big file is hashed (once, then cached) while it loads: both read the same pages.
+        hasher = None
+        if entry.sha256 is None:
+            hasher = threading.Thread(target=actx.registry.ensure_hash, args=(entry,), name="atelier-hash", daemon=True)
+            hasher.start()
+        try:
+            pipe, arch = loaders.load_checkpoint(entry, dtype, actx.registry.paths, options, device.name)
+        finally:
+            if hasher is not None:
+                hasher.join()
+        pipe.set_progress_bar_config(disable=True)
+        quantization = quant.quantize_pipeline(pipe, options, device.name)
+        ckpt = LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=options, quantization=quantization,
+                                footprint=memory.footprint_bytes(pipe))
+        # bitsandbytes weights on a GPU are placed by their own config, never moved by .to() or offload hooks.
+        movable = not (quantization and device.name == "cuda")
+        loaded = Loaded(kind="checkpoint", entry=entry, options=options, handle=ckpt, footprint=ckpt.footprint,
+                        device="cpu", movable=movable)
+        self.to(actx, loaded, device.name)
+        return loaded
+
+    def to(self, actx: AdapterContext, loaded: Loaded, device: str) -> None:
+        ckpt: LoadedCheckpoint = loaded.handle
+        if device == "cpu":
+            policy = "gpu"  # "everything on the device", the device being the CPU
+        elif not loaded.movable:
+            policy = "gpu"
+        else:
+            policy = memory.choose_policy(actx.settings.get().memory_policy, device, ckpt.pipe)
+        self.apply_policy(loaded, policy, device)
+
+    def apply_policy(self, loaded: Loaded, policy: str, device: str) -> None:
+        import torch
+
+        ckpt: LoadedCheckpoint = loaded.handle
+        memory.apply_policy(ckpt.pipe, policy, torch.device(device))
+        ckpt.policy = policy
+        loaded.device = device
+        loaded.location_note = "" if policy == "gpu" else f" ({policy})"
+        ckpt.location = loaded.location
+
+    def prepare(self, actx: AdapterContext, loaded: Loaded) -> None:
+        """The VAE the settings ask for and the embeddings on disk, applied to the pipeline."""
+        from modules.models import extras
+
+        ckpt: LoadedCheckpoint = loaded.handle
+        settings = actx.settings.get()
+        vae_before = ckpt.pipe.vae
+        extras.sync_vae(actx.registry, ckpt, settings.sd_vae, actx.device.dtype)
+        if ckpt.pipe.vae is not vae_before and ckpt.policy != "gpu":
+            self.apply_policy(loaded, ckpt.policy, loaded.device)  # offload hooks are per module: hook the new VAE
+        extras.sync_embeddings(actx.registry, ckpt)
+        memory.configure_vae_tiling(ckpt.pipe, settings.vae_tiling_pixels)
+        if ckpt.pipe.vae is not None:
+            ckpt.pipe.vae.disable_slicing()  # a previous job's out-of-memory fallback ends with that job
+        loaded.footprint = ckpt.footprint = memory.footprint_bytes(ckpt.pipe)
+
+    def release(self, actx: AdapterContext, loaded: Loaded) -> None:
+        ckpt: LoadedCheckpoint = loaded.handle
+        if getattr(ckpt.pipe, "remove_all_hooks", None) is not None:  # offload hooks hold references
+            ckpt.pipe.remove_all_hooks()
+        ckpt._modes.clear()
