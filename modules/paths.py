@@ -44,6 +44,11 @@ class DataPaths:
         return self.root / "cache.json"
 
     @property
+    def jobs(self) -> Path:
+        """Records of long jobs (training), kept across restarts."""
+        return self.root / "jobs"
+
+    @property
     def extensions(self) -> Path:
         return self.root / "extensions"
 

@@ -16,6 +16,7 @@ from modules.extensions.manage import ExtensionManager
 from modules.extensions.registries import VisionTaskRegistry
 from modules.extensions.tabs import TabRegistry
 from modules.jobs import Job, JobEngine
+from modules.jobs.store import JobStore
 from modules.models.manager import ModelManager
 from modules.models.registry import ModelRegistry
 from modules.outputs import OutputWriter
@@ -67,7 +68,7 @@ class Studio:
         self.hooks = HookRegistry()
         self.tabs = TabRegistry()
         self.vision_tasks = VisionTaskRegistry()  # built-in and extension vision tasks (the vision tab reads it)
-        self.jobs = JobEngine()
+        self.jobs = JobEngine(store=JobStore(self.paths.jobs))
         self.models = ModelManager(self.registry, self.settings)  # cheap; the device is attached in load()
         self.device = None
         self.ready = threading.Event()

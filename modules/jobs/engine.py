@@ -95,6 +95,7 @@ class Job:
     stream: list = field(default_factory=list)  # append-only pieces; read with a cursor (read_stream)
     metrics: dict = field(default_factory=dict)  # name -> [(step, value), …]
     logs: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LOG_LINES_KEPT))
+    files: list = field(default_factory=list)  # paths the job wrote to show (samples), in order
     result: Any = None
     error: str | None = None
     error_field: str | None = None
@@ -243,6 +244,25 @@ class JobContext:
         with self.job._cond:
             self.job.logs.append(str(line).rstrip("\n"))
         self.job._touch()
+
+    def preview_path(self, path: str) -> None:
+        """A file the job wrote to show (a training sample): listed in `job.files`, shown as the preview."""
+        from PIL import Image
+
+        with self.job._cond:
+            self.job.files.append(str(path))
+        try:
+            with Image.open(path) as image:
+                self.preview(image.copy())
+        except OSError:  # not an image (a sample reply, a checkpoint): listed only
+            self.job._touch()
+
+    def run_child(self, target: str, request: dict, **options) -> Any:
+        """Run `target` ("package.module:function") in a child process with this job's events relayed;
+        see modules/jobs/child.py (launcher, memory_limit_mb, stop_grace_s, env, cwd)."""
+        from modules.jobs.child import run_in_child
+
+        return run_in_child(self, target, request, **options)
 
 
 class JobEngine:
@@ -476,7 +496,7 @@ def _record_extras(job: Job) -> dict:
         request = request.model_dump(mode="json", exclude_none=True)
     elif not isinstance(request, (dict, list, str, int, float, type(None))):
         request = str(request)
-    return {"metrics": metrics, "result": result, "request": request}
+    return {"metrics": metrics, "result": result, "request": request, "files": list(job.files)}
 
 
 class _Persister:
