@@ -40,7 +40,8 @@ def _types() -> SimpleNamespace:
 
 
 class ExtensionJobContext:
-    """What an extension's job runner sees: progress, a preview, and whether to stop."""
+    """What an extension's job runner sees: progress, a preview, a stream, metrics, log lines,
+    whether to stop, and a child process to run its work in."""
 
     def __init__(self, ctx: "JobContext"):
         self._ctx = ctx
@@ -54,6 +55,21 @@ class ExtensionJobContext:
 
     def preview(self, image) -> None:
         self._ctx.preview(image)
+
+    def emit(self, piece) -> None:
+        """Append a JSON-able piece to the job's stream (GET /atelier/jobs/{id}/stream reads it)."""
+        self._ctx.emit(piece)
+
+    def metric(self, name: str, value: float, step: int) -> None:
+        self._ctx.metric(name, value, step)
+
+    def log(self, line: str) -> None:
+        self._ctx.log(line)
+
+    def run_child(self, target: str, request: dict, **options):
+        """Run "package.module:function" in a child process (a crash there fails only this job);
+        options: launcher, memory_limit_mb, stop_grace_s, env, cwd — see modules/jobs/child.py."""
+        return self._ctx.run_child(target, request, **options)
 
 
 class JobHandle:
@@ -244,7 +260,7 @@ class ExtensionAPIv1:
                                                      options=dict(options or {})))
 
     def register_job_kind(self, kind: str, runner: Callable[[ExtensionJobContext, Any], Any],
-                          queue: str = "default") -> None:
+                          queue: str = "default", exclusive: bool = False, persist: bool = False) -> None:
         """A job kind on the job engine: runner(ctx, request) runs on the worker with
         ctx.progress(step, total), ctx.preview(image) and ctx.interrupted."""
         if not _KIND_RE.match(kind):
@@ -262,7 +278,8 @@ class ExtensionAPIv1:
                 self._report(self.name, f"job {kind}", traceback.format_exc())
                 raise
 
-        self._studio.jobs.register_kind(kind, run, queue=queue)
+        self._studio.jobs.register_kind(kind, run, queue=queue, exclusive=exclusive, persist=persist,
+                                        owner=self.name)
         self._job_kinds.append(kind)
 
     def submit_job(self, kind: str, request: Any) -> JobHandle:

@@ -157,6 +157,13 @@ class Job:
             ended = self.state.finished and cursor + len(pieces) == len(self.stream)
             return pieces, cursor + len(pieces), ended
 
+    def details(self, log_lines: int = 200) -> dict:
+        """The snapshot plus metric series, the newest log lines, files and the stream's length."""
+        with self._cond:
+            return self.snapshot() | {
+                "metrics": {name: [list(p) for p in series] for name, series in self.metrics.items()},
+                "log": list(self.logs)[-log_lines:], "files": list(self.files), "stream_length": len(self.stream)}
+
     def raise_for_error(self) -> None:
         if self.state == JobState.FAILED:
             err = AtelierError(self.error or "job failed", self.error_field)

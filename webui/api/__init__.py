@@ -3,6 +3,6 @@ from __future__ import annotations
 
 
 def routers(studio) -> list:
-    from webui.api import extensions, sdapi
+    from webui.api import extensions, jobs, models, sdapi
 
-    return [sdapi.router(studio), extensions.router(studio)]
+    return [sdapi.router(studio), models.router(studio), jobs.router(studio), extensions.router(studio)]
