@@ -141,6 +141,21 @@ def test_adapter_loads_each_demo_and_generates(env, name):
     assert (handle.processor is None) is (name == DEMO_LLM_NAME)
     if name == DEMO_LLM_NAME:
         assert handle.model.config._attn_implementation == "eager"  # Gemma 2's soft-capping needs it
+    tok = handle.tokenizer
+    assert tok.eos_token_id in _as_list(handle.model.generation_config.eos_token_id)
+    if name != DEMO_PALIGEMMA_NAME:  # Gemma's chat turns; a reply stops at <end_of_turn> too
+        turn = [{"role": "user", "content": "hello"}]
+        assert tok.apply_chat_template(turn, add_generation_prompt=True, tokenize=False) == (
+            "<bos><start_of_turn>user\nhello<end_of_turn>\n<start_of_turn>model\n")
+        assert tok.convert_tokens_to_ids("<end_of_turn>") in _as_list(handle.model.generation_config.eos_token_id)
+    if name == DEMO_LLM_NAME:
+        with pytest.raises(Exception, match="System role not supported"):  # Gemma 2's own template refuses it
+            tok.apply_chat_template([{"role": "system", "content": "be brief"}, *turn], tokenize=False)
+    if name == DEMO_PALIGEMMA_NAME:  # one token each, decoded back as written
+        ids = [tok.convert_tokens_to_ids(t) for t in ("<image>", "<loc0000>", "<loc1023>", "<seg000>", "<seg127>")]
+        assert tok.unk_token_id not in ids and len(set(ids)) == 5
+        assert tok.decode(tok("<loc0012><loc1023> cat", add_special_tokens=False).input_ids) == "<loc0012><loc1023> cat"
+        assert handle.processor.image_seq_length == 16
     tokens = _generate(handle, name)
     assert len(tokens) == 4 and all(0 <= t < len(handle.tokenizer) for t in tokens)
     assert _generate(_load(env, name).handle, name) == tokens  # same weights read back, same greedy answer
@@ -400,3 +415,24 @@ def test_a_folder_removed_after_the_scan_says_to_refresh(env):
     with pytest.raises(ModelLoadError) as err:
         _load_entry(env, "llm", DEMO_LLM_NAME)
     assert err.value.field == "model" and "Refresh" in err.value.message
+
+
+def test_placement_offloads_only_a_model_larger_than_free_cuda_memory(env, monkeypatch):
+    """The CUDA branch's decision, with the free-memory reading replaced (no GPU on this machine)."""
+    import torch
+
+    from modules.models import hf
+
+    entry = env.registry.get("llm", DEMO_LLM_NAME)
+    fp32_bytes = entry.metadata["parameters"] * 4
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (fp32_bytes * 2, fp32_bytes * 4))
+    assert hf._device_map(entry, torch.float32, None, "cuda") == {"": "cuda"}
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (fp32_bytes // 2, fp32_bytes * 4))
+    assert hf._device_map(entry, torch.float32, None, "cuda") == "auto"
+    assert hf._device_map(entry, torch.float16, None, "cuda") == "auto"
+    assert hf._device_map(entry, torch.float32, object(), "cuda") == {"": "cuda"}  # bnb places on the device
+    assert hf._device_map(entry, torch.float32, None, "cpu") is None
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, (list, tuple)) else [value]
