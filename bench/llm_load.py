@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import shutil
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def _measure(device: str, quick: bool, log) -> Figure:
                 if fn is atelier:
                     footprint = held["atelier"].footprint
                 drop()
-        spread = lambda xs: {"median": round(sorted(xs)[len(xs) // 2], 3), "min": round(min(xs), 3),
+        spread = lambda xs: {"median": round(statistics.median(xs), 3), "min": round(min(xs), 3),
                              "max": round(max(xs), 3)}
         return Figure.from_samples("llm_load", TITLE, ratios(ta, tb), target=TARGET, ok=lambda r: r <= 1.3,
                                    atelier_s=spread(ta), plain_s=spread(tb), footprint_mib=round(footprint / 2**20),
