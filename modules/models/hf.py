@@ -170,12 +170,12 @@ def _check_entry(entry: "ModelEntry") -> None:
         raise InvalidRequest(f"the transformers adapter loads kinds {', '.join(KINDS)}, not {entry.kind!r}", "kind")
     if not entry.path.exists():
         raise ModelLoadError(f"{entry.name} is no longer in models/ (moved or deleted?); press Refresh", "model")
+    if entry.problem:
+        raise ModelLoadError(f"{entry.name}: {entry.problem}", "model")
     if entry.format not in ("hf", "gguf"):
         raise ModelLoadError(f"{entry.name} is a {entry.format!r} entry; models/LLM and models/VLM take "
                              "transformers folders (config.json + safetensors + tokenizer files) or .gguf files",
                              "model")
-    if entry.problem:
-        raise ModelLoadError(f"{entry.name}: {entry.problem}", "model")
 
 
 def _quant_config(options: "LoadOptions", dtype, device: str):

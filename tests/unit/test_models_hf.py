@@ -279,6 +279,11 @@ def test_an_adapter_in_the_models_folder_says_where_it_belongs(env, demo_languag
     registry.refresh("llm")
     entry = registry.get("llm", "misplaced")
     assert entry.format == "peft" and "models/LLM-loras" in entry.problem
+    from modules.errors import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="models/LLM-loras") as err:
+        _load_entry(env, "llm", "misplaced")
+    assert err.value.field == "model"
 
 
 # -- GGUF ------------------------------------------------------------------------------------------------
