@@ -120,8 +120,11 @@ def name_keys(name: str) -> set[str]:
 
 def describe_gguf(path: Path) -> tuple[str | None, dict]:
     """(architecture, metadata) from a GGUF header (the `gguf` package memory-maps it, reading no tensor)."""
-    from gguf import GGUFReader
-
+    try:
+        from gguf import GGUFReader
+    except ImportError:
+        raise ModelLoadError("reading GGUF files needs the gguf package: install requirements.txt again "
+                             "(it pins gguf)", "file") from None
     try:
         reader = GGUFReader(str(path))
     except Exception as exc:  # truncated, not GGUF, an unknown version
