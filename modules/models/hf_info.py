@@ -95,10 +95,6 @@ def describe_folder(folder: Path) -> tuple[str | None, dict]:
     return model_type, meta
 
 
-def is_adapter_folder(folder: Path) -> bool:
-    return (folder / "adapter_config.json").exists() and not (folder / "config.json").exists()
-
-
 def describe_adapter(folder: Path) -> dict:
     """A PEFT adapter's base model (hub id or path, as peft wrote it), its type and rank."""
     config = read_json(folder / "adapter_config.json", "adapter")
