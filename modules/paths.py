@@ -18,6 +18,10 @@ MODEL_FOLDERS = {
     "embedding": "embeddings",
     "llm": "LLM",
     "vlm": "VLM",
+    # PEFT adapter folders (adapter_config.json + weights) for LLMs and VLMs alike, as
+    # text-generation-webui's loras/ holds them; each is listed under the base model its config
+    # names. Not "loras": on a case-insensitive disk that is the SD "Lora" folder.
+    "lm_adapter": "LLM-loras",
 }
 
 

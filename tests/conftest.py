@@ -117,3 +117,13 @@ def live_server(tmp_path_factory, demo_checkpoint):
     server = LiveServer(data).wait_ready()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def demo_language_models(tmp_path_factory) -> dict[str, Path]:
+    """The tiny Gemma 2, Gemma 3 and PaliGemma folders (random weights), built once: name -> folder.
+    Shared by the session: copy one before changing it."""
+    from modules.models.demo_lm import DEMOS, save_demo
+
+    root = tmp_path_factory.mktemp("demo-lm")
+    return {name: save_demo(builder, root / name) for _kind, name, builder in DEMOS}

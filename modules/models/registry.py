@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modules.errors import AtelierError, NotFound
 from modules.models.hashes import EAGER_LIMIT, HashCache
+from modules.models.hf_info import name_keys
 from modules.paths import DataPaths, resolve_inside
 
 log = logging.getLogger("atelier.models")
@@ -23,10 +24,10 @@ SIDECAR_SUFFIX = ".config"  # `model.config/` beside `model.safetensors`: its di
 
 @dataclass
 class ModelEntry:
-    kind: str  # checkpoint, lora, vae, embedding, llm, vlm, or an extension's kind
+    kind: str  # checkpoint, lora, vae, embedding, llm, vlm, lm_adapter, or an extension's kind
     name: str  # path relative to the kind's folder, with forward slashes (what users type)
     path: Path
-    format: str  # "diffusers", "hf", "safetensors", "pickle", "gguf"
+    format: str  # "diffusers", "hf", "peft", "safetensors", "pickle", "gguf"
     size: int
     arch: str | None = None  # sd1, sd2, sdxl, … when known
     sha256: str | None = None
@@ -44,7 +45,7 @@ class ModelEntry:
 
     @property
     def stem(self) -> str:
-        return Path(self.name).stem if self.format not in ("diffusers", "hf") else Path(self.name).name
+        return Path(self.name).stem if self.format not in ("diffusers", "hf", "peft") else Path(self.name).name
 
 
 def _folder_size(folder: Path) -> int:
@@ -59,6 +60,8 @@ def _format_of(path: Path) -> str | None:
             return "diffusers"
         if (path / "config.json").exists():
             return "hf"
+        if (path / "adapter_config.json").exists():
+            return "peft"
         return None
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -77,6 +80,8 @@ def _describe(entry: ModelEntry) -> None:
     try:
         if entry.format == "diffusers":
             entry.arch = detect.folder_arch(entry.path)
+        elif entry.format in ("hf", "peft") or (entry.format == "gguf" and entry.kind in ("llm", "vlm")):
+            _describe_transformers(entry)
         elif entry.format != "safetensors":
             return
         elif entry.kind == "checkpoint":
@@ -96,6 +101,21 @@ def _describe(entry: ModelEntry) -> None:
         entry.problem = exc.message
     except Exception as exc:  # never let one file break the scan
         entry.problem = f"{type(exc).__name__}: {exc}"
+
+
+def _describe_transformers(entry: ModelEntry) -> None:
+    """config.json of an HF folder, adapter_config.json of a PEFT adapter, the header of a GGUF file."""
+    from modules.models import hf_info
+
+    if entry.format == "hf":
+        entry.arch, entry.metadata = hf_info.describe_folder(entry.path)
+    elif entry.format == "gguf":
+        entry.arch, entry.metadata = hf_info.describe_gguf(entry.path)
+    elif entry.kind == "lm_adapter":
+        entry.metadata = hf_info.describe_adapter(entry.path)
+    else:
+        entry.problem = ("a PEFT adapter folder (adapter_config.json), not a model: move it into models/LLM-loras, "
+                         "where it is listed under its base model")
 
 
 class ModelRegistry:
@@ -158,6 +178,19 @@ class ModelRegistry:
         if kind not in self._entries:
             self.refresh(kind)
         return sorted(self._entries.get(kind, {}).values(), key=lambda e: e.name.lower())
+
+    def adapters_for(self, base: ModelEntry) -> list[ModelEntry]:
+        """The PEFT adapters whose adapter_config.json names `base` (by hub id, folder name or path)."""
+        keys = name_keys(base.name) | name_keys(Path(base.name).name)
+        found = []
+        for entry in self.list("lm_adapter"):
+            wanted = entry.metadata.get("base_model")
+            if not wanted:
+                continue
+            same_path = Path(wanted).is_absolute() and Path(wanted).resolve() == base.path.resolve()
+            if same_path or name_keys(wanted) & keys:
+                found.append(entry)
+        return found
 
     def get(self, kind: str, name: str) -> ModelEntry:
         """Find by name, by name without extension, or by A1111 title `name [hash]`."""
