@@ -154,9 +154,7 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
     reps = 5 if quick else 10
     try:
         studio.registry.refresh()
-        loras = getattr(studio.models, "loras", None)
-        if loras is None:
-            raise RuntimeError("the model manager has no loras() method yet")
+        loras = studio.models.loras
         studio.settings.update({"sd_checkpoints_limit": 2, "sd_checkpoint_cache_gb": 64.0})
         ckpt = studio.models.load(checkpoint)
 

@@ -19,10 +19,21 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 @pytest.fixture(scope="session")
 def demo_checkpoint(tmp_path_factory) -> Path:
-    """A tiny SD1.x diffusers folder, built once, copied into each data dir that needs it."""
-    from modules.models.demo import DEMO_NAME, save_demo_checkpoint
+    """A tiny SD1.x diffusers folder, built once, copied into each data dir that needs it.
 
-    return save_demo_checkpoint(tmp_path_factory.mktemp("demo") / DEMO_NAME)
+    The demo language models (Gemma 2, Gemma 3, PaliGemma) are built once beside it, in
+    `<parent>/LLM` and `<parent>/VLM`, and copied too: a studio on a data dir without them
+    would build them at every start."""
+    from modules.models.demo import DEMO_NAME, save_demo_checkpoint
+    from modules.models.demo_lm import DEMOS, save_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    for kind, name, builder in DEMOS:
+        save_demo(builder, root / _LM_FOLDERS[kind] / name)
+    return save_demo_checkpoint(root / DEMO_NAME)
+
+
+_LM_FOLDERS = {"llm": "LLM", "vlm": "VLM"}
 
 
 def make_data_dir(root: Path, demo_checkpoint: Path) -> Path:
@@ -30,6 +41,10 @@ def make_data_dir(root: Path, demo_checkpoint: Path) -> Path:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     if not (ckpt_dir / demo_checkpoint.name).exists():
         shutil.copytree(demo_checkpoint, ckpt_dir / demo_checkpoint.name)
+    for folder in _LM_FOLDERS.values():
+        built = demo_checkpoint.parent / folder
+        if built.is_dir() and not (root / "models" / folder).exists():
+            shutil.copytree(built, root / "models" / folder)
     return root
 
 
@@ -120,10 +135,9 @@ def live_server(tmp_path_factory, demo_checkpoint):
 
 
 @pytest.fixture(scope="session")
-def demo_language_models(tmp_path_factory) -> dict[str, Path]:
+def demo_language_models(demo_checkpoint) -> dict[str, Path]:
     """The tiny Gemma 2, Gemma 3 and PaliGemma folders (random weights), built once: name -> folder.
     Shared by the session: copy one before changing it."""
-    from modules.models.demo_lm import DEMOS, save_demo
+    from modules.models.demo_lm import DEMOS
 
-    root = tmp_path_factory.mktemp("demo-lm")
-    return {name: save_demo(builder, root / name) for _kind, name, builder in DEMOS}
+    return {name: demo_checkpoint.parent / _LM_FOLDERS[kind] / name for kind, name, _builder in DEMOS}

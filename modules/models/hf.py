@@ -101,6 +101,9 @@ class LanguageModel:
 class TransformersAdapter:
     """ModelAdapter for kinds "llm" and "vlm". Holds no per-model state."""
 
+    def residency(self, settings) -> dict:
+        return {}  # as many as the memory budget holds
+
     def load(self, actx: AdapterContext, entry: "ModelEntry", options: "LoadOptions") -> Loaded:
         _check_entry(entry)
         device = actx.device.name

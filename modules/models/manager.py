@@ -178,7 +178,6 @@ class ModelManager:
                 return None  # in use with other options: swap once it is released
             self._drop(slot)  # hot swap of dtype / quantization: the old copy goes first
             slot = None
-        moved = slot is None or slot.loaded.device != self.device.name
         if slot is None:
             estimate = _estimate_bytes(entry, opts)
             if not self._make_room(self.device.name, estimate, key, kind):
@@ -198,8 +197,8 @@ class ModelManager:
             slot.last_used = time.monotonic()
             self._slots.move_to_end(key)
             self._active[kind] = key
-        if moved:
-            self._make_room(self.device.name, 0, key, kind)  # the real footprint may exceed the estimate
+        # The real footprint may exceed the estimate, and the budget may have shrunk: idle ones make room.
+        self._make_room(self.device.name, 0, key, kind)
         self._trim_kind(kind, key)  # the active one changed: the kind's cache limits apply again
         self.last_switch_seconds = time.perf_counter() - start
         return slot
@@ -316,6 +315,8 @@ class ModelManager:
     # -- the Models tab and REST ---------------------------------------------------------
     def describe(self) -> list[dict]:
         """Every model on disk, with where it is now and its footprint when loaded."""
+        from modules.models.demo import is_demo
+
         resident = {s.loaded.key: s for s in self._slots_list()}
         rows = []
         for kind in self.registry.paths.model_kinds():
@@ -330,6 +331,7 @@ class ModelManager:
                     "footprint_bytes": loaded.footprint if loaded else 0,
                     "quantization": (loaded.options if loaded else self.options.get(e.name)).label(),
                     "loadable": kind in self._adapters,
+                    "demo": e.path.is_dir() and is_demo(e.path),  # random weights: the UI says so
                 })
         return rows
 

@@ -34,20 +34,26 @@ class ModelServices:
 
 def register(reg: "Registrar") -> None:
     from modules.models.diffusion_adapter import DiffusionAdapter
+    from modules.models.hf import KINDS, TransformersAdapter
 
     services = ModelServices(reg.models, reg.registry, reg.settings)
     reg.add_model_kind("checkpoint", DiffusionAdapter())
+    for kind in KINDS:  # llm, vlm
+        reg.add_model_kind(kind, TransformersAdapter())
     reg.add_job_kind(JobKind("load_checkpoint", run_load_checkpoint, queue=QUEUE), services)
     reg.add_job_kind(JobKind("load_model", run_load_model, queue=QUEUE), services)
     reg.add_job_kind(JobKind("download", run_download, queue=QUEUE), services)
     if reg.build_demo:
-        reg.on_load(lambda: _ensure_demo_checkpoint(reg.paths))
+        reg.on_load(lambda: _ensure_demos(reg.paths))
 
 
-def _ensure_demo_checkpoint(paths: "DataPaths") -> None:
+def _ensure_demos(paths: "DataPaths") -> None:
+    """Tiny random-weight models where a kind's folder is empty, so every tab works on first start."""
     from modules.models.demo import ensure_demo_checkpoint
+    from modules.models.demo_lm import ensure_demo_language_models
 
     ensure_demo_checkpoint(paths.model_dir("checkpoint"))
+    ensure_demo_language_models(paths)
 
 
 def run_load_checkpoint(ctx, request) -> dict:

@@ -195,3 +195,84 @@ def test_describe_and_budgets_cover_every_kind(studio):
         assert rows[("checkpoint", "atelier-demo-sd15")]["active"] is True
     (gauge,) = studio.models.budgets()
     assert gauge["device"] == "cpu" and gauge["used_bytes"] == studio.models.used("cpu") > 0
+
+
+# -- the same with the real second kind: the demo Gemma 2 chat model through the transformers adapter --
+
+def _gemma(studio):
+    from modules.models.demo_lm import DEMO_LLM_NAME
+
+    return studio.models.use("llm", DEMO_LLM_NAME)
+
+
+def _greedy(lm, n: int = 4) -> list[int]:
+    import torch
+
+    ids = lm.tokenizer("hello there", return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = lm.model.generate(ids, max_new_tokens=n, do_sample=False, min_new_tokens=n)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_an_sd_checkpoint_and_a_gemma_stay_resident_and_alternate_without_reloading(studio):
+    with studio.models.use("checkpoint") as sd, _gemma(studio) as lm:
+        tokens = _greedy(lm)
+    for _ in range(3):
+        with studio.models.use("checkpoint") as again:
+            assert again is sd
+        with _gemma(studio) as again:
+            assert again is lm and _greedy(again) == tokens
+    kinds = sorted(m.kind for m in studio.models.resident())
+    assert kinds == ["checkpoint", "llm"]
+
+
+def test_with_a_budget_for_one_gemma_and_sd_evict_each_other_but_never_the_one_in_use(studio):
+    with _gemma(studio):
+        pass
+    sizes = {m.kind: m.footprint for m in studio.models.resident()}
+    studio.settings.update({"ram_budget_gb": (max(sizes.values()) + min(sizes.values()) // 2) / 1024**3}, save=False)
+    with studio.models.use("checkpoint"):
+        assert [m.kind for m in studio.models.resident()] == ["checkpoint"]
+    with _gemma(studio):
+        assert [m.kind for m in studio.models.resident()] == ["llm"]
+
+    held, release, got_sd = threading.Event(), threading.Event(), threading.Event()
+
+    def chat_job():
+        with _gemma(studio) as lm:
+            held.set()
+            release.wait(DEADLINE_S)
+            _greedy(lm, 2)  # still usable: it was not evicted under it
+
+    def image_job():
+        with studio.models.use("checkpoint"):
+            got_sd.set()
+
+    chat = threading.Thread(target=chat_job)
+    chat.start()
+    assert held.wait(DEADLINE_S)
+    image = threading.Thread(target=image_job)
+    image.start()
+    time.sleep(1.0)
+    assert not got_sd.is_set() and [m.kind for m in studio.models.resident()] == ["llm"]
+    release.set()
+    chat.join(DEADLINE_S)
+    image.join(DEADLINE_S)
+    assert got_sd.is_set()
+    assert [m.kind for m in studio.models.resident()] == ["checkpoint"]
+
+
+def test_an_nf4_gemma_through_the_manager_is_smaller_than_fp32_and_generates(studio):
+    from modules.models.demo_lm import DEMO_LLM_NAME
+    from modules.models.quant import LoadOptions
+
+    with _gemma(studio) as lm:
+        assert len(_greedy(lm)) == 4
+    fp32 = {m.kind: m for m in studio.models.resident()}["llm"]
+    with studio.models.use("llm", DEMO_LLM_NAME, LoadOptions(quantization="nf4", double_quant=True)) as lm:
+        assert len(_greedy(lm)) == 4
+    nf4 = {m.kind: m for m in studio.models.resident()}["llm"]
+    assert nf4.footprint < 0.6 * fp32.footprint
+    assert nf4.movable is False
+    row = [r for r in studio.models.describe() if r["kind"] == "llm" and r["name"] == DEMO_LLM_NAME][0]
+    assert row["quantization"] == "nf4 double quant" and row["footprint_bytes"] == nf4.footprint
