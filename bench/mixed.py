@@ -48,8 +48,8 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
                                           "CPU only: the RAM is the device, there is no cache to switch from", T_ONE))
         else:
             sizes = {m.kind: m.footprint for m in models.resident()}
-            studio.settings.update({"gpu_budget_gb": (max(sizes.values()) + min(sizes.values()) // 2) / 1024**3},
-                                   save=False)
+            budget = max(sizes.values()) + min(sizes.values()) // 2
+            studio.settings.update_section("models", {"gpu_budget_gb": budget / 1024**3}, save=False)
             switch_to("checkpoint", sd.name), switch_to("llm", LLM_NAME)
             log(f"  mixed: {2 * reps} switches SD <-> LLM with a GPU budget for one …")
             times = [timed(lambda i=i: switch_to(*(("checkpoint", sd.name) if i % 2 else ("llm", LLM_NAME))), device)

@@ -1,8 +1,9 @@
 """Typed settings, persisted to config.json with atomic writes.
 
 A corrupt config.json is kept aside as config.json.bak and the defaults load, with a
-warning; nothing a user set is silently overwritten. Extensions add their own typed
-sections, stored under "extensions" → name in the same file.
+warning; nothing a user set is silently overwritten. The top level keeps AUTOMATIC1111's
+option names (its API reads them); each task adds a typed section of its own, stored under
+"tasks" → name, and extensions theirs under "extensions" → name, in the same file.
 """
 from __future__ import annotations
 
@@ -33,10 +34,6 @@ class Settings(BaseModel):
     CLIP_stop_at_last_layers: int = Field(1, ge=1, le=12, description="CLIP skip")
     sd_checkpoints_limit: int = Field(2, ge=1, le=16, description="Checkpoints kept in RAM")
     sd_checkpoint_cache_gb: float = Field(16.0, ge=0.0, le=1024.0, description="RAM budget for cached checkpoints, GiB")
-    ram_budget_gb: float = Field(0.0, ge=0.0, le=65536.0,
-                                 description="RAM the model manager may fill with models, GiB (0: 75% of the machine's)")
-    gpu_budget_gb: float = Field(0.0, ge=0.0, le=65536.0,
-                                 description="GPU memory the model manager may fill, GiB (0: all but 1.5 GiB)")
     memory_policy: MemoryPolicy = Field("auto", description="auto, gpu, model_offload, sequential_offload")
     vae_tiling_pixels: int = Field(1024 * 1024, ge=0, description="Tile the VAE above this many pixels (0: never)")
     show_progress_every_n_steps: int = Field(2, ge=0, le=100, description="Live preview every N steps (0: off)")
@@ -47,6 +44,7 @@ class Settings(BaseModel):
     ui_updates_per_second: float = Field(5.0, gt=0, le=30)
     extensions_disabled: list[str] = Field(default_factory=list)
     extensions: dict[str, dict] = Field(default_factory=dict, description="Sections added by extensions")
+    tasks: dict[str, dict] = Field(default_factory=dict, description="Sections of the tasks (models, chat, …)")
 
 
 class SettingsStore:
@@ -57,6 +55,44 @@ class SettingsStore:
         self._lock = threading.RLock()
         self.warning: str | None = None
         self.value = self._load()
+        self._sections: dict[str, type[BaseModel]] = {}  # task name -> its settings model
+
+    # -- the tasks' sections ---------------------------------------------
+    def add_section(self, name: str, model: type[BaseModel]) -> None:
+        """A task's typed section (every field with a default), stored under tasks.<name>."""
+        model()  # a field without a default fails now, at registration, not when a user opens the tab
+        self._sections[name] = model
+
+    def sections(self) -> dict[str, type[BaseModel]]:
+        return dict(self._sections)
+
+    def section(self, name: str) -> BaseModel:
+        """The section's values; what config.json holds that no longer validates falls back to defaults."""
+        model = self._sections[name]
+        stored = self.value.tasks.get(name, {})
+        try:
+            return model.model_validate(stored)
+        except ValidationError:
+            log.warning("settings section %r in %s does not validate; using its defaults", name, self.path.name)
+            return model()
+
+    def update_section(self, name: str, changes: dict, save: bool = True) -> BaseModel:
+        """Validate and apply changes to one section; an unknown key or bad value names `name.field`."""
+        with self._lock:
+            if name not in self._sections:
+                raise InvalidRequest(f"unknown settings section; known: {', '.join(sorted(self._sections))}", "section")
+            model = self._sections[name]
+            unknown = [k for k in changes if k not in model.model_fields]
+            if unknown:
+                raise InvalidRequest(f"unknown setting; known in {name}: {', '.join(sorted(model.model_fields))}",
+                                     f"{name}.{unknown[0]}")
+            try:
+                new = model.model_validate(self.section(name).model_dump() | changes)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                raise InvalidRequest(err["msg"], f"{name}." + ".".join(str(p) for p in err["loc"])) from None
+            self.update({"tasks": {**self.value.tasks, name: new.model_dump(mode="json")}}, save=save)
+            return new
 
     def _load(self) -> Settings:
         if not self.path.exists():

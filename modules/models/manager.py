@@ -24,12 +24,25 @@ from modules.models.adapters import AdapterContext, Loaded, ModelAdapter
 from modules.models.quant import LoadOptions, OptionsStore
 from modules.models.registry import ModelEntry, ModelRegistry
 from modules.settings import SettingsStore
+from pydantic import BaseModel, Field
 
 log = logging.getLogger("atelier.models")
 
 WAIT_FOR_ROOM_S = 600.0  # a job waits this long for models in use to be released before it gives up
 GPU_HEADROOM_BYTES = int(1.5 * 1024**3)  # activations and the CUDA context need room beside the weights
 AUTO_RAM_FRACTION = 0.75
+
+
+class ModelSettings(BaseModel):
+    """The model manager's settings section (tasks.models in config.json)."""
+
+    ram_budget_gb: float = Field(0.0, ge=0.0, le=65536.0,
+                                 description="RAM the model manager may fill with models, GiB (0: 75% of the machine's)")
+    gpu_budget_gb: float = Field(0.0, ge=0.0, le=65536.0,
+                                 description="GPU memory the model manager may fill, GiB (0: all but 1.5 GiB)")
+
+
+SETTINGS_SECTION = "models"
 
 
 @dataclass
@@ -50,6 +63,7 @@ class ModelManager:
     def __init__(self, registry: ModelRegistry, settings: SettingsStore, device: DeviceChoice | None = None):
         self.registry = registry
         self.settings = settings
+        settings.add_section(SETTINGS_SECTION, ModelSettings)
         self.device = device or DeviceChoice("cpu", "float32")
         self.options = OptionsStore(registry.paths.root / "model-options.json")
         self._adapters: dict[str, ModelAdapter] = {}
@@ -216,7 +230,7 @@ class ModelManager:
         """Bytes of weights the manager may keep on `device_name`."""
         import psutil
 
-        s = self.settings.get()
+        s = self.settings.section(SETTINGS_SECTION)
         if device_name == "cpu":
             return int(s.ram_budget_gb * 1024**3) or int(psutil.virtual_memory().total * AUTO_RAM_FRACTION)
         if s.gpu_budget_gb:

@@ -113,7 +113,7 @@ def test_an_sd_checkpoint_and_another_kind_stay_resident_and_alternate_without_r
 
 def test_under_a_budget_that_fits_one_using_the_other_evicts_the_idle_one(studio):
     budget = _sd_footprint(studio) + 4 * MiB  # the SD demo and the small toy fit; the big toy does not beside SD
-    studio.settings.update({"ram_budget_gb": budget / 1024**3}, save=False)
+    studio.settings.update_section("models", {"ram_budget_gb": budget / 1024**3}, save=False)
     with studio.models.use("toy", "small"):
         pass
     assert ("checkpoint", "atelier-demo-sd15") in _resident(studio)
@@ -131,7 +131,7 @@ def test_under_a_budget_that_fits_one_using_the_other_evicts_the_idle_one(studio
 
 def test_the_model_in_use_is_never_evicted_the_other_waits_for_it(studio):
     budget = _sd_footprint(studio) + 4 * MiB
-    studio.settings.update({"ram_budget_gb": budget / 1024**3}, save=False)
+    studio.settings.update_section("models", {"ram_budget_gb": budget / 1024**3}, save=False)
     holding, release, got_big = threading.Event(), threading.Event(), threading.Event()
     sd_seen_while_held = []
 
@@ -230,7 +230,8 @@ def test_with_a_budget_for_one_gemma_and_sd_evict_each_other_but_never_the_one_i
     with _gemma(studio):
         pass
     sizes = {m.kind: m.footprint for m in studio.models.resident()}
-    studio.settings.update({"ram_budget_gb": (max(sizes.values()) + min(sizes.values()) // 2) / 1024**3}, save=False)
+    budget = max(sizes.values()) + min(sizes.values()) // 2
+    studio.settings.update_section("models", {"ram_budget_gb": budget / 1024**3}, save=False)
     with studio.models.use("checkpoint"):
         assert [m.kind for m in studio.models.resident()] == ["checkpoint"]
     with _gemma(studio):

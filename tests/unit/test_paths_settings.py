@@ -67,3 +67,29 @@ def test_corrupt_config_is_kept_aside_and_defaults_load(tmp_path):
     assert store.get().CLIP_stop_at_last_layers == 1
     assert store.warning and "config.json.bak" in store.warning
     assert (tmp_path / "config.json.bak").read_text() == "{not json"
+
+
+def test_a_task_section_validates_names_its_fields_and_survives_a_restart(tmp_path):
+    from pydantic import BaseModel, Field
+
+    from modules.errors import InvalidRequest
+    from modules.settings import SettingsStore
+
+    class ChatLike(BaseModel):
+        temperature: float = Field(0.7, ge=0, le=2)
+        system_prompt: str = ""
+
+    store = SettingsStore(tmp_path / "config.json")
+    store.add_section("chat", ChatLike)
+    assert store.section("chat").temperature == 0.7
+    store.update_section("chat", {"temperature": 1.1})
+    with pytest.raises(InvalidRequest) as err:
+        store.update_section("chat", {"temperature": 9})
+    assert err.value.field == "chat.temperature"
+    with pytest.raises(InvalidRequest) as err:
+        store.update_section("chat", {"colour": "red"})
+    assert err.value.field == "chat.colour"
+    again = SettingsStore(tmp_path / "config.json")
+    again.add_section("chat", ChatLike)
+    assert again.section("chat").temperature == 1.1
+    assert json.loads((tmp_path / "config.json").read_text())["tasks"]["chat"]["temperature"] == 1.1
