@@ -7,7 +7,7 @@ from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
 
 # Edited elsewhere (the checkpoint bar, the Extensions tab) or not a simple value.
-SKIP = {"extensions", "extensions_disabled", "sd_model_checkpoint", "sd_vae"}
+SKIP = {"extensions", "extensions_disabled", "tasks", "sd_model_checkpoint", "sd_vae"}
 # Labels in A1111's words where the field has no description of its own.
 LABELS = {
     "memory_policy": "Memory policy: auto, all on the GPU, model offload, sequential offload",
