@@ -57,7 +57,7 @@ class ExtensionJobContext:
         self._ctx.preview(image)
 
     def emit(self, piece) -> None:
-        """Append a JSON-able piece to the job's stream (GET /atelier/jobs/{id}/stream reads it)."""
+        """Append a JSON-able piece to the job's stream (GET /atelier/v1/jobs/{id}/stream reads it)."""
         self._ctx.emit(piece)
 
     def metric(self, name: str, value: float, step: int) -> None:

@@ -1,4 +1,4 @@
-"""/atelier/jobs and /atelier/models on a live server.
+"""/atelier/v1/jobs and /atelier/v1/models on a live server.
 
 An extension registers job kinds the way training will run: work in a child process that
 crashes (the job fails with the reason, the server serves on), and a job that streams pieces
@@ -58,7 +58,7 @@ def _submit(server, kind: str, request) -> str:
 def _wait_finished(server, job_id: str) -> dict:
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
-        job = httpx.get(f"{server.url}/atelier/jobs/{job_id}", timeout=10).json()
+        job = httpx.get(f"{server.url}/atelier/v1/jobs/{job_id}", timeout=10).json()
         if job["state"] not in ("queued", "running"):
             return job
         time.sleep(0.1)
@@ -69,7 +69,7 @@ def test_a_child_process_that_crashes_fails_its_job_and_the_server_serves_on(ser
     job = _wait_finished(server, _submit(server, "crashy", {}))
     assert job["state"] == "failed"
     assert "exited with status 3" in job["error"]
-    listed = httpx.get(server.url + "/atelier/jobs", params={"kind": "crashy"}, timeout=10).json()
+    listed = httpx.get(server.url + "/atelier/v1/jobs", params={"kind": "crashy"}, timeout=10).json()
     assert [row["id"] for row in listed] == [job["id"]]
     r = httpx.post(server.url + "/sdapi/v1/txt2img", json={"prompt": "still serving", "steps": 2, "width": 64,
                                                            "height": 64}, timeout=120)
@@ -91,7 +91,7 @@ def _read_sse(url: str, out: list) -> None:
 
 def test_two_sse_clients_each_read_the_whole_stream_in_order(server):
     job_id = _submit(server, "talker", {"n": 300})
-    url = f"{server.url}/atelier/jobs/{job_id}/stream"
+    url = f"{server.url}/atelier/v1/jobs/{job_id}/stream"
     first, second = [], []
     readers = [threading.Thread(target=_read_sse, args=(url, out)) for out in (first, second)]
     for reader in readers:
@@ -107,7 +107,7 @@ def test_two_sse_clients_each_read_the_whole_stream_in_order(server):
 
 
 def test_models_listing_has_every_kind_with_location_and_the_budget(server):
-    body = httpx.get(server.url + "/atelier/models", timeout=30).json()
+    body = httpx.get(server.url + "/atelier/v1/models", timeout=30).json()
     rows = {(m["kind"], m["name"]): m for m in body["models"]}
     demo = rows[("checkpoint", "atelier-demo-sd15")]
     assert demo["location"] == "cpu" and demo["active"] and demo["footprint_bytes"] > 0
@@ -123,23 +123,23 @@ def test_models_listing_has_every_kind_with_location_and_the_budget(server):
     ({"kind": "nope", "name": "x"}, "kind"),
 ])
 def test_a_bad_load_request_is_refused_naming_the_field(server, body, field):
-    r = httpx.post(server.url + "/atelier/models/load", json=body, timeout=30)
+    r = httpx.post(server.url + "/atelier/v1/models/load", json=body, timeout=30)
     assert 400 <= r.status_code < 500, r.text
     assert field in json.dumps(r.json()), r.text
 
 
 def test_unload_then_load_with_options_reports_the_footprints(server):
-    r = httpx.post(server.url + "/atelier/models/unload", json={"kind": "checkpoint", "name": "atelier-demo-sd15"},
+    r = httpx.post(server.url + "/atelier/v1/models/unload", json={"kind": "checkpoint", "name": "atelier-demo-sd15"},
                    timeout=30)
     assert r.status_code == 200, r.text
-    rows = httpx.get(server.url + "/atelier/models", timeout=30).json()["models"]
+    rows = httpx.get(server.url + "/atelier/v1/models", timeout=30).json()["models"]
     assert [m["location"] for m in rows if m["name"] == "atelier-demo-sd15"] == ["disk"]
-    r = httpx.post(server.url + "/atelier/models/load", json={"kind": "checkpoint", "name": "atelier-demo-sd15",
+    r = httpx.post(server.url + "/atelier/v1/models/load", json={"kind": "checkpoint", "name": "atelier-demo-sd15",
                                                               "options": {"dtype": "bf16"}}, timeout=120)
     assert r.status_code == 200, r.text
     bf16 = r.json()
     assert bf16["footprint_before"] == 0 and bf16["footprint_bytes"] > 0
-    r = httpx.post(server.url + "/atelier/models/load", json={"kind": "checkpoint", "name": "atelier-demo-sd15",
+    r = httpx.post(server.url + "/atelier/v1/models/load", json={"kind": "checkpoint", "name": "atelier-demo-sd15",
                                                               "options": {"dtype": "fp32"}}, timeout=120)
     fp32 = r.json()
     assert fp32["footprint_before"] == bf16["footprint_bytes"]

@@ -1,5 +1,5 @@
-"""REST for the job engine: /atelier/jobs lists long jobs (this run's and earlier runs'),
-/atelier/jobs/{id} one job's state, /stream its pieces as Server-Sent Events (each client
+"""REST for the job engine: /atelier/v1/jobs lists long jobs (this run's and earlier runs'),
+/atelier/v1/jobs/{id} one job's state, /stream its pieces as Server-Sent Events (each client
 reads with its own cursor, so every piece arrives, in order), /interrupt stops it."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def router(studio):
 
     from webui.api.common import Waiter
 
-    r = APIRouter(prefix="/atelier/jobs", tags=["jobs"])
+    r = APIRouter(prefix="/atelier/v1/jobs", tags=["jobs"])
     waiter = Waiter()  # a stream long-polls: on threads of its own, never the shared pool
 
     def _job_json(job_id: str) -> dict:

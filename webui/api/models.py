@@ -1,4 +1,4 @@
-"""REST for the model manager, every kind: /atelier/models (list with where each model lives and
+"""REST for the model manager, every kind: /atelier/v1/models (list with where each model lives and
 its footprint, the memory budget per device), load with options, unload. Loads are jobs on the
 models queue, like the Models tab's."""
 from __future__ import annotations
@@ -32,7 +32,7 @@ def router(studio):
 
     from modules.errors import InvalidRequest
 
-    r = APIRouter(prefix="/atelier/models", tags=["models"])
+    r = APIRouter(prefix="/atelier/v1/models", tags=["models"])
     waiter = Waiter()
 
     def _parse(cls, body: dict):
