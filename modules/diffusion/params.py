@@ -125,17 +125,12 @@ def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise invalid_from_pydantic(exc) from None
+        raise InvalidRequest.from_validation(exc) from None
 
 
 def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
-    msg = err.get("msg", "is invalid")
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    extra = f" ({len(exc.errors())} problems in all)" if len(exc.errors()) > 1 else ""
-    return InvalidRequest(msg + extra, loc)
+    """Kept for modules/extensions/api.py until it calls InvalidRequest.from_validation itself."""
+    return InvalidRequest.from_validation(exc)
 
 
 @dataclass
