@@ -38,6 +38,26 @@ class InvalidRequest(AtelierError):
 
     status = 422
 
+    @classmethod
+    def from_validation(cls, exc, default: str = "body", skip: tuple[str, ...] = ()) -> "InvalidRequest":
+        """A pydantic ValidationError (or FastAPI's RequestValidationError) → its first problem, naming the field;
+        "(N problems in all)" is added when there are more. `default` names the field when the problem is the
+        whole object; `skip` drops location parts that name no field (FastAPI's "body", "query", "path")."""
+        problems = validation_problems(exc, default, skip)
+        field, message = problems[0] if problems else (default, "is invalid")
+        extra = f" ({len(problems)} problems in all)" if len(problems) > 1 else ""
+        return cls(message + extra, field)
+
+
+def validation_problems(exc, default: str = "body", skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Every problem of a pydantic-style validation error as (field, message), in pydantic's order;
+    a custom validator's message loses pydantic's "Value error, " prefix."""
+    out = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err.get("loc", ()) if p not in skip) or default
+        out.append((field, str(err.get("msg") or "is invalid").removeprefix("Value error, ")))
+    return out
+
 
 class PathRefused(AtelierError):
     """A user-given name resolves outside the data folders."""
@@ -57,3 +77,9 @@ class ModelLoadError(AtelierError):
 
 class Busy(AtelierError):
     status = 409
+
+
+class ServiceUnavailable(AtelierError):
+    """The studio is still starting (or could not start); the message says which."""
+
+    status = 503

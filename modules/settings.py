@@ -124,8 +124,7 @@ class SettingsStore:
             try:
                 new = Settings.model_validate(merged)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                raise InvalidRequest(err["msg"], ".".join(str(p) for p in err["loc"])) from None
+                raise InvalidRequest.from_validation(exc) from None
             self.value = new
             if save:
                 self.save()

@@ -115,28 +115,20 @@ def _install_error_handlers(app) -> None:
     from fastapi.responses import JSONResponse
     from starlette.exceptions import HTTPException
 
+    from webui.api.common import validation_response
+
     @app.exception_handler(AtelierError)
     async def _atelier_error(request: Request, exc: AtelierError):
         return JSONResponse(exc.to_json(), status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-
-        def field(e) -> str:
-            return ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")) or "body"
-
-        first = errors[0] if errors else {}
-        return JSONResponse(
-            {"error": "InvalidRequest", "field": field(first), "detail": first.get("msg", "invalid request"),
-             "errors": [{"field": field(e), "detail": e.get("msg")} for e in errors[:20]]},
-            status_code=422,
-        )
+        return validation_response(exc)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
         return JSONResponse({"error": type(exc).__name__, "field": None, "detail": exc.detail},
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+                            status_code=exc.status_code, headers=exc.headers)
 
 
 def create_app(studio: Studio):

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from modules.diffusion import hires, sampling, seeds
+from modules.diffusion.resize import resize_image
 from modules.diffusion.sampling import Run
 
 
@@ -81,8 +82,6 @@ def fill(image, mask):
 
 def prepare(req, init) -> Prepared:
     from PIL import Image, ImageFilter
-
-    from modules.diffusion.img2img import resize_image
 
     mask = binary_mask(req.mask, bool(req.inpainting_mask_invert))
     if mask.size != init.size:

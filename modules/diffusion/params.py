@@ -10,14 +10,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
+from modules.diffusion.prompts import extract_loras
 from modules.errors import InvalidRequest
 from modules.images import decode_image
 
 MAX_PROMPT_CHARS = 20_000
 MAX_SIDE = 2048
 MAX_SEED = 2**32 - 1
+# img2img's resize_mode 0..3, A1111's labels (the UI shows them; img2img.py implements them).
+RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 
 
 def _image(value):
@@ -66,6 +79,29 @@ class GenerationRequest(BaseModel):
     send_images: bool = True
     save_images: bool = True
 
+    # The validators below raise InvalidRequest itself (pydantic lets it through unchanged), so a request
+    # built in Python (an extension, a test) is refused with the same error and field as a JSON body.
+    @model_validator(mode="before")
+    @classmethod
+    def _a1111_conventions(cls, data: Any) -> Any:
+        """A1111's: null means the default (an empty number box in the UI too); `sampler_index` is the old
+        name of `sampler_name`; scripts are refused, not skipped."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if v is not None}
+        _refuse_scripts(data)
+        index = data.get("sampler_index")
+        if not data.get("sampler_name") and isinstance(index, str) and index:
+            data["sampler_name"] = index
+        return data
+
+    @field_validator("prompt")
+    @classmethod
+    def _lora_tags(cls, prompt: str) -> str:
+        """A malformed `<lora:name:weight>` is refused now, not when the job reaches it."""
+        extract_loras(prompt)
+        return prompt
+
     @property
     def checkpoint_override(self) -> str | None:
         value = self.override_settings.get("sd_model_checkpoint")
@@ -95,13 +131,28 @@ class GenerationRequest(BaseModel):
         return self
 
 
+def _refuse_scripts(data: dict) -> None:
+    """A1111's script_name / alwayson_scripts: Atelier has no A1111 scripts, and one skipped silently would
+    make wrong pictures (A1111 answers 422 too). Not fields: they are refused, never kept."""
+    name = data.get("script_name")
+    if isinstance(name, str) and name.strip():
+        raise InvalidRequest(f"script {name[:80]!r} is not available in Atelier; leave script_name empty",
+                             "script_name")
+    scripts = data.get("alwayson_scripts")
+    if isinstance(scripts, dict) and scripts:
+        first = str(next(iter(scripts)))[:80]
+        raise InvalidRequest(f"always-on script {first!r} is not available in Atelier; send alwayson_scripts {{}}",
+                             "alwayson_scripts")
+
+
 class Txt2ImgRequest(GenerationRequest):
     pass
 
 
 class Img2ImgRequest(GenerationRequest):
     init_images: list[ImageInput] = Field(..., min_length=1, max_length=8)
-    resize_mode: int = Field(0, ge=0, le=3, description="0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
+    resize_mode: int = Field(0, ge=0, le=len(RESIZE_MODES) - 1,
+                             description="0 just resize, 1 crop and resize, 2 resize and fill, 3 latent upscale")
     denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
     mask: ImageInput | None = None
     mask_blur: int = Field(4, ge=0, le=64)
@@ -110,6 +161,20 @@ class Img2ImgRequest(GenerationRequest):
     inpaint_full_res_padding: int = Field(32, ge=0, le=256)
     inpainting_mask_invert: int = Field(0, ge=0, le=1)
     include_init_images: bool = False
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_fits_the_image(cls, mask, info: ValidationInfo):
+        inits = info.data.get("init_images")  # validated first; absent when they were refused
+        if mask is None or not inits:
+            return mask
+        init = inits[0]
+        if mask.width * mask.height == 0:
+            raise InvalidRequest("the mask is empty", "mask")
+        if abs(mask.width / mask.height - init.width / init.height) > 0.01:
+            raise InvalidRequest(f"the mask is {mask.width}x{mask.height} but the image is "
+                                 f"{init.width}x{init.height}; send a mask with the image's aspect ratio", "mask")
+        return mask
 
     @property
     def is_inpaint(self) -> bool:
@@ -125,17 +190,12 @@ def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise invalid_from_pydantic(exc) from None
+        raise InvalidRequest.from_validation(exc) from None
 
 
 def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
-    msg = err.get("msg", "is invalid")
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    extra = f" ({len(exc.errors())} problems in all)" if len(exc.errors()) > 1 else ""
-    return InvalidRequest(msg + extra, loc)
+    """Kept for modules/extensions/api.py until it calls InvalidRequest.from_validation itself."""
+    return InvalidRequest.from_validation(exc)
 
 
 @dataclass

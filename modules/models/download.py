@@ -44,8 +44,7 @@ def parse(request) -> DownloadRequest:
     try:
         req = request if isinstance(request, DownloadRequest) else DownloadRequest.model_validate(request)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        raise InvalidRequest(err["msg"], ".".join(str(p) for p in err["loc"]) or "source") from None
+        raise InvalidRequest.from_validation(exc, default="source") from None
     req.source = req.source.strip()
     if not req.source or len(req.source) > 2000:
         raise InvalidRequest("give a Hugging Face repo id (owner/name) or an http(s) URL", "source")

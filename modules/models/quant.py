@@ -88,8 +88,7 @@ class OptionsStore:
         try:
             opts = options if isinstance(options, LoadOptions) else LoadOptions.model_validate(options)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise InvalidRequest(err["msg"], ".".join(str(p) for p in err["loc"]) or "options") from None
+            raise InvalidRequest.from_validation(exc, default="options") from None
         with self._lock:
             data = self._read()
             data[name] = opts.model_dump()

@@ -161,7 +161,7 @@ def test_corrupt_config_is_reported_in_the_banner(data_dir):
 
 def test_checkpoint_switch_is_remembered_and_listed(studio):
     from webui.ui.models import rows
-    from webui.ui.topbar import switch_checkpoint
+    from webui.checkpoints import switch_checkpoint
 
     switch_checkpoint(studio, "atelier-demo-sd15")
     assert studio.models.active.entry.name == "atelier-demo-sd15"

@@ -231,7 +231,7 @@ def test_hires_pass_sampler_and_prompt(studio):
 
 
 def test_lora_tags_in_the_prompt_apply_the_lora_and_are_recorded(studio):
-    from modules.models.demo import save_demo_lora
+    from tests.fixtures_models import save_demo_lora
 
     save_demo_lora(studio.paths.model_dir("lora") / "grain.safetensors", "kohya", seed=1, alpha=4.0, rank=4)
     studio.registry.refresh("lora")

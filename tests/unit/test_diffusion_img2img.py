@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from modules.diffusion.img2img import resize_image
+from modules.diffusion.resize import resize_image
 from modules.diffusion.params import Img2ImgRequest
 from modules.errors import InvalidRequest
 from modules.jobs import JobState

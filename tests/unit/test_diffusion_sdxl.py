@@ -7,7 +7,7 @@ from modules.diffusion import prompts
 
 @pytest.fixture(scope="module")
 def xl():
-    from modules.models.demo import build_sdxl_pipeline
+    from tests.fixtures_models import build_sdxl_pipeline
 
     pipe = build_sdxl_pipeline(seed=0)
     pipe.set_progress_bar_config(disable=True)

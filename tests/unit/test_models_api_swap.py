@@ -13,7 +13,8 @@ SECOND = "second-sd15"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_checkpoint):
-    from modules.models.demo import save_demo_checkpoint, save_demo_lora
+    from modules.models.demo import save_demo_checkpoint
+    from tests.fixtures_models import save_demo_lora
     from tests.conftest import LiveServer, make_data_dir
 
     data = make_data_dir(tmp_path_factory.mktemp("api-swap"), demo_checkpoint)

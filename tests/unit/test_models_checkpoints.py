@@ -20,8 +20,9 @@ def marker(tmp_path_factory):
 def studio(tmp_path_factory, demo_checkpoint, marker):
     import torch
 
-    from modules.models.demo import save_demo_checkpoint, save_demo_single_file
-    from modules.models.singlefile import copy_configs, ldm_state_dict
+    from modules.models.demo import save_demo_checkpoint
+    from tests.fixtures_models import save_demo_single_file
+    from tests.singlefile import copy_configs, ldm_state_dict
     from modules.studio import Studio, StudioOptions
     from tests.conftest import make_data_dir
 
@@ -38,7 +39,7 @@ def studio(tmp_path_factory, demo_checkpoint, marker):
     (ckpts / "truncated.safetensors").write_bytes(weights[: len(weights) // 2])
     (ckpts / "noise.safetensors").write_bytes(b"\x00\x01not a safetensors file" * 10)
     torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": Payload(str(marker))}, ckpts / "payload.ckpt")
-    from modules.models.demo import save_demo_lora
+    from tests.fixtures_models import save_demo_lora
 
     save_demo_lora(ckpts / "a-lora-in-the-wrong-folder.safetensors")
     s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
@@ -212,7 +213,7 @@ def test_vae_tiles_only_above_the_threshold(studio):
 
 
 def test_sdxl_folder_loads_as_sdxl_and_swaps_with_sd1(studio):
-    from modules.models.demo import save_demo_sdxl_checkpoint
+    from tests.fixtures_models import save_demo_sdxl_checkpoint
 
     folder = studio.paths.model_dir("checkpoint") / "tiny-xl"
     save_demo_sdxl_checkpoint(folder)

@@ -14,7 +14,7 @@ def studio(tmp_path_factory, demo_checkpoint):
     import torch
     from safetensors.torch import save_file
 
-    from modules.models.demo import save_demo_lora
+    from tests.fixtures_models import save_demo_lora
     from modules.studio import Studio, StudioOptions
     from tests.conftest import make_data_dir
 
@@ -110,7 +110,7 @@ def test_lora_arch_from_metadata_and_keys(studio):
 def test_kohya_sdxl_lora_applies_to_sdxl_and_is_refused_on_sd1(studio):
     import torch
 
-    from modules.models.demo import save_demo_sdxl_checkpoint, save_demo_sdxl_lora
+    from tests.fixtures_models import save_demo_sdxl_checkpoint, save_demo_sdxl_lora
 
     save_demo_sdxl_checkpoint(studio.paths.model_dir("checkpoint") / "tiny-xl")
     save_demo_sdxl_lora(studio.paths.model_dir("lora") / "xl-kohya.safetensors")

@@ -5,16 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from modules.errors import AtelierError, InvalidRequest
+from modules.errors import AtelierError, InvalidRequest, ServiceUnavailable, validation_problems
 
 MAX_BODY_BYTES = 600 * 1024 * 1024  # 8 init images of 64 MiB in base64, with room to spare
 WAITER_THREADS = 2048  # each waiting request parks one idle thread here, never in the shared pool
-
-
-class ServiceUnavailable(AtelierError):
-    """The studio is still loading, or loading failed; the message says which."""
-
-    status = 503
+REQUEST_PARTS = ("body", "query", "path")  # FastAPI's first location part: where, not which field
 
 
 class BodyTooLarge(AtelierError):
@@ -72,13 +67,24 @@ class Waiter:
 
 
 async def ensure_ready(studio, waiter: Waiter, timeout: float = 600) -> None:
-    """Wait for start-up loading; refuse with 503 when it failed and no model manager exists."""
+    """Wait for start-up loading; refuse with 503 when it has not finished in time.
+
+    A start-up that failed (studio.load_error) is not refused here: the jobs report what is wrong,
+    and a checkpoint switch may mend it."""
     if not studio.ready.is_set():
         await waiter.run(studio.wait_ready, timeout)
     if not studio.ready.is_set():
         raise ServiceUnavailable("the studio is still loading; try again in a moment", None)
-    if studio.models is None:
-        raise ServiceUnavailable(f"the studio could not load: {studio.load_error or 'no model manager'}", None)
+
+
+def validation_response(exc):
+    """FastAPI's RequestValidationError → 422 {error, field, detail, errors: [{field, detail}]}."""
+    from fastapi.responses import JSONResponse
+
+    first = InvalidRequest.from_validation(exc, skip=REQUEST_PARTS)
+    problems = validation_problems(exc, skip=REQUEST_PARTS)
+    body = {**first.to_json(), "errors": [{"field": f, "detail": m} for f, m in problems[:20]]}
+    return JSONResponse(body, status_code=422)
 
 
 def b64_png(image, infotext: str | None = None) -> str:

@@ -111,6 +111,7 @@ class ExtensionRoutes:
         from fastapi.responses import JSONResponse
 
         from modules.errors import AtelierError
+        from webui.api.common import validation_response
 
         app = FastAPI(title=f"extension {owner}", docs_url=None, redoc_url=None, openapi_url=None)
         for spec in specs:
@@ -125,10 +126,7 @@ class ExtensionRoutes:
 
         @app.exception_handler(RequestValidationError)
         async def _invalid(request: Request, exc: RequestValidationError):
-            first = (exc.errors() or [{}])[0]
-            loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
-            return JSONResponse({"error": "InvalidRequest", "field": loc, "detail": first.get("msg", "invalid")},
-                                status_code=422)
+            return validation_response(exc)
 
         @app.middleware("http")
         async def _isolate(request: Request, call_next):

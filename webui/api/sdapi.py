@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import time
 
+from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
+
 from modules.diffusion import infotext
 from modules.diffusion.params import Img2ImgRequest, Txt2ImgRequest, parse_request
-from modules.errors import AtelierError, InvalidRequest
+from modules.errors import InvalidRequest
 from modules.jobs import JobState
-from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
+from webui.api import sdapi_models
 from webui.api.common import Waiter, b64_png, ensure_ready, read_json_object, request_schema
+from webui.checkpoints import find_checkpoint
 
 # A1111 request fields that carry images: never echoed back unless include_init_images.
 _IMAGE_FIELDS = ("init_images", "mask")
@@ -26,8 +29,6 @@ def router(studio):
     from fastapi import APIRouter
     from fastapi.concurrency import run_in_threadpool
 
-    from webui.api import sdapi_models
-
     r = APIRouter(prefix="/sdapi/v1", tags=["sdapi"])
     waiter = Waiter()
 
@@ -36,11 +37,10 @@ def router(studio):
         # Decoding base64 images is CPU work: off the event loop.
         req = await run_in_threadpool(parse_request, cls, body)
         await ensure_ready(studio, waiter)
-        _refuse_unsupported(body)
         override = req.checkpoint_override
         if override:
-            _checkpoint_entry(studio, override, "override_settings.sd_model_checkpoint")
-        job = studio.submit(_job_kind(studio, kind, req), req)  # validates samplers, upscalers, LoRAs first
+            find_checkpoint(studio, override, "override_settings.sd_model_checkpoint")
+        job = studio.submit(kind, req)  # validates samplers and upscalers first
         await waiter.job(job)
         job.raise_for_error()
         return await run_in_threadpool(_generation_response, job, req, body)
@@ -85,47 +85,11 @@ def router(studio):
 
 # -- requests -------------------------------------------------------------------
 def _a1111_defaults(body: dict) -> dict:
-    """A1111's API treats null as "the default" and does not save images unless asked."""
-    body = {k: v for k, v in body.items() if v is not None}
-    if not body.get("sampler_name") and isinstance(body.get("sampler_index"), str) and body["sampler_index"]:
-        body["sampler_name"] = body["sampler_index"]
-    body.setdefault("save_images", False)
+    """A1111's API does not save images unless asked (null included); the UI saves by default.
+    The other A1111 conventions (null means the default, sampler_index) are the request type's."""
+    if body.get("save_images") is None:
+        body = {**body, "save_images": False}
     return body
-
-
-def _refuse_unsupported(body: dict) -> None:
-    """Scripts silently skipped would make wrong pictures; say so instead (A1111 answers 422 too)."""
-    name = body.get("script_name")
-    if isinstance(name, str) and name.strip():
-        raise InvalidRequest(f"script {name[:80]!r} is not available in Atelier; leave script_name empty", "script_name")
-    scripts = body.get("alwayson_scripts")
-    if isinstance(scripts, dict) and scripts:
-        first = str(next(iter(scripts)))[:80]
-        raise InvalidRequest(f"always-on script {first!r} is not available in Atelier; send alwayson_scripts {{}}",
-                             "alwayson_scripts")
-
-
-def _checkpoint_entry(studio, name, field: str):
-    """Find a checkpoint by name or A1111 title; refresh the folder once before giving up (as A1111 does)."""
-    from modules.errors import NotFound
-
-    if not isinstance(name, str):
-        raise InvalidRequest("must be a checkpoint name (a string)", field)
-    try:
-        try:
-            return studio.registry.get("checkpoint", name)
-        except NotFound:
-            studio.registry.refresh("checkpoint")
-            return studio.registry.get("checkpoint", name)
-    except AtelierError as exc:
-        exc.field = field
-        raise
-
-
-def _job_kind(studio, kind: str, req) -> str:
-    if kind == "img2img" and getattr(req, "is_inpaint", False) and "inpaint" in studio.jobs.kinds():
-        return "inpaint"
-    return kind
 
 
 # -- responses ------------------------------------------------------------------
@@ -140,8 +104,8 @@ def _echo_parameters(req, body: dict) -> dict:
     """A1111 echoes the request (its own field names, defaults filled in); images only when asked."""
     params = {k: v for k, v in body.items() if k not in _IMAGE_FIELDS}
     params.update(req.model_dump(mode="json", exclude=set(_IMAGE_FIELDS)))
-    if "init_images" in type(req).model_fields:
-        keep = bool(getattr(req, "include_init_images", False))
+    if isinstance(req, Img2ImgRequest):
+        keep = req.include_init_images
         for key in _IMAGE_FIELDS:
             params[key] = body.get(key) if keep else None
     return params
@@ -169,7 +133,7 @@ def _info(job, req, images) -> dict:
         "clip_skip": req.effective_clip_skip, "is_using_inpainting_conditioning": False,
         "version": "atelier", "interrupted": job.state in (JobState.INTERRUPTED, JobState.CANCELLED),
     }
-    if job.result is not None and isinstance(getattr(job.result, "info", None), dict):
+    if job.result is not None:
         info.update(job.result.info)
     return info
 

@@ -13,10 +13,8 @@ from starlette.requests import Request  # at module level: FastAPI resolves endp
 
 from modules.errors import AtelierError, InvalidRequest
 from webui.api.common import Waiter, ensure_ready, read_json_object
+from webui.checkpoints import find_checkpoint, switch_checkpoint
 
-# A1111's scheduler list (name, label); used when the sampler registry does not list its own.
-_A1111_SCHEDULERS = [("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"),
-                     ("exponential", "Exponential")]
 _SECRET_FLAGS = ("gradio_auth", "api_auth")
 # Settings whose value becomes a path under outputs/: refused if they would leave it.
 _OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples")
@@ -24,8 +22,6 @@ _OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples")
 
 def add_routes(r, studio, waiter: Waiter) -> None:
     from fastapi.responses import JSONResponse
-
-    from webui.api.sdapi import _checkpoint_entry
 
     @r.get("/sd-models")
     def sd_models():
@@ -46,7 +42,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
 
     @r.get("/schedulers")
     def schedulers():
-        return _schedulers(studio)
+        return _schedulers()
 
     @r.get("/upscalers")
     def upscalers():
@@ -97,7 +93,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
     def get_options():
         """Every setting, A1111 names; sd_model_checkpoint is the loaded checkpoint's title."""
         values = studio.settings.get().model_dump(mode="json")
-        active = studio.models.active if studio.models is not None else None
+        active = studio.models.active if studio.ready.is_set() else None
         if active is not None:
             values["sd_model_checkpoint"] = active.entry.title
             values["sd_checkpoint_hash"] = active.entry.sha256
@@ -108,7 +104,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
         """Change settings; `sd_model_checkpoint` loads that checkpoint (through the job queue) before answering.
         Options Atelier does not have are ignored and named in the X-Atelier-Ignored-Options header."""
         body = await read_json_object(request)
-        ignored = await _apply_options(studio, waiter, body, _checkpoint_entry)
+        ignored = await _apply_options(studio, waiter, body)
         # json.dumps escapes to ASCII: a header cannot carry other bytes or line breaks.
         headers = {"X-Atelier-Ignored-Options": json.dumps(ignored)[:2000]} if ignored else None
         return JSONResponse(None, headers=headers)
@@ -117,11 +113,10 @@ def add_routes(r, studio, waiter: Waiter) -> None:
     def cmd_flags():
         """The command-line flags in effect (passwords masked, unlike A1111)."""
         flags = {}
-        for f in dataclasses.fields(studio.options):
-            value = getattr(studio.options, f.name)
-            if f.name in _SECRET_FLAGS and value:
+        for name, value in dataclasses.asdict(studio.options).items():
+            if name in _SECRET_FLAGS and value:
                 value = "***"
-            flags[f.name] = str(value) if isinstance(value, Path) else value
+            flags[name] = str(value) if isinstance(value, Path) else value
         flags.update({"api": True, "nowebui": False})
         return flags
 
@@ -130,8 +125,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
         """A1111's MemoryResponse: {ram: {free, used, total}, cuda: {system, allocated, reserved} | {error}}."""
         from modules.devices import memory_readings
 
-        device = studio.device.name if studio.device is not None else "cpu"
-        m = memory_readings(device)
+        m = studio.models.memory() if studio.ready.is_set() else memory_readings("cpu")  # RAM only: no device yet
         ram = {"free": m["ram"]["total"] - m["process_rss"], "used": m["process_rss"], "total": m["ram"]["total"],
                "available": m["ram"]["available"]}
         cuda = {"error": "unavailable"}
@@ -169,16 +163,14 @@ def _model_item(e) -> dict:
             "filename": str(e.path), "config": None}
 
 
-def _schedulers(studio) -> list[dict]:
-    from modules.diffusion import samplers
+def _schedulers() -> list[dict]:
+    from modules.diffusion.samplers import SCHEDULE_API_NAMES
 
-    names = getattr(samplers, "SCHEDULE_API_NAMES", None)
-    pairs = [(api, label) for label, api in names.items()] if names else _A1111_SCHEDULERS
-    return [{"name": n, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
-            for n, label in pairs]
+    return [{"name": api, "label": label, "aliases": None, "default_rho": -1, "need_inner_model": False}
+            for label, api in SCHEDULE_API_NAMES.items()]
 
 
-async def _apply_options(studio, waiter: Waiter, body: dict, checkpoint_entry) -> list[str]:
+async def _apply_options(studio, waiter: Waiter, body: dict) -> list[str]:
     """Validate everything first, then save the settings, then switch the model."""
     from modules.paths import resolve_inside
     from modules.settings import Settings
@@ -201,31 +193,10 @@ async def _apply_options(studio, waiter: Waiter, body: dict, checkpoint_entry) -
         except AtelierError as exc:
             exc.field = "sd_vae"
             raise
-    entry = checkpoint_entry(studio, wanted, "sd_model_checkpoint") if wanted is not None else None
+    entry = find_checkpoint(studio, wanted) if wanted is not None else None
     if changes:
         studio.settings.update(changes)
     if entry is not None:
         await ensure_ready(studio, waiter)
-        await _switch_checkpoint(studio, waiter, entry)
+        await waiter.run(switch_checkpoint, studio, entry.name)
     return ignored
-
-
-async def _switch_checkpoint(studio, waiter: Waiter, entry) -> None:
-    """Load through the queue so a running generation finishes on the model it started with."""
-    if "load_checkpoint" in studio.jobs.kinds():
-        job = await waiter.job(studio.submit("load_checkpoint", entry.name))
-        try:
-            job.raise_for_error()
-        except AtelierError as exc:
-            exc.field = exc.field or "sd_model_checkpoint"
-            raise
-    else:
-        try:
-            await waiter.run(studio.models.load, entry.name)
-        except AtelierError as exc:
-            exc.field = exc.field or "sd_model_checkpoint"
-            raise
-        except Exception as exc:  # a file that will not load is the user's to fix: name it
-            raise InvalidRequest(f"{entry.name} could not be loaded: {type(exc).__name__}: {str(exc)[:300]}",
-                                 "sd_model_checkpoint") from None
-    studio.settings.update({"sd_model_checkpoint": entry.name})

@@ -7,27 +7,8 @@ PNG Info) and the REST API all speak the same names.
 from __future__ import annotations
 
 from modules.diffusion import infotext as infotext_mod
-
-# Request fields the parameter block edits (besides prompt and negative_prompt).
-HIRES_UPSCALERS_FALLBACK = ["Latent"]
-
-
-def schedule_types() -> list[str]:
-    """Read at build time: the diffusion module may add more schedule types than we know of."""
-    from modules.diffusion import samplers
-
-    names = list(getattr(samplers, "SCHEDULE_TYPES", None) or ["Automatic"])
-    return names if "Automatic" in names else ["Automatic", *names]
-
-
-def hires_upscalers() -> list[str]:
-    try:
-        from modules.diffusion import hires
-
-        found = getattr(hires, "HR_UPSCALERS", None)
-    except ImportError:
-        found = None
-    return list(found or HIRES_UPSCALERS_FALLBACK)
+from modules.diffusion.hires import HR_UPSCALERS
+from modules.diffusion.samplers import SCHEDULE_TYPES
 
 
 def lora_names(studio) -> list[str]:
@@ -79,15 +60,15 @@ def params_block(studio, tab: str, hires: bool) -> dict:
     with gr.Row():
         c["sampler_name"] = gr.Dropdown(samplers, value=samplers[0] if samplers else None, label="Sampling method",
                                         elem_id=f"{tab}_sampling")
-        types = schedule_types()
-        c["scheduler"] = gr.Dropdown(types, value=types[0], label="Schedule type", elem_id=f"{tab}_scheduler")
+        c["scheduler"] = gr.Dropdown(list(SCHEDULE_TYPES), value=SCHEDULE_TYPES[0], label="Schedule type",
+                                     elem_id=f"{tab}_scheduler")
     c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
     if hires:
         with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires"):
             c["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}_enable_hr")
             with gr.Row():
-                ups = hires_upscalers()
-                c["hr_upscaler"] = gr.Dropdown(ups, value=ups[0], label="Upscaler", elem_id=f"{tab}_hr_upscaler")
+                c["hr_upscaler"] = gr.Dropdown(list(HR_UPSCALERS), value=HR_UPSCALERS[0], label="Upscaler",
+                                               elem_id=f"{tab}_hr_upscaler")
                 c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same)",
                                                       elem_id=f"{tab}_hires_steps")
                 c["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",

@@ -156,7 +156,7 @@ def build(studio) -> dict:
                     info = ext.remove(name)
                     msg = f"Removed {name}."
                 else:
-                    info = getattr(ext, action)(name)
+                    info = ext.enable(name) if action == "enable" else ext.disable(name)
                     msg = f"{name}: {info['status']}."
                 if action != "remove" and info.get("note"):
                     msg += f" ({info['note']})"

@@ -19,21 +19,15 @@ def error_text(exc: AtelierError) -> str:
 
 
 def make_request(request_cls, values: dict, prepare: Callable[[dict], dict] | None = None):
-    """UI values (request field names + helpers) → a validated request; errors name the field."""
+    """UI values (request field names + helpers) → the request the API builds too, validated by it alone.
+
+    Only what the widgets add is handled here: helpers start with "_" (the hidden variation-seed row
+    means no variation), and `prepare` turns a tab's image widgets into request fields."""
     from modules.diffusion.params import parse_request
 
     body = {k: v for k, v in values.items() if not k.startswith("_")}
-    for key in ("seed", "subseed"):
-        if body.get(key) is None:
-            body[key] = -1
-        else:
-            body[key] = int(body[key])
     if not values.get("_seed_extra", True):
         body["subseed_strength"] = 0.0
-    for key in ("steps", "width", "height", "n_iter", "batch_size", "clip_skip", "hr_second_pass_steps",
-                "hr_resize_x", "hr_resize_y", "mask_blur", "inpaint_full_res_padding"):
-        if isinstance(body.get(key), float):
-            body[key] = int(body[key])
     if prepare is not None:
         body = prepare(body)
     return parse_request(request_cls, body)
@@ -42,8 +36,8 @@ def make_request(request_cls, values: dict, prepare: Callable[[dict], dict] | No
 def result_items(result) -> tuple[list, list[dict]]:
     """Gallery values and the per-image records kept in gr.State."""
     images, records = [], []
-    for g in getattr(result, "images", None) or []:
-        path = str(g.path) if getattr(g, "path", None) else None
+    for g in result.images if result is not None else []:
+        path = str(g.path) if g.path else None
         images.append(path or g.image)
         records.append({"path": path, "image": None if path else g.image, "infotext": g.infotext, "seed": g.seed})
     return images, records
@@ -67,8 +61,6 @@ def wire_generation(studio, tab: str, kind: str, request_cls, fields: dict, aux:
         if not studio.ready.is_set():
             yield {c["progress"]: progress_html(None, "Loading models… your generation starts when they are ready")}
             studio.wait_ready()
-        if studio.models is None:
-            raise gr.Error(f"Models could not load: {studio.load_error or 'unknown error'}")
         try:
             job = studio.submit(kind, request)
         except AtelierError as exc:
@@ -109,17 +101,16 @@ def wire_generation(studio, tab: str, kind: str, request_cls, fields: dict, aux:
         run, set(inputs.values()), outputs, concurrency_id=GPU, show_progress="hidden",
     ).then(idle, None, buttons, queue=False)
 
-    def control(action):
-        def handler(job_id):
-            if job_id:
-                try:
-                    getattr(studio.jobs, action)(job_id)
-                except AtelierError:
-                    pass  # already finished
-        return handler
+    def interrupt(job_id):
+        if job_id:
+            _ignore_finished(studio.jobs.interrupt, job_id)
 
-    c["interrupt"].click(control("interrupt"), [c["job_id"]], None, queue=False)
-    c["skip"].click(control("skip"), [c["job_id"]], None, queue=False)
+    def skip(job_id):
+        if job_id:
+            _ignore_finished(studio.jobs.skip, job_id)
+
+    c["interrupt"].click(interrupt, [c["job_id"]], None, queue=False)
+    c["skip"].click(skip, [c["job_id"]], None, queue=False)
 
     def select(results, evt: gr.SelectData):
         index = evt.index if isinstance(evt.index, int) else 0
@@ -133,6 +124,13 @@ def wire_generation(studio, tab: str, kind: str, request_cls, fields: dict, aux:
                 return results[selected]["seed"]
             return last
         c["reuse_seed"].click(reuse_seed, [c["results"], c["selected"], c["last_seed"]], [c["seed"]], queue=False)
+
+
+def _ignore_finished(control, job_id: str) -> None:
+    try:
+        control(job_id)
+    except AtelierError:
+        pass  # the job is gone from the history already: nothing left to stop
 
 
 def selected_record(results: list, selected: int) -> dict | None:

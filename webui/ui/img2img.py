@@ -1,12 +1,12 @@
 """img2img tab: an input image and denoising strength on top of the shared parameter block."""
 from __future__ import annotations
 
+from modules.diffusion.params import RESIZE_MODES
 from modules.errors import InvalidRequest
 from modules.extensions.tabs import TabSpec
 from webui.ui import components, generation
 
 TAB = "img2img"
-RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 
 
 def size_from_image(image) -> tuple:

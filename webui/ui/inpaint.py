@@ -98,7 +98,6 @@ def build(studio) -> dict:
             raise InvalidRequest("paint over the area to repaint (or upload a mask)", "mask")
         body["init_images"] = [background.convert("RGB")]
         body["mask"] = mask
-        body["inpaint_full_res"] = bool(body.get("inpaint_full_res"))
         return body
 
     fields = {k: c[k] for k in c if k in Img2ImgRequest.model_fields or k in ("editor", "mask_upload")}

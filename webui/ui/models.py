@@ -1,12 +1,13 @@
 """Models tab: what is on disk per kind (read-only), load/unload, a memory gauge, a download box."""
 from __future__ import annotations
 
-import html
-
 from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
+from webui.checkpoints import switch_checkpoint
+from webui.ui.topbar import active_checkpoint
 
 COLUMNS = ["Name", "Size", "Arch", "Hash", "Where"]
+STARTING = "The studio is still starting; models are listed once it is ready."
 
 
 def _size(n: int | None) -> str:
@@ -20,34 +21,17 @@ def _size(n: int | None) -> str:
 
 
 def rows(studio, kind: str) -> list[list[str]]:
-    """From studio.models.describe() when the manager offers it, else from the registry."""
-    describe = getattr(studio.models, "describe", None) if studio.models is not None else None
-    if callable(describe):
-        try:
-            found = [d for d in (describe() or []) if isinstance(d, dict) and d.get("kind", kind) == kind]
-            if found:
-                return [[str(d.get("name", "")), _size(d.get("size")), str(d.get("arch") or ""),
-                         str(d.get("short_hash") or (d.get("sha256") or "")[:10]),
-                         str(d.get("where") or d.get("location") or d.get("device") or "disk")] for d in found]
-        except Exception:  # a describe() in flux must not blank the tab; fall back to the registry
-            pass
-    active = getattr(studio.models, "active", None) if studio.models is not None else None
-    device = studio.device.name if studio.device is not None else "cpu"
-    out = []
-    for e in studio.registry.list(kind):
-        where = device if (active is not None and kind == "checkpoint" and active.entry.path == e.path) else "disk"
-        out.append([e.name, _size(e.size), e.arch or "", e.short_hash or "", where])
-    return out
+    """The model manager's view of one kind: name, size, arch, hash, where it is now (empty while starting)."""
+    if not studio.ready.is_set():
+        return []
+    return [[d["name"], _size(d["size"]), d["arch"] or "", d["short_hash"] or "", d["location"]]
+            for d in studio.models.describe() if d["kind"] == kind]
 
 
 def memory_html(studio) -> str:
-    from modules.devices import memory_readings
-
-    device = studio.device.name if studio.device is not None else "cpu"
-    try:
-        m = memory_readings(device)
-    except Exception as exc:  # psutil/torch missing on an odd platform: say so, keep the tab
-        return f"<p>Memory readings unavailable: {html.escape(str(exc))}</p>"
+    if not studio.ready.is_set():
+        return f"<p>{STARTING}</p>"
+    m = studio.models.memory()
 
     def gauge(label: str, used: int, total: int) -> str:
         pct = 100.0 * used / total if total else 0.0
@@ -89,8 +73,6 @@ def build(studio) -> dict:
             table = rows(studio, kind)
         except AtelierError as exc:
             raise gr.Error(str(exc)) from None
-        from webui.ui.topbar import active_checkpoint
-
         names = [e.name for e in studio.registry.list("checkpoint")]
         return table, gr.Dropdown(choices=names, value=active_checkpoint(studio)), memory_html(studio)
 
@@ -104,8 +86,6 @@ def build(studio) -> dict:
     c["refresh"].click(refresh, [c["kind"]], outs, queue=False)
 
     def load(name, kind):
-        from webui.ui.topbar import switch_checkpoint
-
         if not name:
             gr.Warning("Choose a checkpoint first")
             return show(kind)
@@ -117,25 +97,24 @@ def build(studio) -> dict:
 
     c["load"].click(load, [c["name"], c["kind"]], outs, concurrency_id="gpu")
 
-    def unload(kind):
-        unload_fn = getattr(studio.models, "unload", None) if studio.models is not None else None
-        if not callable(unload_fn):
-            gr.Warning("Unloading is not available in this build")
-            return show(kind)
-        try:
-            unload_fn()
-        except AtelierError as exc:
-            raise gr.Error(str(exc)) from None
+    def unload(name, kind):
+        if not studio.ready.is_set():
+            gr.Warning(STARTING)
+        elif not name:
+            gr.Warning("Choose a checkpoint first")
+        else:
+            try:
+                studio.models.unload(name)
+            except AtelierError as exc:
+                raise gr.Error(str(exc)) from None
         return show(kind)
 
-    c["unload"].click(unload, [c["kind"]], outs, concurrency_id="gpu")
+    c["unload"].click(unload, [c["name"], c["kind"]], outs, concurrency_id="gpu")
 
     def download(source, kind):
         source = (source or "").strip()
         if not source:
             raise gr.Error("Type a Hugging Face repo id (owner/name) or a URL")
-        if "download" not in studio.jobs.kinds():
-            raise gr.Error("Downloading is not available in this build; copy the file into models/ and press Refresh")
         try:
             job = studio.submit("download", {"source": source, "kind": kind})
         except AtelierError as exc:

@@ -56,7 +56,7 @@ def build(studio) -> dict:
 
     from modules.settings import Settings
 
-    current = studio.settings.get()
+    current = studio.settings.get().model_dump()
     c: dict = {}
     warning = studio.settings.warning
     c["warning"] = gr.Markdown(f"⚠️ {warning}" if warning else "", elem_id="settings_warning", visible=bool(warning))
@@ -70,18 +70,18 @@ def build(studio) -> dict:
         for column in (shown[:half], shown[half:]):
             with gr.Column():
                 for name, info in column:
-                    fields[name] = widget_for(name, info, getattr(current, name))
+                    fields[name] = widget_for(name, info, current[name])
     c.update(fields)
     names = list(fields)
 
     def save(*values):
-        now = studio.settings.get()
+        now = studio.settings.get().model_dump()
         changes = {}
         for name, value in zip(names, values):
             ann = Settings.model_fields[name].annotation
             if ann is int and isinstance(value, float):
                 value = int(value)
-            if value != getattr(now, name):
+            if value != now[name]:
                 changes[name] = value
         if not changes:
             return "Nothing changed."
@@ -94,8 +94,8 @@ def build(studio) -> dict:
     c["save"].click(save, [fields[n] for n in names], [c["result"]], queue=False)
 
     def reload():
-        now = studio.settings.get()
-        return [getattr(now, n) for n in names]
+        now = studio.settings.get().model_dump()
+        return [now[n] for n in names]
 
     c["_on_show"] = (reload, None, [fields[n] for n in names])
     return c

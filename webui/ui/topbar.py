@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 
 from modules.errors import AtelierError
+from webui.checkpoints import switch_checkpoint
 
 
 def checkpoint_names(studio) -> list[str]:
@@ -22,7 +23,8 @@ def vae_names(studio) -> list[str]:
 
 
 def active_checkpoint(studio) -> str | None:
-    active = getattr(studio.models, "active", None) if studio.models is not None else None
+    """The loaded checkpoint; before start-up has finished, the one the settings name."""
+    active = studio.models.active if studio.ready.is_set() else None
     if active is not None:
         return active.entry.name
     return studio.settings.get().sd_model_checkpoint or None
@@ -38,27 +40,13 @@ def status_html(studio) -> str:
         return f"<div class='atelier-banner warn'>⚠️ {html.escape(studio.settings.warning)}</div>"
     if studio.load_error:
         return f"<div class='atelier-banner error'>⚠️ Models could not load: {html.escape(studio.load_error)}</div>"
-    active = getattr(studio.models, "active", None) if studio.models is not None else None
+    active = studio.models.active
     if active is None:
         return ("<div class='atelier-banner warn'>No checkpoint loaded. Put a .safetensors file or a diffusers folder "
                 "into models/Stable-diffusion and press 🔄.</div>")
     if is_demo(active.entry.path):
         return f"<div class='atelier-banner demo'>🧪 {html.escape(DEMO_NOTE)}</div>"
     return ""
-
-
-def switch_checkpoint(studio, name: str) -> None:
-    """Load through the job queue when possible, then remember the choice (A1111 stores it as an option);
-    a name that fails to load is never written to config.json."""
-    if "load_checkpoint" in studio.jobs.kinds():
-        job = studio.submit("load_checkpoint", name).wait()
-        job.raise_for_error()
-    else:
-        studio.wait_ready()
-        if studio.models is None:
-            raise AtelierError(f"models are not available: {studio.load_error}", "sd_model_checkpoint")
-        studio.models.load(name)
-    studio.settings.update({"sd_model_checkpoint": name})
 
 
 def build(studio) -> dict:

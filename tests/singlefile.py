@@ -2,8 +2,8 @@
 
 diffusers ships only the other direction (LDM → diffusers, used by `from_single_file`); this is
 the inverse of its tables, computed from the UNet's and VAE's configs so it works for any block
-count (the tiny demo model as well as a real SD1.5). Used to make single-file checkpoints offline
-for tests and for users who want a civitai-style file of a diffusers model.
+count (the tiny demo model as well as a real SD1.5). The tests make their single-file checkpoints
+offline with it (the studio itself only reads such files, through diffusers).
 """
 from __future__ import annotations
 

@@ -1,0 +1,145 @@
+"""Model files only the tests need, built from the studio's demo factory (modules/models/demo.py):
+LoRAs (kohya and PEFT), the demo as an A1111 single file, and a tiny SDXL with its LoRA."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from modules.models.demo import DEMO_NOTE, build_sd15_pipeline, write_clip_tokenizer
+from tests.singlefile import copy_configs, save_single_file, unet_key
+
+
+def save_demo_single_file(path: Path, seed: int = 0, sidecar: bool = True, **kwargs) -> Path:
+    """The demo model as an A1111-style single .safetensors file (LDM key names).
+
+    With `sidecar`, its configs and tokenizer go beside it as `<stem>.config/`, so it loads offline
+    the way a user's civitai file does once its configs are on the machine.
+    """
+    import tempfile
+
+    path = Path(path)
+    pipe = build_sd15_pipeline(seed, **kwargs)
+    save_single_file(pipe, path)
+    if sidecar:
+        with tempfile.TemporaryDirectory() as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+            copy_configs(Path(tmp), path.with_name(path.stem + ".config"))
+    return path
+
+
+_LORA_UNET = ("to_q", "to_k", "to_v", "to_out.0")
+_LORA_TE = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def save_demo_lora(path: Path, fmt: str = "kohya", seed: int = 0, rank: int = 4, alpha: float | None = None,
+                   scale: float = 0.3, text_encoder: bool = True, metadata: dict | None = None) -> Path:
+    """A LoRA for the demo architecture with random (visible) weights.
+
+    fmt "kohya": A1111/kohya keys `lora_unet_…` / `lora_te_text_model_…` with `.lora_down` / `.lora_up`
+    and `.alpha` (left out when alpha is None, which scales by 1.0 as A1111 does).
+    fmt "peft": diffusers' own format, made with peft's add_adapter and `save_lora_weights`.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    pipe = build_sd15_pipeline(0)
+    gen = torch.Generator().manual_seed(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "peft":
+        from diffusers import StableDiffusionPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft import LoraConfig
+        from peft.utils import get_peft_model_state_dict
+
+        pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(_LORA_UNET)))
+        for name, p in pipe.unet.named_parameters():
+            if "lora_" in name:
+                p.data = torch.randn(p.shape, generator=gen) * scale
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+        StableDiffusionPipeline.save_lora_weights(str(path.parent), unet_lora_layers=layers, weight_name=path.name)
+        return path
+    tensors = {}
+    parts = [("lora_unet_", pipe.unet, _LORA_UNET)] + ([("lora_te_text_model_", pipe.text_encoder, _LORA_TE)]
+                                                       if text_encoder else [])
+    for prefix, model, suffixes in parts:
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(suffixes):
+                key = prefix + name.removeprefix("text_model.").replace(".", "_")
+                tensors[key + ".lora_down.weight"] = torch.randn(rank, module.in_features, generator=gen) * scale
+                tensors[key + ".lora_up.weight"] = torch.randn(module.out_features, rank, generator=gen) * scale
+                if alpha is not None:
+                    tensors[key + ".alpha"] = torch.tensor(float(alpha))
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank), **(metadata or {})})
+    return path
+
+
+def build_sdxl_pipeline(seed: int = 0):
+    """A tiny SDXL-architecture pipeline (two text encoders, pooled embeddings, time ids); random weights."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp))
+        tok = CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
+    cfg = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+               hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=3,
+               vocab_size=len(tok), max_position_embeddings=77, projection_dim=32, layer_norm_eps=1e-5)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=6 * 8 + 32,
+        cross_attention_dim=64, norm_num_groups=1)
+    vae = AutoencoderKL(block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+                        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        norm_num_groups=32, sample_size=32)
+    return StableDiffusionXLPipeline(
+        vae=vae.eval(), text_encoder=CLIPTextModel(CLIPTextConfig(**cfg)).eval(),
+        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**cfg)).eval(),
+        tokenizer=tok, tokenizer_2=tok, unet=unet.eval(),
+        scheduler=EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                         steps_offset=1, timestep_spacing="leading"))
+
+
+def save_demo_sdxl_checkpoint(folder: Path, seed: int = 0) -> Path:
+    """A tiny SDXL checkpoint as a diffusers folder, written whole or not at all."""
+    import shutil
+
+    folder = Path(folder)
+    tmp = folder.with_name("." + folder.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_sdxl_pipeline(seed).save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "ATELIER_DEMO.txt").write_text(DEMO_NOTE + "\n", encoding="utf-8")
+    tmp.rename(folder)
+    return folder
+
+
+def save_demo_sdxl_lora(path: Path, seed: int = 0, rank: int = 4, scale: float = 0.3) -> Path:
+    """A kohya-format SDXL LoRA for the tiny SDXL: `lora_unet_<SGM block names>`, `lora_te1_…`, `lora_te2_…`."""
+    import torch
+    from safetensors.torch import save_file
+
+    pipe = build_sdxl_pipeline(0)
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+
+    def add(key, module):
+        tensors[key + ".lora_down.weight"] = torch.randn(rank, module.in_features, generator=gen) * scale
+        tensors[key + ".lora_up.weight"] = torch.randn(module.out_features, rank, generator=gen) * scale
+
+    for name, module in pipe.unet.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.endswith(_LORA_UNET):
+            ldm = unet_key(name + ".weight", pipe.unet.config)[: -len(".weight")]  # kohya SDXL uses SGM names
+            add("lora_unet_" + ldm.replace(".", "_"), module)
+    for prefix, encoder in (("lora_te1_text_model_", pipe.text_encoder), ("lora_te2_text_model_", pipe.text_encoder_2)):
+        for name, module in encoder.named_modules():
+            if isinstance(module, torch.nn.Linear) and name.endswith(_LORA_TE):
+                add(prefix + name.removeprefix("text_model.").replace(".", "_"), module)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path), metadata={"ss_network_dim": str(rank)})
+    return path
