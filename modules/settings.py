@@ -89,8 +89,8 @@ class SettingsStore:
             try:
                 new = model.model_validate(self.section(name).model_dump() | changes)
             except ValidationError as exc:
-                err = exc.errors()[0]
-                raise InvalidRequest(err["msg"], f"{name}." + ".".join(str(p) for p in err["loc"])) from None
+                err = InvalidRequest.from_validation(exc)
+                raise InvalidRequest(err.message, f"{name}.{err.field}") from None
             self.update({"tasks": {**self.value.tasks, name: new.model_dump(mode="json")}}, save=save)
             return new
 

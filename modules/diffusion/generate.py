@@ -40,22 +40,14 @@ class DiffusionServices:
 
 
 def validator(samplers: "SamplerRegistry"):
-    """The job kinds' submit-time check: what the request types cannot see alone (sampler names,
-    upscalers, LoRA tags, the mask's shape), refused before the request waits in the queue."""
+    """The job kinds' submit-time check: what the request types cannot see alone (sampler and
+    upscaler names live in registries), refused before the request waits in the queue. Everything
+    else (LoRA tags, the mask's shape) the request types check themselves (params.py)."""
     def validate(req) -> None:
         if not isinstance(req, GenerationRequest):
             raise InvalidRequest("send a txt2img or img2img request", "request")
         samplers.resolve(req.sampler_name, req.scheduler)
         hires.check(samplers, req)
-        prompts.extract_loras(req.prompt)  # a malformed <lora:…> weight is refused now, not mid-queue
-        if isinstance(req, Img2ImgRequest) and req.mask is not None:
-            init = req.init_images[0]
-            if req.mask.width * req.mask.height == 0:
-                raise InvalidRequest("the mask is empty", "mask")
-            if abs(req.mask.width / req.mask.height - init.width / init.height) > 0.01:
-                raise InvalidRequest(
-                    f"the mask is {req.mask.width}x{req.mask.height} but the image is {init.width}x{init.height}; "
-                    "send a mask with the image's aspect ratio", "mask")
     return validate
 
 

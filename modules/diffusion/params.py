@@ -193,11 +193,6 @@ def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:
         raise InvalidRequest.from_validation(exc) from None
 
 
-def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
-    """Kept for modules/extensions/api.py until it calls InvalidRequest.from_validation itself."""
-    return InvalidRequest.from_validation(exc)
-
-
 @dataclass
 class GeneratedImage:
     image: Any  # PIL.Image

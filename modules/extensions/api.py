@@ -155,15 +155,13 @@ class ExtensionAPIv1:
         """Validate (a model instance or a dict) and persist; returns the new instance."""
         from pydantic import ValidationError
 
-        from modules.diffusion.params import invalid_from_pydantic
-
         if self._settings_model is None:
             raise RuntimeError("call api.add_settings_section(Model) first")
         data = values.model_dump() if hasattr(values, "model_dump") else dict(values)
         try:
             obj = self._settings_model.model_validate(data)
         except ValidationError as exc:
-            raise invalid_from_pydantic(exc) from None
+            raise InvalidRequest.from_validation(exc) from None
         self._studio.settings.set_extension_section(self.name, obj.model_dump(mode="json"))
         return obj
 

@@ -25,6 +25,7 @@ def test_paint_mask_and_generate(page, live_server, tmp_path):
     page.locator("#inpaint_editor input[type=file]").set_input_files(str(tmp_path / "source.png"))
     canvas = page.locator("#inpaint_editor .pixi-target canvas").first
     canvas.wait_for(state="visible")
+
     page.wait_for_timeout(800)  # the editor fits the image to the canvas
     page.get_by_role("button", name="Brush", exact=True).click()
     # A thin brush (the size picker's slider), so the stroke stays well inside the middle third.
@@ -43,6 +44,10 @@ def test_paint_mask_and_generate(page, live_server, tmp_path):
         page.mouse.move(cx - side * 0.2 + side * 0.4 * i / 20, cy)
     page.mouse.up()
 
+    # The upload sets width and height to the image's size (the editor reports it once its canvas has
+    # the image); a person sees 64 there before pressing Generate.
+    page.wait_for_function("() => document.querySelector('#inpaint_width input[type=number]').value === '64'",
+                           timeout=60_000)
     page.fill("#inpaint_prompt textarea", "a red ball")
     set_number(page, "inpaint_steps", 4)
     set_number(page, "inpaint_mask_blur", 0)

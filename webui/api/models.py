@@ -41,8 +41,7 @@ def router(studio):
         try:
             return cls.model_validate(body)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise InvalidRequest(err["msg"], ".".join(str(p) for p in err["loc"]) or "body") from None
+            raise InvalidRequest.from_validation(exc) from None
 
     @r.get("")
     async def listing() -> dict:
