@@ -122,10 +122,9 @@ class ModelManager:
     def use(self, kind: str, name: str | None = None, options: LoadOptions | None = None):
         """The model, resident on the compute device and pinned for the block; yields its handle."""
         entry = self._entry(kind, name)
-        opts = options or self.options.get(entry.name)
-        slot = self._acquire(kind, entry, opts)
+        slot = self._acquire(kind, entry, options or self.options.get(entry.name))
         try:
-            with slot.lock:
+            with slot.lock:  # one job at a time works with a model's state (LoRAs, scheduler, cache)
                 self._adapter(kind).prepare(self._actx, slot.loaded)
                 yield slot.loaded.handle
         finally:
@@ -134,17 +133,10 @@ class ModelManager:
     def load(self, name: str | None = None, options: LoadOptions | None = None, remember: bool = True,
              kind: str = "checkpoint"):
         """Make `name` (default: the settings' or last chosen) resident and the active one of its kind."""
-        entry = self._entry(kind, name)
         if name and remember:
-            self._chosen[kind] = entry.name
-        opts = options or self.options.get(entry.name)
-        slot = self._acquire(kind, entry, opts)
-        try:
-            with slot.lock:
-                self._adapter(kind).prepare(self._actx, slot.loaded)
-            return slot.loaded.handle
-        finally:
-            self._release(slot)
+            self._chosen[kind] = self._entry(kind, name).name
+        with self.use(kind, name, options) as handle:
+            return handle
 
     def checkpoint(self, name: str | None = None):
         """`with manager.checkpoint(override) as ckpt:` — the SD checkpoint for one job."""
