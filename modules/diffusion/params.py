@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from modules.errors import InvalidRequest
 from modules.images import decode_image
+from modules.requests import invalid_from_pydantic, parse_request  # noqa: F401 (their home was here)
 
 MAX_PROMPT_CHARS = 20_000
 MAX_SIDE = 2048
@@ -114,28 +114,6 @@ class Img2ImgRequest(GenerationRequest):
     @property
     def is_inpaint(self) -> bool:
         return self.mask is not None
-
-
-def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:
-    """Validate a JSON body (or dict from the UI) into a request; errors name the field."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object", "body")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise invalid_from_pydantic(exc) from None
-
-
-def invalid_from_pydantic(exc: ValidationError) -> InvalidRequest:
-    err = exc.errors(include_url=False)[0]
-    loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
-    msg = err.get("msg", "is invalid")
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-    extra = f" ({len(exc.errors())} problems in all)" if len(exc.errors()) > 1 else ""
-    return InvalidRequest(msg + extra, loc)
 
 
 @dataclass

@@ -155,7 +155,7 @@ class ExtensionAPIv1:
         """Validate (a model instance or a dict) and persist; returns the new instance."""
         from pydantic import ValidationError
 
-        from modules.diffusion.params import invalid_from_pydantic
+        from modules.requests import invalid_from_pydantic
 
         if self._settings_model is None:
             raise RuntimeError("call api.add_settings_section(Model) first")
