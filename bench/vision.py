@@ -64,8 +64,12 @@ def ensure_paligemma_folder(quick: bool, log=print) -> Path:
                                                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
                              projection_dim=2048, image_token_index=processor.image_token_id)
     config.text_config.num_image_tokens = 256
-    with torch.device("cpu"):
-        model = PaliGemmaForConditionalGeneration(config).to(torch.bfloat16)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # built in bf16: the full model's fp32 copy would need 12 GB more
+    try:
+        model = PaliGemmaForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(before)
     model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id,
                                                eos_token_id=tok.eos_token_id)
     tmp = folder.with_name(folder.name + ".building")

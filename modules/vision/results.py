@@ -27,6 +27,15 @@ class VisionObject:
     mask: Any = None  # bool [h, w] numpy array
     keypoints: list[list[float]] | None = None
 
+    def mask_image(self):
+        """The mask as a PIL "L" image, white where the object is (an inpaint mask), or None."""
+        if self.mask is None:
+            return None
+        import numpy as np
+        from PIL import Image
+
+        return Image.fromarray(np.asarray(self.mask, dtype=np.uint8) * 255, "L")
+
     def to_json(self) -> dict:
         from modules.vision.masks import encode_rle
 

@@ -75,9 +75,21 @@ def decoder(tmp_path):
     return vqvae.MaskDecoder(vqvae.write_random_decoder(tmp_path / vqvae.FILE_NAME, embedding_dim=32, seed=1))
 
 
-def test_a_segmentation_of_16_codes_becomes_a_full_size_mask_inside_its_box(decoder):
+@pytest.fixture
+def positive_decoder(tmp_path):
+    """Random weights whose last bias makes every pixel of every map positive: a mask is its whole box."""
+    path = vqvae.write_random_decoder(tmp_path / "positive.npz", embedding_dim=32, seed=2)
+    with np.load(path) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    arrays["decoder.12.bias"] = np.array([1000.0], np.float32)
+    np.savez(path, **arrays)
+    return vqvae.MaskDecoder(path)
+
+
+def test_a_segmentation_of_16_codes_becomes_a_full_size_mask_inside_its_box(positive_decoder):
     text = f"{loc(256, 512, 768, 1023)}{SEGS} cat ; {loc(0, 0, 1023, 256)}{SEGS} dog"
-    objects, invalid = objects_from_text(text, 160, 120, segment=True, asked=["cat", "dog"], decoder=decoder)
+    objects, invalid = objects_from_text(text, 160, 120, segment=True, asked=["cat", "dog"],
+                                         decoder=positive_decoder)
     assert invalid == 0 and [o.label for o in objects] == ["cat", "dog"]
     cat, dog = objects
     assert cat.box == [80, 30, 159, 90] and dog.box == [0, 0, 40, 119]
@@ -87,6 +99,7 @@ def test_a_segmentation_of_16_codes_becomes_a_full_size_mask_inside_its_box(deco
         outside = obj.mask.copy()
         outside[y1:y2, x1:x2] = False
         assert not outside.any(), "a mask must stay inside its box"
+        assert obj.mask[y1:y2, x1:x2].all(), "a map positive everywhere fills its box"
     rle = cat.to_json()["mask"]
     assert rle["size"] == [120, 160] and isinstance(rle["counts"], str)
     assert (masks.decode_rle(rle) == cat.mask).all()

@@ -90,6 +90,11 @@ def test_segment_end_to_end_with_a_known_answer_gives_boxes_masks_and_the_overla
     mask = masks.decode_rle(obj["mask"])
     assert mask.shape == (100, 200) and not mask[:, :25].any() and not mask[75:].any()
     assert out.overlay.size == (200, 100)
+    inpaint_mask = out.objects[0].mask_image()  # what "send to inpaint" hands over
+    import numpy as np
+
+    assert inpaint_mask.mode == "L" and inpaint_mask.size == (200, 100)
+    assert ((np.asarray(inpaint_mask) == 255) == mask).all() and set(np.unique(np.asarray(inpaint_mask))) <= {0, 255}
     saved = sorted((studio.paths.outputs / "vision").rglob("*-segment.*"))
     assert [p.suffix for p in saved] == [".json", ".png"], saved
     assert json.loads(saved[0].read_text())["objects"][0]["box"] == [25, 25, 100, 75]

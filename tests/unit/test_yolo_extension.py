@@ -222,3 +222,29 @@ def test_yolo_runs_detect_segment_pose_classify_end_to_end(studio, tmp_path):
     wrong = run("yolo-pose", "yolov8n.pt")
     assert wrong.state.value == "failed" and wrong.error_field == "task" and "yolo-detect" in wrong.error
     assert any(m["kind"] == "yolo" and m["location"] != "disk" for m in studio.models.describe())
+
+
+@pytest.mark.skipif(not ultralytics_runs() or importlib.util.find_spec("onnxruntime") is None,
+                    reason="needs ultralytics (see above) and onnxruntime")
+def test_an_onnx_export_runs_without_trust(studio):
+    from PIL import Image
+
+    from modules.vision.params import VisionRequest, parse_vision
+
+    assert studio.extensions.enable("yolo")["status"] == "enabled"
+    from ultralytics import YOLO
+
+    folder = studio.paths.model_dir("yolo")
+    YOLO("yolov8n.yaml").save(str(folder / "tiny.pt"))
+    YOLO(str(folder / "tiny.pt")).export(format="onnx", imgsz=320)  # the test's own file: loaded directly
+    (folder / "tiny.pt").unlink()
+    studio.registry.refresh("yolo")
+    assert [e.name for e in studio.registry.list("yolo")] == ["tiny.onnx"]
+    req = parse_vision(VisionRequest, {"task": "yolo-detect", "model": "tiny.onnx", "image": Image.new("RGB", (200, 150)),
+                                       "options": {"conf": 0.0001, "max_det": 3, "imgsz": 320}})
+    job = studio.jobs.run("vision", req, timeout=300)
+    assert job.state.finished
+    job.raise_for_error()
+    out = job.result.to_json()
+    assert out["model"] == "tiny.onnx" and (out["width"], out["height"]) == (200, 150)
+    assert job.result.overlay.size == (200, 150)
