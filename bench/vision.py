@@ -5,8 +5,8 @@ The model is a random-weights PaliGemma of pt-224's shapes (google/paligemma-3b-
 SigLIP So400m/14 at 224 — hidden 1152, 27 layers, 16 heads, MLP 4304, 256 image tokens — and Gemma 2B —
 hidden 2048, 18 layers, 8 heads, 1 KV head, head_dim 256, MLP 16384, vocabulary 257,216; 2.9 B
 parameters), in bf16 as published, built once into the bench cache. --quick keeps every width and the
-vocabulary and takes 3 vision and 2 text layers (0.8 B parameters): the full model needs ~3 minutes to
-build and ~10 s a caption on 2 cores, more than --quick's two minutes. Both sides run the same model
+vocabulary and takes 3 vision and 2 text layers (0.8 B parameters): the full model (5.8 GB on disk) took
+17 minutes for this group on 2 busy cores (16-43 s a 16-token caption), far over --quick's two minutes. Both sides run the same model
 object, so the figure is the path's cost (job queue, validation, the model manager, the processor,
 decoding, the JSON) and not a second load.
 """
