@@ -10,6 +10,7 @@ from pathlib import Path
 from modules import atomic
 
 _NUMBERED = re.compile(r"^(\d{5})-")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class OutputWriter:
@@ -42,3 +43,15 @@ class OutputWriter:
             path = folder / f"{self._next_number(folder):05d}-{seed}.png"
             atomic.write_bytes(path, buf.getvalue())
         return path
+
+    def save_files(self, subdir: str, name: str, files: dict[str, bytes]) -> dict[str, Path]:
+        """Files that belong together under one number: {".png": …, ".json": …} → NNNNN-<name>.png / .json."""
+        stem = _UNSAFE.sub("_", name).strip("._")[:60] or "file"
+        with self._lock:
+            folder = self.folder_for(subdir)
+            number = self._next_number(folder)
+            out = {}
+            for suffix, data in files.items():
+                out[suffix] = folder / f"{number:05d}-{stem}{suffix}"
+                atomic.write_bytes(out[suffix], data)
+        return out

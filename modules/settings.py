@@ -43,6 +43,8 @@ class Settings(BaseModel):
     save_images_default: bool = True
     ui_updates_per_second: float = Field(5.0, gt=0, le=30)
     extensions_disabled: list[str] = Field(default_factory=list)
+    extensions_enabled: list[str] = Field(default_factory=list,
+                                          description="Extensions that are off by default, enabled by the user")
     extensions: dict[str, dict] = Field(default_factory=dict, description="Sections added by extensions")
     tasks: dict[str, dict] = Field(default_factory=dict, description="Sections of the tasks (models, chat, …)")
 

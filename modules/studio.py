@@ -75,7 +75,8 @@ class Studio:
         self.load_error: str | None = None
         self._registrar = Registrar(jobs=self.jobs, models=self.models, registry=self.registry,
                                     settings=self.settings, outputs=self.outputs, hooks=self.hooks,
-                                    samplers=self.samplers, exposed=options.exposed,
+                                    samplers=self.samplers, vision_tasks=self.vision_tasks,
+                                    exposed=options.exposed,
                                     build_demo=options.build_demo)
         register_builtin_tasks(self._registrar)
         # Extensions load last (built-in names are taken first); small imports only, so the port opens fast.

@@ -17,6 +17,7 @@ from modules.jobs import JobKind
 if TYPE_CHECKING:
     from modules.extensions.hooks import HookRegistry
     from modules.diffusion.samplers import SamplerRegistry
+    from modules.extensions.registries import VisionTaskRegistry
     from modules.jobs import JobEngine
     from modules.models.manager import ModelManager
     from modules.models.registry import ModelRegistry
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 BUILTIN_TASKS = (
     "modules.models.task",  # model loading and downloads; the demo models on first start
     "modules.diffusion.task",  # txt2img, img2img, inpaint
+    "modules.vision.task",  # captions, OCR, answers, boxes and masks; extensions' vision tasks
 )
 
 
@@ -41,6 +43,7 @@ class Registrar:
     outputs: "OutputWriter"
     hooks: "HookRegistry"
     samplers: "SamplerRegistry"
+    vision_tasks: "VisionTaskRegistry"  # built-in and extension vision tasks, one listing
     exposed: bool = False  # reachable by others (--listen / --share)
     build_demo: bool = True  # build demo models where a kind's folder is empty
     startup: list[Callable[[], None]] = field(default_factory=list)

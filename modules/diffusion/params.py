@@ -15,7 +15,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     WithJsonSchema,
     field_validator,
@@ -179,18 +178,6 @@ class Img2ImgRequest(GenerationRequest):
     @property
     def is_inpaint(self) -> bool:
         return self.mask is not None
-
-
-def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:
-    """Validate a JSON body (or dict from the UI) into a request; errors name the field."""
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object", "body")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidRequest.from_validation(exc) from None
 
 
 @dataclass

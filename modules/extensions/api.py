@@ -32,11 +32,13 @@ _SCHEDULER_RE = re.compile(r"^[A-Z][A-Za-z0-9]*Scheduler$")
 def _types() -> SimpleNamespace:
     """The typed objects hooks receive, importable as `api.types.X` (part of v1)."""
     from modules.diffusion.params import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
+    from modules.models.adapters import Loaded
 
     # InvalidRequest(message, field): raised from a route or job it becomes a 422 naming the field.
+    # Loaded: what a model kind's adapter returns from load() (see add_model_kind).
     return SimpleNamespace(Txt2ImgRequest=Txt2ImgRequest, Img2ImgRequest=Img2ImgRequest,
                            GenerationResult=GenerationResult, GeneratedImage=GeneratedImage,
-                           InvalidRequest=InvalidRequest)
+                           InvalidRequest=InvalidRequest, Loaded=Loaded)
 
 
 class ExtensionJobContext:
@@ -252,10 +254,21 @@ class ExtensionAPIv1:
 
     def add_vision_task(self, name: str, run: Callable, title: str = "", description: str = "",
                         model_kind: str | None = None, options: dict | None = None) -> None:
-        """A vision task: run(image, options) -> dict | str, listed by the vision tab."""
-        self._studio.vision_tasks.add(VisionTaskSpec(name=name, run=run, title=title or name, description=description,
+        """A vision task: run(image, options) -> dict | str, listed by the vision tab and
+        GET /atelier/v1/vision/tasks, run by the "vision" job kinds on the job worker. `options` holds the
+        task's defaults (shown in the UI) merged with the request's, plus "model" (a name of `model_kind`),
+        "objects", "prompt", "question", "language". A dict answer is the vision JSON shape (see docs/api.md;
+        masks may be bool arrays or COCO RLE, boxes in pixels). Built-in task names are taken."""
+        self._studio.vision_tasks.add(VisionTaskSpec(name=name, run=_GuardedRun(self, f"vision task {name}", run),
+                                                     title=title or name, description=description,
                                                      model_kind=model_kind, owner=self.name,
                                                      options=dict(options or {})))
+
+    def use_model(self, kind: str, name: str | None = None):
+        """`with api.use_model(kind, name) as handle:` — the model resident on the compute device and pinned
+        for the block, loaded by the kind's adapter (see add_model_kind) within the one memory budget.
+        From a job runner or a vision task (they run on the job worker), not from the UI's event loop."""
+        return self._studio.models.use(kind, name)
 
     def register_job_kind(self, kind: str, runner: Callable[[ExtensionJobContext, Any], Any],
                           queue: str = "default", exclusive: bool = False, persist: bool = False) -> None:
@@ -288,7 +301,8 @@ class ExtensionAPIv1:
         (they run on the worker this would wait for)."""
         if threading.current_thread().name.startswith("atelier-jobs-"):
             raise RuntimeError("api.txt2img cannot be called from a hook or a job runner")
-        from modules.diffusion.params import Txt2ImgRequest, parse_request
+        from modules.diffusion.params import Txt2ImgRequest
+        from modules.requests import parse_request
 
         req = request if request is not None else parse_request(Txt2ImgRequest, params)
         self._studio.wait_ready()
@@ -311,6 +325,27 @@ class ExtensionAPIv1:
                 s.models.remove_adapter(kind)
             s.extensions.set_model_kind(kind, None)
         self._samplers, self._model_kinds = [], []
+
+
+class _GuardedRun:
+    """An extension's callable run for the studio: a person's error (AtelierError) passes as it is; anything
+    else is reported against the extension (Extensions tab) and fails only the job that called it."""
+
+    def __init__(self, api: ExtensionAPIv1, where: str, fn: Callable):
+        self.api, self.where, self.fn = api, where, fn
+
+    def __call__(self, *args, **kwargs):
+        from modules.errors import AtelierError
+
+        if not self.api.active:
+            raise InvalidRequest(f"the extension {self.api.name} that provides this is disabled", "task")
+        try:
+            return self.fn(*args, **kwargs)
+        except AtelierError:
+            raise
+        except Exception:
+            self.api._report(self.api.name, self.where, traceback.format_exc())
+            raise
 
 
 class _GuardedBuild:

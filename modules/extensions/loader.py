@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("atelier.extensions")
 
 REPO_EXTENSIONS = Path(__file__).resolve().parents[2] / "extensions"
+SHIPPED = ("yolo",)  # shipped beside the example-* folders (tracked in the repo, not removable)
 
 
 @dataclass
@@ -117,7 +118,8 @@ class ExtensionLoader:
         return roots
 
     def _source_of(self, folder: Path) -> str:
-        if folder.parent.resolve() == self.repo_dir.resolve() and folder.name.startswith("example-"):
+        if folder.parent.resolve() == self.repo_dir.resolve() and (folder.name.startswith("example-")
+                                                                    or folder.name in SHIPPED):
             return "shipped"
         return "installed"
 
@@ -135,6 +137,13 @@ class ExtensionLoader:
     def disabled_names(self) -> set[str]:
         return set(self.studio.settings.get().extensions_disabled)
 
+    def is_off(self, name: str, manifest: Manifest | None) -> bool:
+        """Disabled by the user, or off by default (enabled_by_default = false) and never enabled."""
+        if name in self.disabled_names():
+            return True
+        return manifest is not None and not manifest.enabled_by_default and \
+            name not in self.studio.settings.get().extensions_enabled
+
     def load_enabled(self) -> None:
         """At start: load every enabled extension in (priority, name) order. Cheap: no ML imports."""
         self.scan()
@@ -145,9 +154,8 @@ class ExtensionLoader:
             except AtelierError:
                 manifests[rec.name] = None
         order = sorted(self.records, key=lambda n: (manifests[n].priority if manifests[n] else 100, n))
-        disabled = self.disabled_names()
         for name in order:
-            if name in disabled:
+            if self.is_off(name, manifests[name]):
                 self.records[name].status = "disabled"
             else:
                 self.load(name)
@@ -180,8 +188,10 @@ class ExtensionLoader:
                                        f"{', '.join(sorted(API_VERSIONS))}. Update the extension or Atelier.")
             missing = missing_requirements(m.requirements)
             if missing:
-                return self._fail(rec, f"needs Python packages that are not installed: {', '.join(missing)}. "
-                                       "Install them from the Extensions tab (update with 'install requirements').")
+                note = f" {m.requirements_note}" if m.requirements_note else ""
+                return self._fail(rec, f"needs Python packages that are not installed: {', '.join(missing)}.{note} "
+                                       "Install them from the Extensions tab (enable or update with 'install "
+                                       "requirements').")
             data_dir = self.studio.paths.root / "extensions-data" / m.name
             api = api_cls(self.studio, m.name, m.priority, rec.folder, data_dir, self.report_failure)
             try:

@@ -16,7 +16,7 @@ import zipfile
 from pathlib import Path
 
 from modules.errors import AtelierError, InvalidRequest
-from modules.extensions.loader import ExtensionLoader, ExtensionRecord, missing_requirements
+from modules.extensions.loader import SHIPPED, ExtensionLoader, ExtensionRecord, missing_requirements
 from modules.extensions.manifest import MANIFEST, read_manifest
 from modules.paths import resolve_inside
 
@@ -57,7 +57,7 @@ class ExtensionManager(ExtensionLoader):
                 m = rec.manifest = read_manifest(rec.folder)
             except AtelierError:
                 m = None
-        disabled = name in self.disabled_names()
+        disabled = self.is_off(name, m)
         status = "disabled" if disabled and not rec.loaded else rec.status
         return {
             "name": name,
@@ -66,6 +66,7 @@ class ExtensionManager(ExtensionLoader):
             "api_version": m.api_version if m else "?",
             "priority": m.priority if m else None,
             "requirements": list(m.requirements) if m else [],
+            "requirements_note": m.requirements_note if m else "",
             "status": status,
             "enabled": not disabled,
             "error": rec.error,
@@ -79,8 +80,13 @@ class ExtensionManager(ExtensionLoader):
         }
 
     # -- enable / disable (no restart; tabs follow on the next UI build) ----
-    def enable(self, name: str) -> dict:
+    def enable(self, name: str, confirm_requirements: bool = False) -> dict:
+        """Load it again (no restart). With `confirm_requirements`, its missing pip requirements are
+        installed first (a shipped extension that is off by default installs them this way)."""
         rec = self.get(name)
+        if confirm_requirements:
+            self.check_access("enable with requirements")
+            self._requirements(read_manifest(rec.folder).requirements, True)
         self._set_disabled(name, False)
         self.load(name)
         rec.note = self._tab_note(rec)
@@ -95,10 +101,14 @@ class ExtensionManager(ExtensionLoader):
         return self.describe(name)
 
     def _set_disabled(self, name: str, disabled: bool) -> None:
-        current = [n for n in self.studio.settings.get().extensions_disabled if n != name]
+        settings = self.studio.settings.get()
+        current = [n for n in settings.extensions_disabled if n != name]
+        chosen = [n for n in settings.extensions_enabled if n != name]
         if disabled:
             current.append(name)
-        self.studio.settings.update({"extensions_disabled": sorted(current)})
+        else:
+            chosen.append(name)  # remembered for extensions that are off by default
+        self.studio.settings.update({"extensions_disabled": sorted(current), "extensions_enabled": sorted(chosen)})
 
     # -- settings sections --------------------------------------------------
     def settings_model(self, name: str):
@@ -139,8 +149,9 @@ class ExtensionManager(ExtensionLoader):
             base = Path(source.rstrip("/\\")).name.removesuffix(".git").removesuffix(".zip")[:100] or "extension"
             root = self._fetch(source, tmp / base)
             manifest = read_manifest(root, check_folder_name=False)
-            if manifest.name.startswith("example-"):
-                raise InvalidRequest("names starting with 'example-' are kept for the shipped examples", "extension.toml name")
+            if manifest.name.startswith("example-") or manifest.name in SHIPPED:
+                raise InvalidRequest(f"{manifest.name!r}: names starting with 'example-' and the names "
+                                     f"{', '.join(SHIPPED)} are kept for the shipped extensions", "extension.toml name")
             self.scan()
             if manifest.name in self.records:
                 raise InvalidRequest(f"{manifest.name} is installed already; update or remove it", "source")
@@ -194,8 +205,8 @@ class ExtensionManager(ExtensionLoader):
             raise InvalidRequest(
                 f"this extension needs Python packages: {', '.join(missing)}. Confirm to install them with "
                 f"{sys.executable} -m pip install", "confirm_requirements")
-        # The studio's own interpreter, so the packages land where the studio imports from.
-        _run([sys.executable, "-m", "pip", "install", *missing], PIP_TIMEOUT, "pip install")
+        with tempfile.TemporaryDirectory() as tmp:
+            _run(pip_install_command(missing, Path(tmp)), PIP_TIMEOUT, "pip install")
 
     def _fetch(self, source: str, dest: Path) -> Path:
         """Put the extension's files in `dest`; returns the folder holding extension.toml."""
@@ -212,6 +223,26 @@ class ExtensionManager(ExtensionLoader):
             return _extract_zip(local, dest)
         raise InvalidRequest(f"{source!r} is not a git URL, an existing folder or a .zip file", "source")
 
+
+
+KEEP_PINNED = ("torch",)  # the studio's own build (e.g. +cpu); an extension's requirements never replace it
+
+
+def pip_install_command(requirements: list[str], tmp: Path) -> list[str]:
+    """pip install with the studio's torch pinned as it is installed. Measured: `pip install ultralytics`
+    beside torch 2.13.0+cpu replaced it with the newest CUDA torch (its newest torchvision wants that)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in KEEP_PINNED:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    constraints = tmp / "keep-pinned.txt"
+    constraints.write_text("\n".join(pins) + "\n", encoding="utf-8")
+    # The studio's own interpreter, so the packages land where the studio imports from.
+    return [sys.executable, "-m", "pip", "install", "--constraint", str(constraints), *requirements]
 
 
 def _run(cmd: list[str], timeout: int, what: str) -> str:

@@ -7,6 +7,9 @@
     priority = 100                 # lower runs first in every hook (then by name)
     entry = "main.py"              # module exposing setup(api); default main.py
     requirements = ["rich==13.7.1"]  # optional pip requirements, installed after confirmation
+    requirements_note = "…"        # optional: shown with a missing-requirements message (what else to install)
+    enabled_by_default = true      # false: listed but off until the user enables it (a shipped extension
+                                   # whose requirements are not in requirements.txt)
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ class Manifest:
     priority: int = 100
     entry: str = "main.py"
     requirements: tuple[str, ...] = field(default_factory=tuple)
+    requirements_note: str = ""
+    enabled_by_default: bool = True
 
 
 def check_name(name: str, field_name: str = "name") -> str:
@@ -75,6 +80,9 @@ def read_manifest(folder: Path, check_folder_name: bool = True) -> Manifest:
         if not REQUIREMENT_RE.match(req.strip()):
             raise InvalidRequest(f"{req!r} is not a plain pip requirement (name and version only)",
                                  "extension.toml requirements")
+    enabled_by_default = data.get("enabled_by_default", True)
+    if not isinstance(enabled_by_default, bool):
+        raise InvalidRequest("must be true or false", "extension.toml enabled_by_default")
     return Manifest(
         name=name,
         version=str(data.get("version", "0.0.0")),
@@ -83,4 +91,6 @@ def read_manifest(folder: Path, check_folder_name: bool = True) -> Manifest:
         priority=priority,
         entry=entry,
         requirements=tuple(r.strip() for r in requirements),
+        requirements_note=str(data.get("requirements_note", "")).strip(),
+        enabled_by_default=enabled_by_default,
     )

@@ -14,7 +14,7 @@ from pathlib import Path
 from modules.errors import AtelierError, NotFound
 from modules.models.hashes import EAGER_LIMIT, HashCache
 from modules.models.hf_info import name_keys
-from modules.paths import DataPaths, resolve_inside
+from modules.paths import MODEL_FOLDERS, DataPaths, resolve_inside
 
 log = logging.getLogger("atelier.models")
 
@@ -52,7 +52,7 @@ def _folder_size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def _format_of(path: Path) -> str | None:
+def _format_of(path: Path, kind: str = "") -> str | None:
     if path.is_dir():
         if path.name.endswith(SIDECAR_SUFFIX):
             return None
@@ -70,6 +70,8 @@ def _format_of(path: Path) -> str | None:
         return "pickle"
     if suffix == ".gguf":
         return "gguf"
+    if suffix == ".onnx" and kind not in MODEL_FOLDERS:  # extensions' kinds (YOLO exports); SD / LLM tools have none
+        return "onnx"
     return None
 
 
@@ -143,7 +145,7 @@ class ModelRegistry:
             for child in sorted(current.iterdir()):
                 if child.name.startswith("."):
                     continue
-                fmt = _format_of(child)
+                fmt = _format_of(child, kind)
                 if fmt is None:
                     if child.is_dir() and not child.name.endswith(SIDECAR_SUFFIX):
                         stack.append(child)

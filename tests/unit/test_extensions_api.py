@@ -244,14 +244,14 @@ def test_confirmed_requirements_are_installed_with_the_studios_python(bare, tmp_
     write_extension(tmp_path / "needs-pkg", """
         import atelier_ext_testpkg
         def setup(api):
-            api.add_vision_task("answer", lambda image, options: atelier_ext_testpkg.VALUE)
+            api.add_vision_task("pkg-answer", lambda image, options: atelier_ext_testpkg.VALUE)
     """, requirements=["atelier-ext-testpkg==1.0"])
     try:
         with pytest.raises(InvalidRequest):
             bare.extensions.install(str(tmp_path / "needs-pkg"))
         info = bare.extensions.install(str(tmp_path / "needs-pkg"), confirm_requirements=True)
         assert info["status"] == "enabled", info["error"]
-        assert bare.vision_tasks.get("answer").run(None, {}) == 42
+        assert bare.vision_tasks.get("pkg-answer").run(None, {}) == 42
     finally:
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "atelier-ext-testpkg"],
                        capture_output=True, timeout=120)

@@ -46,8 +46,9 @@ def router(studio):
         return ext.install(body.source, body.confirm_requirements)
 
     @r.post("/atelier/extensions/{name}/enable")
-    def enable(name: str) -> dict:
-        return ext.enable(name)
+    def enable(name: str, body: UpdateBody | None = None) -> dict:
+        """Enable (load) it; `{"confirm_requirements": true}` installs its missing pip requirements first."""
+        return ext.enable(name, bool(body and body.confirm_requirements))
 
     @r.post("/atelier/extensions/{name}/disable")
     def disable(name: str) -> dict:

@@ -14,7 +14,8 @@ import time
 from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
 
 from modules.diffusion import infotext
-from modules.diffusion.params import Img2ImgRequest, Txt2ImgRequest, parse_request
+from modules.diffusion.params import Img2ImgRequest, Txt2ImgRequest
+from modules.requests import parse_request
 from modules.errors import InvalidRequest
 from modules.jobs import JobState
 from webui.api import sdapi_models

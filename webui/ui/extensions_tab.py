@@ -155,6 +155,9 @@ def build(studio) -> dict:
                 elif action == "remove":
                     info = ext.remove(name)
                     msg = f"Removed {name}."
+                elif action == "enable":
+                    info = ext.enable(name, bool(confirm))
+                    msg = f"{name}: {info['status']}."
                 else:
                     info = ext.enable(name) if action == "enable" else ext.disable(name)
                     msg = f"{name}: {info['status']}."

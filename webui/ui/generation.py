@@ -23,7 +23,7 @@ def make_request(request_cls, values: dict, prepare: Callable[[dict], dict] | No
 
     Only what the widgets add is handled here: helpers start with "_" (the hidden variation-seed row
     means no variation), and `prepare` turns a tab's image widgets into request fields."""
-    from modules.diffusion.params import parse_request
+    from modules.requests import parse_request
 
     body = {k: v for k, v in values.items() if not k.startswith("_")}
     if not values.get("_seed_extra", True):

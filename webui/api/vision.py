@@ -1,0 +1,51 @@
+"""REST for vision: POST /atelier/v1/vision (one image, one task, through the job queue) and
+GET /atelier/v1/vision/tasks (every task, built-in and extensions', with the models that run it)."""
+from __future__ import annotations
+
+from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
+from webui.api.common import Waiter, b64_png, ensure_ready, read_json_object, request_schema
+
+
+def router(studio):
+    from fastapi import APIRouter
+    from fastapi.concurrency import run_in_threadpool
+
+    from modules.vision.params import VisionRequest, parse_vision
+
+    r = APIRouter(prefix="/atelier/v1/vision", tags=["vision"])
+    waiter = Waiter()
+
+    def services():
+        from modules.vision.engine import VisionServices
+
+        return VisionServices(studio.models, studio.registry, studio.outputs, studio.vision_tasks)
+
+    def parse(body: dict) -> VisionRequest:
+        # "overlay" here asks for the overlay in the answer; the job draws it only then.
+        return parse_vision(VisionRequest, {**body, "overlay": bool(body.get("overlay", False))})
+
+    @r.post("", openapi_extra=request_schema(VisionRequest))
+    async def run(request: Request) -> dict:
+        """One image, one task → {"model", "task", "prompt", "text", "width", "height", "objects", "invalid"}
+        (+ "overlay": base64 PNG when asked)."""
+        body = await read_json_object(request)
+        req = await run_in_threadpool(parse, body)  # decoding a large image must not block the event loop
+        await ensure_ready(studio, waiter)
+        job = studio.submit("vision", req)
+        await waiter.job(job)
+        job.raise_for_error()
+        result = job.result
+        out = result.to_json()
+        if req.overlay and result.overlay is not None:
+            out["overlay"] = await run_in_threadpool(b64_png, result.overlay)
+        return out
+
+    @r.get("/tasks")
+    async def tasks() -> dict:
+        """Every vision task with the models that can run it, the fields it reads and whether it is ready."""
+        from modules.vision.catalog import listing
+
+        await ensure_ready(studio, waiter)
+        return {"tasks": await run_in_threadpool(listing, services())}
+
+    return r
