@@ -81,7 +81,7 @@ def run_vision(ctx: "JobContext", req: VisionRequest) -> results.VisionResult:
     ctx.progress(0, 1, text=f"{req.task} …")
     result = run_one(services, req, req.image, stop=lambda: ctx.interrupted)
     if req.save:
-        save(services, result, req.task)
+        result.saved = save(services, result, req.task)
     ctx.progress(1, 1, text=f"{req.task}: {len(result.objects)} objects" if req.task in OBJECT_TASKS else req.task)
     return result
 

@@ -63,6 +63,7 @@ class VisionResult:
     notes: list[str] = field(default_factory=list)
     overlay: Any = None  # PIL image, or None
     seconds: float | None = None
+    saved: dict = field(default_factory=dict)  # "png" / "json" -> path under outputs/, when saved
 
     def to_json(self) -> dict:
         out = {"model": self.model, "task": self.task, "prompt": self.prompt, "text": self.text,

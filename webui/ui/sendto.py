@@ -83,6 +83,21 @@ def wire(studio, ui: dict, tabs) -> None:
         connect(png.get("send_img2img"), "tab_img2img", source, inputs)
         connect(png.get("send_inpaint"), "tab_inpaint", source, inputs)
 
+    # Vision: the image and the chosen object's mask go to Inpaint (the mask as an uploaded mask).
+    vis, inp = ui.get("tab_vision"), ui.get("tab_inpaint")
+    if vis and inp:
+        from webui.ui.vision import mask_for_inpaint
+
+        def send_mask(state, chosen):
+            try:
+                image, mask = mask_for_inpaint(state, chosen)
+            except ValueError as exc:
+                raise gr.Error(str(exc), title="Nothing to send") from None
+            return {inp["editor"]: image, inp["mask_upload"]: mask, tabs: gr.Tabs(selected="tab_inpaint")}
+
+        vis["send_inpaint"].click(send_mask, [vis["result"], vis["send_object"]],
+                                  [inp["editor"], inp["mask_upload"], tabs], queue=False)
+
     # Gallery: the selected file (resolved inside outputs/) and its parameters.
     gal = ui.get("tab_gallery")
     if gal:
