@@ -124,6 +124,8 @@ def _install_error_handlers(app) -> None:
         errors = exc.errors()
 
         def field(e) -> str:
+            if e.get("type") == "json_invalid":  # not JSON at all: loc holds a character offset, not a field
+                return "body"
             return ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path")) or "body"
 
         first = errors[0] if errors else {}
@@ -135,7 +137,9 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": type(exc).__name__, "field": None, "detail": exc.detail},
+        # FastAPI's own refusal of a body it cannot decode (not UTF-8) is about the body, like a JSON error.
+        field = "body" if exc.status_code == 400 and exc.detail == "There was an error parsing the body" else None
+        return JSONResponse({"error": type(exc).__name__, "field": field, "detail": exc.detail},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
 
