@@ -51,3 +51,43 @@ def decode_png(b64: str):
     image = Image.open(io.BytesIO(raw))
     image.load()
     return image
+
+
+# AUTOMATIC1111's sampler names and what each is in diffusers (the table in diffusers' scheduler docs):
+# name -> (scheduler class, options it is built with by default, A1111's default schedule type).
+# Written out here, apart from modules/diffusion/samplers.py, so a wrong mapping there (Heun as Euler,
+# a lost Karras flag) fails the tests instead of being copied into them.
+A1111_SAMPLERS: dict[str, tuple[str, dict, str]] = {
+    "Euler a": ("EulerAncestralDiscreteScheduler", {}, "Automatic"),
+    "Euler": ("EulerDiscreteScheduler", {"use_karras_sigmas": False}, "Automatic"),
+    "LMS": ("LMSDiscreteScheduler", {"use_karras_sigmas": False}, "Automatic"),
+    "Heun": ("HeunDiscreteScheduler", {"use_karras_sigmas": False}, "Automatic"),
+    "DPM2": ("KDPM2DiscreteScheduler", {"use_karras_sigmas": True}, "Karras"),
+    "DPM2 a": ("KDPM2AncestralDiscreteScheduler", {"use_karras_sigmas": True}, "Karras"),
+    "DPM++ 2M": ("DPMSolverMultistepScheduler",
+                 {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, "Karras"),
+    "DPM++ SDE": ("DPMSolverSDEScheduler", {"use_karras_sigmas": True}, "Karras"),
+    "DPM++ 2M SDE": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2,
+                                                     "use_karras_sigmas": False, "use_exponential_sigmas": True},
+                     "Exponential"),
+    "DPM++ 2S a": ("DPMSolverSinglestepScheduler",
+                   {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True}, "Karras"),
+    "DDIM": ("DDIMScheduler", {}, "Automatic"),
+    "PLMS": ("PNDMScheduler", {"skip_prk_steps": True}, "Automatic"),
+    "UniPC": ("UniPCMultistepScheduler", {"use_karras_sigmas": False}, "Automatic"),
+    "LCM": ("LCMScheduler", {}, "Automatic"),
+}
+
+
+def reference_scheduler(name: str, base_config, seed: int):
+    """The scheduler plain diffusers users build for an A1111 sampler name, from A1111_SAMPLERS."""
+    import inspect
+
+    import diffusers
+
+    cls_name, options, _ = A1111_SAMPLERS[name]
+    cls = getattr(diffusers, cls_name)
+    options = dict(options)
+    if "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:  # DPM++ SDE: seeded Brownian noise
+        options["noise_sampler_seed"] = seed
+    return cls.from_config(base_config, **options)
