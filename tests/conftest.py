@@ -34,9 +34,7 @@ def pytest_configure(config):
                    "pip install -r requirements.txt (python3 launch.py --test does)")
         if os.environ.get("CI", "").lower() == "true":
             raise pytest.UsageError(message)
-        import warnings
-
-        warnings.warn(message)
+        config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
 
 
 @pytest.fixture(scope="session")
