@@ -93,11 +93,13 @@ def test_progress_reports_steps_and_preview_then_interrupt_ends_the_job(server):
 
 
 def test_skip_drops_the_current_image_and_goes_on_with_the_batch(server):
-    body = {"prompt": "b", "steps": 20, "seed": 50, "sampler_name": "Euler", **SMALL}
+    body = {"prompt": "b", "steps": 30, "seed": 50, "sampler_name": "Euler", **SMALL}
     with ThreadPoolExecutor(1) as pool:
         fut = pool.submit(post, server, {**body, "n_iter": 2})
         wait_for(server, lambda p: p["state"]["job_no"] == 0 and 2 <= p["state"]["sampling_step"])
         assert httpx.post(server.url + "/sdapi/v1/skip", timeout=10).status_code == 200
+        landed = progress(server, skip_image=True)["state"]
+        assert landed["job_no"] == 0, f"the skip came after the first image was done: {landed}"
         r = fut.result(timeout=120)
     assert r.status_code == 200, r.text[:300]
     images, info = r.json()["images"], json.loads(r.json()["info"])

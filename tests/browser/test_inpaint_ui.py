@@ -25,6 +25,9 @@ def test_paint_mask_and_generate(page, live_server, tmp_path):
     page.locator("#inpaint_editor input[type=file]").set_input_files(str(tmp_path / "source.png"))
     canvas = page.locator("#inpaint_editor .pixi-target canvas").first
     canvas.wait_for(state="visible")
+    # The upload sets the work size to the image's (an event of its own; on a busy machine it lands late).
+    for side in ("width", "height"):
+        page.wait_for_function(f"() => document.querySelector('#inpaint_{side} input[type=number]').value === '64'")
     page.wait_for_timeout(800)  # the editor fits the image to the canvas
     page.get_by_role("button", name="Brush", exact=True).click()
     # A thin brush (the size picker's slider), so the stroke stays well inside the middle third.
