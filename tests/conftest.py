@@ -14,13 +14,15 @@ from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_settings
 
 REPO = Path(__file__).resolve().parent.parent
+SECOND = "second-model"  # the second checkpoint's name (second_checkpoint, two_model_server)
+STYLE_LORA = "style"  # a kohya LoRA for the demo architecture, on the two-model server
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 # Every hypothesis test is derandomized: the same examples on every run and every machine, so a
-# failure seen once is seen again, and no example database is written into the tree. Tests set
-# max_examples themselves (per route, enough to mean something); this is only the floor.
+# failure seen once is seen again, and no example database is written into the tree. A test sets its
+# own max_examples (per route, enough to mean something); hypothesis' default applies otherwise.
 hypothesis_settings.register_profile(
     "atelier", derandomize=True, database=None, deadline=None, print_blob=True,
     suppress_health_check=list(HealthCheck))
@@ -51,10 +53,6 @@ def second_checkpoint(tmp_path_factory) -> Path:
     from modules.models.demo import save_demo_checkpoint
 
     return save_demo_checkpoint(tmp_path_factory.mktemp("demo2") / SECOND, seed=1)
-
-
-SECOND = "second-model"
-STYLE_LORA = "style"  # a kohya LoRA for the demo architecture, on the two-checkpoint server
 
 
 def make_data_dir(root: Path, demo_checkpoint: Path) -> Path:
