@@ -54,7 +54,9 @@ def validation_problems(exc, default: str = "body", skip: tuple[str, ...] = ()) 
     a custom validator's message loses pydantic's "Value error, " prefix."""
     out = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err.get("loc", ()) if p not in skip) or default
+        # Not JSON at all: FastAPI's loc then holds a character offset, not a field.
+        field = default if err.get("type") == "json_invalid" else \
+            ".".join(str(p) for p in err.get("loc", ()) if p not in skip) or default
         out.append((field, str(err.get("msg") or "is invalid").removeprefix("Value error, ")))
     return out
 

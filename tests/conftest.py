@@ -10,11 +10,33 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 
 REPO = Path(__file__).resolve().parent.parent
+SECOND = "second-model"  # the second checkpoint's name (second_checkpoint, two_model_server)
+STYLE_LORA = "style"  # a kohya LoRA for the demo architecture, on the two-model server
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+# Every hypothesis test is derandomized: the same examples on every run and every machine, so a
+# failure seen once is seen again, and no example database is written into the tree. A test sets its
+# own max_examples (per route, enough to mean something); hypothesis' default applies otherwise.
+hypothesis_settings.register_profile(
+    "atelier", derandomize=True, database=None, deadline=None, print_blob=True,
+    suppress_health_check=list(HealthCheck))
+hypothesis_settings.load_profile("atelier")
+
+
+def pytest_configure(config):
+    # pytest.ini gives every test a timeout (pytest-timeout): a hang fails one test, not the run.
+    if not config.pluginmanager.hasplugin("timeout"):
+        message = ("pytest-timeout is not installed, so a hanging test would hang the whole run; "
+                   "pip install -r requirements.txt (python3 launch.py --test does)")
+        if os.environ.get("CI", "").lower() == "true":
+            raise pytest.UsageError(message)
+        config.issue_config_time_warning(pytest.PytestConfigWarning(message), stacklevel=2)
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +56,14 @@ def demo_checkpoint(tmp_path_factory) -> Path:
 
 
 _LM_FOLDERS = {"llm": "LLM", "vlm": "VLM"}
+
+
+@pytest.fixture(scope="session")
+def second_checkpoint(tmp_path_factory) -> Path:
+    """Another tiny SD1.x folder with other random weights (seed 1): a second checkpoint to switch to."""
+    from modules.models.demo import save_demo_checkpoint
+
+    return save_demo_checkpoint(tmp_path_factory.mktemp("demo2") / SECOND, seed=1)
 
 
 def make_data_dir(root: Path, demo_checkpoint: Path) -> Path:
@@ -72,15 +102,18 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """`python -m webui` in a subprocess on a free port, as a user would start it."""
+    """`python -m webui` in a subprocess on a free port, as a user would start it.
 
-    def __init__(self, data_dir: Path, *flags: str, env: dict | None = None):
+    `launcher` replaces `-m webui` (e.g. `-c CODE` that sets something up and then runs webui).
+    """
+
+    def __init__(self, data_dir: Path, *flags: str, env: dict | None = None, launcher: tuple[str, ...] = ("-m", "webui")):
         self.data_dir = data_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = data_dir / "server.log"
-        cmd = [sys.executable, "-m", "webui", "--data-dir", str(data_dir), "--port", str(self.port), "--device", "cpu", *flags]
-        self._log = open(self.log_path, "wb")
+        cmd = [sys.executable, *launcher, "--data-dir", str(data_dir), "--port", str(self.port), "--device", "cpu", *flags]
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})})
 
@@ -115,21 +148,23 @@ class LiveServer:
 
 
 def start_live_server(data_dir: Path, *flags: str, env: dict | None = None,
-                      auth: tuple[str, str] | None = None) -> LiveServer:
+                      auth: tuple[str, str] | None = None, launcher: tuple[str, ...] = ("-m", "webui")) -> LiveServer:
     """Start a LiveServer and wait until it is ready; a server that never gets ready is stopped."""
-    server = LiveServer(data_dir, *flags, env=env)
+    server = LiveServer(data_dir, *flags, env=env, launcher=launcher)
     try:
         return server.wait_ready(auth=auth)
-    except Exception:
+    except BaseException:
         server.stop()
         raise
 
 
-@pytest.fixture(scope="module")
-def live_server(tmp_path_factory, demo_checkpoint):
-    """One server per test module (start-up is seconds; tests in a module share it)."""
-    data = make_data_dir(tmp_path_factory.mktemp("server-data"), demo_checkpoint)
-    server = LiveServer(data).wait_ready()
+# -- servers shared by the whole session, one per flag set -------------------------------------
+# Start-up costs seconds; read-mostly tests share these. A test that changes a setting puts it back.
+@pytest.fixture(scope="session")
+def plain_server(tmp_path_factory, demo_checkpoint):
+    """`python -m webui` with no flags over the demo model: the API, browser and reliability tests' server."""
+    data = make_data_dir(tmp_path_factory.mktemp("plain-server"), demo_checkpoint)
+    server = start_live_server(data)
     yield server
     server.stop()
 
@@ -141,3 +176,28 @@ def demo_language_models(demo_checkpoint) -> dict[str, Path]:
     from modules.models.demo_lm import DEMOS
 
     return {name: demo_checkpoint.parent / _LM_FOLDERS[kind] / name for kind, name, _builder in DEMOS}
+
+
+@pytest.fixture(scope="session")
+def two_model_server(tmp_path_factory, demo_checkpoint, second_checkpoint):
+    """No flags, two checkpoints (the demo and SECOND) and one LoRA (STYLE_LORA): for switching tests."""
+    from tests.fixtures_models import save_demo_lora
+
+    data = make_data_dir(tmp_path_factory.mktemp("two-models"), demo_checkpoint)
+    shutil.copytree(second_checkpoint, data / "models" / "Stable-diffusion" / second_checkpoint.name)
+    save_demo_lora(data / "models" / "Lora" / f"{STYLE_LORA}.safetensors", seed=2)
+    server = start_live_server(data)
+    yield server
+    server.stop()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.005):
+    """Poll `predicate` until it returns a true value (returned) or `timeout` seconds pass (AssertionError)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)

@@ -127,7 +127,9 @@ def _install_error_handlers(app) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException):
-        return JSONResponse({"error": type(exc).__name__, "field": None, "detail": exc.detail},
+        # FastAPI's own refusal of a body it cannot decode (not UTF-8) is about the body, like a JSON error.
+        field = "body" if exc.status_code == 400 and exc.detail == "There was an error parsing the body" else None
+        return JSONResponse({"error": type(exc).__name__, "field": field, "detail": exc.detail},
                             status_code=exc.status_code, headers=exc.headers)
 
 

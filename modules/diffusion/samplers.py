@@ -38,6 +38,7 @@ class SamplerSpec:
     aliases: tuple[str, ...] = ()
     note: str = ""  # where the mapping is only the closest diffusers has
     default_schedule: str = "Automatic"  # what "Automatic" means for this sampler (A1111 1.9+ defaults)
+    ignores: tuple[str, ...] = ()  # options its constructor takes but its set_timesteps never reads
 
     def cls(self):
         if isinstance(self.scheduler_class, str):
@@ -50,7 +51,7 @@ class SamplerSpec:
         return set(inspect.signature(self.cls().__init__).parameters)
 
     def schedule_types(self) -> list[str]:
-        accepted = self.accepted_options()
+        accepted = self.accepted_options() - set(self.ignores)
         return [label for label, opts in SCHEDULE_OPTIONS.items() if set(opts) <= accepted]
 
 
@@ -72,7 +73,7 @@ BUILTIN_SAMPLERS = [
     SamplerSpec("DDIM", "DDIMScheduler", aliases=("ddim",)),
     SamplerSpec("PLMS", "PNDMScheduler", {"skip_prk_steps": True}, aliases=("plms",)),
     SamplerSpec("UniPC", "UniPCMultistepScheduler", aliases=("unipc",)),
-    SamplerSpec("LCM", "LCMScheduler", aliases=("lcm",)),
+    SamplerSpec("LCM", "LCMScheduler", aliases=("lcm",), ignores=("timestep_spacing",)),  # LCM picks its own steps
 ]
 
 

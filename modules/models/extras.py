@@ -86,7 +86,9 @@ def load_vae(entry, base, dtype):
                                  f"e.g. {missing[0]}); pick a VAE made for {base.config.latent_channels}-channel "
                                  "latents of this architecture, or Automatic", "sd_vae")
         return vae.eval()
-    except AtelierError:
+    except AtelierError as exc:
+        if exc.field in (None, "file"):  # e.g. a refused pickle: the setting that chose the file is what to change
+            exc.field = "sd_vae"
         raise
     except Exception as exc:
         raise ModelLoadError(f"VAE {entry.name} could not be loaded: {type(exc).__name__}: {str(exc)[:300]}",

@@ -1,4 +1,8 @@
-"""API test helpers: real servers (tests/conftest.py LiveServer), decoding, error-shape checks."""
+"""API test helpers: real servers (tests/conftest.py LiveServer), decoding, error-shape checks.
+
+Read-mostly tests use the session's shared servers (tests/conftest.py: plain_server,
+two_model_server); start_server is for a flag set or a data folder no other module shares.
+"""
 from __future__ import annotations
 
 import base64
@@ -6,19 +10,8 @@ import io
 import shutil
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import LiveServer, make_data_dir, start_live_server
-from tests.support import decode_png as png
-
-SECOND = "second-model"  # a second demo checkpoint with other random weights
-
-
-@pytest.fixture(scope="session")
-def second_checkpoint(tmp_path_factory) -> Path:
-    from modules.models.demo import save_demo_checkpoint
-
-    return save_demo_checkpoint(tmp_path_factory.mktemp("demo2") / SECOND, seed=1)
+from tests.conftest import SECOND, LiveServer, make_data_dir, start_live_server  # noqa: F401 (SECOND re-exported)
+from tests.support import decode_png as png  # noqa: F401 (re-exported)
 
 
 def start_server(tmp_path_factory, demo_checkpoint, *flags, checkpoints=(), env=None, auth=None) -> LiveServer:
@@ -26,8 +19,6 @@ def start_server(tmp_path_factory, demo_checkpoint, *flags, checkpoints=(), env=
     for ckpt in checkpoints:
         shutil.copytree(ckpt, data / "models" / "Stable-diffusion" / Path(ckpt).name)
     return start_live_server(data, *flags, env=env, auth=auth)
-
-
 
 
 

@@ -8,7 +8,7 @@ import io
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, make_data_dir
+from tests.conftest import LiveServer, make_data_dir, start_live_server
 from tests.unit.test_extensions_support import git_repo, mark_main, write_extension
 
 PRELOADED = mark_main("LIVEMARK") + '''
@@ -29,7 +29,7 @@ def server(tmp_path_factory, demo_checkpoint):
     data = make_data_dir(tmp_path_factory.mktemp("ext-server"), demo_checkpoint)
     write_extension(data / "extensions" / "live-ext", PRELOADED)
     write_extension(data / "extensions" / "broken-ext", "import no_such_module_anywhere\ndef setup(api): pass\n")
-    srv = LiveServer(data).wait_ready()
+    srv = start_live_server(data)  # stopped again if it never gets ready
     yield srv
     srv.stop()
 

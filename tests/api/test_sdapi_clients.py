@@ -1,5 +1,5 @@
 """AUTOMATIC1111 clients work unchanged: the official `webuiapi` package and plain HTTP,
-against a real server holding two checkpoints."""
+against a real server holding two checkpoints and a LoRA (the session's two_model_server)."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,13 @@ import webuiapi
 from PIL import Image, ImageDraw
 
 from modules.models.demo import DEMO_NAME
-from tests.api.conftest import SECOND, png, start_server
+from tests.api.conftest import SECOND, png
+from tests.conftest import STYLE_LORA
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_checkpoint, second_checkpoint):
-    s = start_server(tmp_path_factory, demo_checkpoint, checkpoints=[second_checkpoint])
-    yield s
-    s.stop()
+def server(two_model_server):
+    return two_model_server
 
 
 @pytest.fixture
@@ -74,8 +73,9 @@ def test_img2img_and_inpaint_with_mask(api):
     r = api.img2img(images=[init], mask_image=mask, inpainting_fill=1, inpaint_full_res=False, mask_blur=0,
                     denoising_strength=1.0, width=64, height=64, steps=4, seed=3)
     out, src = pixels(r.image), pixels(init)
-    assert np.abs(out[:, 40:] - src[:, 40:]).max() <= 3, "pixels outside the mask must stay as they were"
-    assert np.abs(out[:, :24] - src[:, :24]).mean() > 5, "pixels inside the mask must be repainted"
+    # A lossless PNG both ways and no blur: every pixel outside the mask is the original's, exactly.
+    assert np.array_equal(out[:, 32:], src[:, 32:]), "pixels outside the mask must stay exactly as they were"
+    assert np.abs(out[:, :32] - src[:, :32]).mean() > 5, "pixels inside the mask must be repainted"
 
 
 def test_png_info_reads_the_infotext_back(api):
@@ -154,9 +154,9 @@ def test_refresh_picks_up_new_checkpoints_and_loras(server, demo_checkpoint):
     save_file({"w": np.zeros(2, dtype=np.float32)}, str(server.data_dir / "models" / "Lora" / "tiny.safetensors"),
               metadata={"ss_output_name": "tiny"})
     assert c.post("/refresh-loras").status_code == 200
-    loras = c.get("/loras").json()
-    assert [(x["name"], x["path"].endswith("tiny.safetensors")) for x in loras] == [("tiny", True)]
-    assert set(loras[0]) == {"name", "alias", "path", "metadata"}
+    loras = {x["name"]: x for x in c.get("/loras").json()}
+    assert set(loras) == {STYLE_LORA, "tiny"} and loras["tiny"]["path"].endswith("tiny.safetensors")
+    assert all(set(x) == {"name", "alias", "path", "metadata"} for x in loras.values())
 
 
 def test_raw_http_png_response_and_save_images_default(server):
@@ -190,3 +190,19 @@ def test_switching_during_a_generation_waits_for_it(server):
     after = c.post("/txt2img", json={"prompt": "x", "steps": 2, "width": 64, "height": 64}).json()
     assert f"Model: {SECOND}" in json.loads(after["info"])["infotexts"][0]
     c.post("/options", json={"sd_model_checkpoint": DEMO_NAME})
+
+
+def test_prompt_lora_over_the_api_changes_the_image_and_names_its_hash(server):
+    c = httpx.Client(base_url=server.url + "/sdapi/v1", timeout=120)
+    assert c.post("/options", json={"sd_model_checkpoint": DEMO_NAME}).status_code == 200
+    body = {"prompt": "a red cat", "steps": 3, "width": 64, "height": 64, "seed": 21, "sampler_name": "Euler"}
+    plain = c.post("/txt2img", json=body).json()
+    styled = c.post("/txt2img", json={**body, "prompt": f"a red cat <lora:{STYLE_LORA}:1>"}).json()
+    assert not np.array_equal(pixels(png(styled["images"][0])), pixels(png(plain["images"][0])))
+    lora = next(x for x in c.get("/loras").json() if x["name"] == STYLE_LORA)
+    text = json.loads(styled["info"])["infotexts"][0]
+    assert f"Lora hashes: \"{STYLE_LORA}: " in text, text
+    again = c.post("/txt2img", json=body).json()
+    assert np.array_equal(pixels(png(again["images"][0])), pixels(png(plain["images"][0]))), \
+        "the LoRA must be gone from the next generation"
+    assert lora["path"].endswith(f"{STYLE_LORA}.safetensors")

@@ -1,4 +1,4 @@
-"""Browser fixtures: Debian's chromium driven by Playwright (never `playwright install`), one live server per module."""
+"""Browser fixtures: Debian's chromium driven by Playwright (never `playwright install`), on the shared server."""
 from __future__ import annotations
 
 import os
@@ -26,14 +26,10 @@ def browser():
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory, demo_checkpoint):
-    """One server for the whole browser suite (start-up costs seconds; the tests don't disturb each other)."""
-    from tests.conftest import LiveServer, make_data_dir
-
-    data = make_data_dir(tmp_path_factory.mktemp("browser-data"), demo_checkpoint)
-    server = LiveServer(data).wait_ready()
-    yield server
-    server.stop()
+def live_server(plain_server):
+    """The session's shared plain server (tests/conftest.py): a browser test compares before and after, never
+    assumes an empty outputs/, and puts back any setting it changes."""
+    return plain_server
 
 
 @pytest.fixture

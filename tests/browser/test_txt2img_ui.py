@@ -4,10 +4,15 @@ from __future__ import annotations
 import os
 import shutil
 
+from PIL import Image
+
 from tests.browser.helpers import small_run
+from tests.conftest import wait_until
 
 
 def test_generate_shows_image_and_infotext(page, live_server, tmp_path):
+    outputs = live_server.data_dir / "outputs"
+    before = set(outputs.rglob("*.png"))  # the server is shared: what this test makes is what is new
     page.fill("#txt2img_prompt textarea", "a lighthouse at dusk")
     small_run(page, "txt2img", steps=4, size=64)
     page.click("#txt2img_generate")
@@ -17,10 +22,12 @@ def test_generate_shows_image_and_infotext(page, live_server, tmp_path):
     text = info.input_value()
     assert text.startswith("a lighthouse at dusk")
     assert "Size: 64x64" in text and "Seed: " in text
-    # The button came back after the run, and the image is on disk under outputs/.
+    # The button came back after the run, and this image is on disk under outputs/, with the infotext shown.
     page.wait_for_selector("#txt2img_generate", state="visible")
-    saved = list((live_server.data_dir / "outputs").rglob("*.png"))
-    assert saved, "no PNG was written under outputs/"
+    new = wait_until(lambda: sorted(set(outputs.rglob("*.png")) - before), 10, "the new PNG under outputs/")
+    assert len(new) == 1, new
+    with Image.open(new[0]) as im:
+        assert im.size == (64, 64) and im.info["parameters"] == text
     page.screenshot(path=str(tmp_path / "txt2img.png"), full_page=True)
     if os.environ.get("ATELIER_SHOT_DIR"):  # to look at the layout by eye
         shutil.copy(tmp_path / "txt2img.png", os.environ["ATELIER_SHOT_DIR"])

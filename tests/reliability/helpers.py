@@ -26,8 +26,6 @@ def body(seed: int = 1, steps: int = 3, side: int = 64, **extra) -> dict:
 
 
 
-
-
 def rss(server: LiveServer) -> int:
     return psutil.Process(server.proc.pid).memory_info().rss
 
@@ -58,6 +56,7 @@ class ProgressWatcher:
                 try:
                     state = client.get(self.url + "/sdapi/v1/progress?skip_current_image=true").json()["state"]
                 except (httpx.HTTPError, ValueError, KeyError):
+                    time.sleep(0.05)
                     continue
                 self.last = state
                 if state.get("job"):
@@ -80,7 +79,7 @@ class ProgressWatcher:
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self._thread.join()
+        self._thread.join(30)
 
 
 def all_pngs(folder: Path) -> list[Path]:

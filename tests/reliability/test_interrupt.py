@@ -11,16 +11,14 @@ import pytest
 
 from modules.diffusion.params import Txt2ImgRequest
 from modules.jobs import JobState
-from tests.reliability.helpers import ProgressWatcher, body, decode_png, start
+from tests.reliability.helpers import ProgressWatcher, body, decode_png
 
 LONG = 150  # steps: far more than the test ever lets run
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_checkpoint):
-    s = start(tmp_path_factory, demo_checkpoint)
-    yield s
-    s.stop()
+def server(plain_server):
+    return plain_server  # the session's shared server
 
 
 def _post_in_thread(url: str, payload: dict) -> tuple[threading.Thread, dict]:

@@ -9,16 +9,14 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.reliability.helpers import body, decode_png, rss, start
+from tests.reliability.helpers import body, decode_png, rss
 
 N = 40
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_checkpoint):
-    s = start(tmp_path_factory, demo_checkpoint)
-    yield s
-    s.stop()
+def server(plain_server):
+    return plain_server  # the session's shared server
 
 
 def _settled_rss(server, seconds: float = 1.5) -> int:

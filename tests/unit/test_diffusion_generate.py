@@ -1,5 +1,6 @@
 """txt2img on the demo model: equal to plain diffusers, seeds, hires fix, hooks, interrupt/skip, refusals."""
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from modules.diffusion.params import Txt2ImgRequest
 from modules.errors import InvalidRequest
 from modules.jobs import JobState
 from tests.conftest import make_data_dir
+from tests.support import A1111_SAMPLERS, reference_scheduler
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +23,18 @@ def studio(tmp_path_factory, demo_checkpoint):
     assert s.load_error is None, s.load_error
     yield s
     s.shutdown()
+
+
+@pytest.fixture(scope="module")
+def plain_diffusers(demo_checkpoint):
+    """The reference: diffusers' own from_pretrained of the demo folder, nothing of Atelier's in it."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(str(demo_checkpoint), local_files_only=True, safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.folder_scheduler_config = pipe.scheduler.config  # each test sets its own scheduler from this one
+    return pipe
 
 
 def req(**kw) -> Txt2ImgRequest:
@@ -38,23 +52,21 @@ def pixels(generated):
     return np.asarray(generated.image).astype(int)
 
 
-@pytest.mark.parametrize("sampler,cls,opts", [
-    ("Euler a", "EulerAncestralDiscreteScheduler", {}),
-    ("Euler", "EulerDiscreteScheduler", {}),
-    ("DPM++ 2M Karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}),
-])
-def test_txt2img_equals_plain_diffusers(studio, sampler, cls, opts):
-    import diffusers
-
+@pytest.mark.parametrize("sampler", list(A1111_SAMPLERS))
+def test_txt2img_equals_plain_diffusers(studio, plain_diffusers, sampler):
+    """Every sampler, a batch of two: the very pixels plain diffusers makes (the CPU path is deterministic)."""
     job = run(studio, req(sampler_name=sampler, batch_size=2))
-    pipe = studio.models.active.pipe
-    plain = diffusers.StableDiffusionPipeline(**pipe.components, requires_safety_checker=False)
-    plain.set_progress_bar_config(disable=True)
-    plain.scheduler = getattr(diffusers, cls).from_config(pipe.scheduler.config, **opts)
-    out = plain(prompt=["a red cat"] * 2, negative_prompt=["blurry"] * 2, num_inference_steps=6, guidance_scale=7.0,
-                width=64, height=64, generator=[torch.Generator("cpu").manual_seed(s) for s in (1234, 1235)])
-    for ours, theirs in zip(job.result.images, out.images):
-        assert np.abs(pixels(ours) - np.asarray(theirs).astype(int)).max() <= 1
+    ref = plain_diffusers
+    ref.scheduler = reference_scheduler(sampler, ref.folder_scheduler_config, seed=1234)
+    out = ref(prompt=["a red cat"] * 2, negative_prompt=["blurry"] * 2, num_inference_steps=6, guidance_scale=7.0,
+              width=64, height=64, generator=[torch.Generator("cpu").manual_seed(s) for s in (1234, 1235)],
+              output_type="np")
+    assert np.isfinite(out.images).all(), f"{sampler}: plain diffusers made NaN/inf"
+    for ours, theirs in zip(job.result.images, ref.numpy_to_pil(out.images)):
+        theirs = np.asarray(theirs).astype(int)
+        assert theirs.std() > 5, f"{sampler}: a flat picture says nothing"
+        assert np.array_equal(pixels(ours), theirs), \
+            f"{sampler}: differs from plain diffusers by up to {np.abs(pixels(ours) - theirs).max()}"
 
 
 def test_seeds_batches_and_info(studio):
@@ -106,11 +118,36 @@ def test_infotext_of_a_real_job_round_trips(studio):
     assert np.array_equal(pixels(again.result.images[0]), pixels(g))
 
 
+PIXEL_UPSCALERS = {"Lanczos": "LANCZOS", "Nearest": "NEAREST", "None": "LANCZOS"}  # A1111's plain resizes
+
+
 @pytest.mark.parametrize("upscaler", ["Latent", "Latent (bicubic antialiased)", "Lanczos", "Nearest", "None"])
 def test_hires_fix_upscalers(studio, upscaler):
-    job = run(studio, req(steps=3, enable_hr=True, hr_upscaler=upscaler, hr_resize_x=96, hr_resize_y=80))
-    assert job.result.images[0].image.size == (96, 80)
+    from PIL import Image
+
+    # 6 steps: diffusers' img2img runs the last int(6 * 0.6) of them, from a real noise level (with 3 steps it
+    # would run one step at almost no noise, which changes next to nothing).
+    r = req(enable_hr=True, hr_upscaler=upscaler, hr_resize_x=96, hr_resize_y=80, denoising_strength=0.6)
+    job = run(studio, r)
+    hires = pixels(job.result.images[0])
+    assert hires.shape == (80, 96, 3)
+    # The same first pass, upscaled and not denoised again (denoising 0): the hires pass must change it.
+    upscaled = pixels(run(studio, r.model_copy(update={"denoising_strength": 0.0})).result.images[0])
+    assert upscaled.shape == hires.shape
+    assert np.abs(hires - upscaled).mean() > 5, "the hires pass left the upscaled first pass as it was"
     assert job.progress.parts == 2 and job.progress.part == 1  # the hires pass is the second part
+    if upscaler in PIXEL_UPSCALERS:  # and the upscale is the one named: the first pass resized by PIL
+        first = run(studio, req()).result.images[0].image
+        resized = first.resize((96, 80), getattr(Image.Resampling, PIXEL_UPSCALERS[upscaler]))
+        assert np.array_equal(upscaled, np.asarray(resized).astype(int)), f"{upscaler} is not the upscale used"
+
+
+def test_latent_upscale_modes_differ(studio):
+    made = {mode: pixels(run(studio, req(steps=3, enable_hr=True, hr_upscaler=mode, hr_scale=1.5,
+                                         denoising_strength=0.0)).result.images[0])
+            for mode in ("Latent", "Latent (nearest)", "Latent (bicubic antialiased)")}
+    assert not np.array_equal(made["Latent"], made["Latent (nearest)"])
+    assert not np.array_equal(made["Latent"], made["Latent (bicubic antialiased)"])
 
 
 def test_hooks_change_the_request_and_post_process_before_saving(studio):
@@ -136,20 +173,21 @@ def test_hooks_change_the_request_and_post_process_before_saving(studio):
     assert np.array_equal(np.asarray(g.image), 255 - np.asarray(plain.image))
 
 
-def _watch(job, when, action):
+def _watch(job, when, action, timeout: float = 120):
     """Call action() once `when(progress)` holds; return the step seen right after acting."""
     seen = {}
 
     def loop():
         version = -1
-        while not job.state.finished:
+        deadline = time.monotonic() + timeout
+        while not job.state.finished and time.monotonic() < deadline:
             version = job.wait_for_change(version, 1.0)
             if when(job.progress):
                 action()
                 seen["step"], seen["part"] = job.progress.step, job.progress.part
                 return
 
-    t = threading.Thread(target=loop)
+    t = threading.Thread(target=loop, daemon=True)
     t.start()
     return t, seen
 
@@ -181,19 +219,51 @@ def test_skip_finishes_the_current_batch_early_and_goes_on(studio):
     assert np.array_equal(pixels(images[1]), pixels(full61))  # the next batch ran whole
 
 
+class RecordingContext:
+    """The job's own context, recording each progress report and preview the generator makes through it."""
+
+    def __init__(self, ctx):
+        self._ctx = ctx
+        self.steps: list[tuple] = []
+        self.previews: list[tuple] = []
+
+    def __getattr__(self, name):
+        return getattr(self._ctx, name)
+
+    def progress(self, step, total, part=None, text=None):
+        self.steps.append((part, step, total))
+        self._ctx.progress(step, total, part=part, text=text)
+
+    def preview(self, image):
+        self.previews.append((self._ctx.job.progress.step, image.size))
+        self._ctx.preview(image)
+
+
 def test_progress_every_step_and_preview_every_n_steps(studio):
-    studio.settings.update({"show_progress_every_n_steps": 2}, save=False)
-    steps = []
-    job = studio.submit("txt2img", req(steps=6))
-    t, _ = _watch(job, lambda p: steps.append(p.step) or p.step >= 6, lambda: None)
-    job.wait(60)
-    t.join(5)
-    assert job.progress.step == 6 and job.progress.total == 6
+    from modules.diffusion import generate
+
+    recorded = []
+
+    def recording_txt2img(ctx, r):
+        recorded.append(RecordingContext(ctx))
+        return generate.run_txt2img(studio, recorded[-1], r)
+
+    studio.jobs.register_kind("recorded-txt2img", recording_txt2img)
     latent_side = 64 // studio.models.active.pipe.vae_scale_factor
-    assert job.preview is not None and job.preview.size == (latent_side, latent_side)  # latent size: no VAE decode
-    studio.settings.update({"show_progress_every_n_steps": 0}, save=False)
-    off = studio.submit("txt2img", req(steps=4)).wait(60)
-    assert off.preview is None
+    try:
+        studio.settings.update({"show_progress_every_n_steps": 2}, save=False)
+        job = studio.jobs.run("recorded-txt2img", req(steps=6, n_iter=2), timeout=120)
+        assert job.state == JobState.DONE, job.error
+        seen = recorded[-1]
+        assert seen.steps == [(part, step, 6) for part in (0, 1) for step in range(1, 7)], "one report per step"
+        assert seen.previews == [(step, (latent_side, latent_side)) for _ in (0, 1) for step in (2, 4, 6)]
+        assert job.preview is not None and job.preview.size == (latent_side, latent_side)  # latents: no VAE decode
+        studio.settings.update({"show_progress_every_n_steps": 0}, save=False)
+        off = studio.jobs.run("recorded-txt2img", req(steps=4), timeout=120)
+        assert off.state == JobState.DONE and off.preview is None and recorded[-1].previews == []
+        assert [s for _, s, _ in recorded[-1].steps] == [1, 2, 3, 4]
+    finally:
+        studio.settings.update({"show_progress_every_n_steps": 2}, save=False)
 
 
 def test_bad_parameters_are_refused_before_queueing(studio):

@@ -1,11 +1,14 @@
-"""A1111 sampler names and schedule types map to diffusers schedulers; bad names are refused by field."""
+"""A1111 sampler names and schedule types map to diffusers schedulers; bad names are refused by field.
+(One image per sampler, equal to plain diffusers': test_diffusion_generate.py.)"""
 import pytest
 
 from modules.diffusion.samplers import SCHEDULE_TYPES, SamplerRegistry, SamplerSpec
 from modules.errors import InvalidRequest
+from tests.support import A1111_SAMPLERS
 
-A1111_NAMES = ["Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2M", "DPM++ SDE", "DPM++ 2M SDE",
-               "DPM++ 2S a", "DDIM", "PLMS", "UniPC", "LCM"]
+# Schedule type -> what it sets on the scheduler (A1111's names; diffusers' options).
+SCHEDULES = {"Uniform": ("timestep_spacing", "linspace"), "Karras": ("use_karras_sigmas", True),
+             "Exponential": ("use_exponential_sigmas", True), "SGM Uniform": ("timestep_spacing", "trailing")}
 
 
 @pytest.fixture(scope="module")
@@ -16,17 +19,49 @@ def base_config():
                                   steps_offset=1, timestep_spacing="leading").config
 
 
-def test_every_a1111_sampler_and_its_schedules_build_a_working_scheduler(base_config):
+@pytest.mark.parametrize("name", list(A1111_SAMPLERS))
+def test_every_a1111_sampler_is_its_diffusers_scheduler_with_its_options(base_config, name):
     reg = SamplerRegistry()
-    assert set(A1111_NAMES) <= set(reg.names())
+    cls_name, options, default_schedule = A1111_SAMPLERS[name]
+    spec, schedule = reg.resolve(name)
+    assert (spec.name, schedule) == (name, default_schedule)
+    sched = reg.make_scheduler(name, base_config, seed=1)
+    assert type(sched).__name__ == cls_name, f"{name} is {type(sched).__name__}, not {cls_name}"
+    for key, value in options.items():
+        assert sched.config[key] == value, f"{name}: {key} is {sched.config[key]!r}, not {value!r}"
+    if "noise_sampler_seed" in sched.config:
+        assert sched.config.noise_sampler_seed == 1, "DPM++ SDE's Brownian noise must follow the seed"
+    sched.set_timesteps(6)
+    assert 6 <= len(sched.timesteps) <= 12  # second-order samplers (Heun, DPM2) step twice
+
+
+@pytest.mark.parametrize("name", list(A1111_SAMPLERS))
+def test_each_schedule_type_reaches_the_scheduler_and_changes_its_sigmas(base_config, name):
+    import torch
+
+    reg = SamplerRegistry()
+    spec, _ = reg.resolve(name)
     assert SCHEDULE_TYPES == ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform")
-    for name in A1111_NAMES:
-        spec, _ = reg.resolve(name)
-        assert "Automatic" in spec.schedule_types()
-        for schedule in spec.schedule_types():
-            sched = reg.make_scheduler(name, base_config, schedule, seed=1)
-            sched.set_timesteps(6)
-            assert len(sched.timesteps) >= 6
+    assert "Automatic" in spec.schedule_types()
+    import diffusers
+
+    cls_name, options, _ = A1111_SAMPLERS[name]
+    cls = getattr(diffusers, cls_name)  # the same scheduler with no schedule option at all
+    plain = cls.from_config(base_config, **{k: v for k, v in options.items() if k not in ("use_karras_sigmas",
+                                                                                          "use_exponential_sigmas")})
+    plain.set_timesteps(6)
+    for schedule in spec.schedule_types():
+        if schedule == "Automatic":
+            continue
+        sched = reg.make_scheduler(name, base_config, schedule, seed=1)
+        key, value = SCHEDULES[schedule]
+        assert sched.config[key] == value, (name, schedule, key)
+        sched.set_timesteps(6)
+        differs = (not torch.equal(sched.timesteps, plain.timesteps) if len(sched.timesteps) == len(plain.timesteps)
+                   else True)
+        if hasattr(sched, "sigmas") and len(sched.sigmas) == len(plain.sigmas):
+            differs = differs or not torch.allclose(sched.sigmas, plain.sigmas)
+        assert differs, f"{name} with {schedule}: the same steps as without it"
 
 
 def test_schedule_options_reach_the_scheduler(base_config):

@@ -1,4 +1,5 @@
-"""SDXL prompt encoding (two encoders + pooled) on the tiny SDXL from the demo factory."""
+"""SDXL on the tiny SDXL from the demo factory: prompt encoding (two encoders + pooled) and whole txt2img
+jobs equal to plain diffusers."""
 import pytest
 import torch
 
@@ -31,3 +32,46 @@ def test_sdxl_empty_negative_is_zeros_and_long_prompts_chunk(xl):
     out = xl(**cond, num_inference_steps=2, width=64, height=64, generator=torch.Generator("cpu").manual_seed(0),
              output_type="latent")
     assert out.images.shape[0] == 1
+
+
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory):
+    from tests.fixtures_models import save_demo_sdxl_checkpoint
+
+    return save_demo_sdxl_checkpoint(tmp_path_factory.mktemp("xl") / "models" / "Stable-diffusion" / "tiny-xl")
+
+
+@pytest.fixture(scope="module")
+def xl_studio(xl_folder):
+    from modules.studio import Studio, StudioOptions
+
+    s = Studio(StudioOptions(data_dir=xl_folder.parents[2], device="cpu", build_demo=False))
+    s.load()
+    assert s.load_error is None and s.models.active.arch == "sdxl", s.load_error
+    yield s
+    s.shutdown()
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DPM++ 2M", "DPM++ 2M SDE"])
+def test_sdxl_txt2img_equals_plain_diffusers(xl_studio, xl_folder, sampler):
+    """Through the whole studio (loader, prompt encoding, noise, scheduler) against diffusers' own from_pretrained."""
+    import numpy as np
+    from diffusers import StableDiffusionXLPipeline
+
+    from modules.diffusion.params import Txt2ImgRequest
+    from tests.support import reference_scheduler
+
+    r = Txt2ImgRequest(prompt="a red cat", negative_prompt="blurry", steps=5, width=64, height=64, seed=77,
+                       sampler_name=sampler, save_images=False)
+    job = xl_studio.jobs.run("txt2img", r, timeout=120)
+    job.raise_for_error()
+    ref = StableDiffusionXLPipeline.from_pretrained(str(xl_folder), local_files_only=True)
+    ref.set_progress_bar_config(disable=True)
+    ref.scheduler = reference_scheduler(sampler, ref.scheduler.config, seed=77)
+    out = ref(prompt="a red cat", negative_prompt="blurry", num_inference_steps=5, guidance_scale=7.0, width=64,
+              height=64, generator=[torch.Generator("cpu").manual_seed(77)], output_type="np")
+    assert np.isfinite(out.images).all()
+    theirs = np.asarray(ref.numpy_to_pil(out.images)[0]).astype(int)
+    ours = np.asarray(job.result.images[0].image).astype(int)
+    assert theirs.std() > 5, "a flat picture says nothing"
+    assert np.array_equal(ours, theirs), f"differs from plain diffusers by up to {np.abs(ours - theirs).max()}"

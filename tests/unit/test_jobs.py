@@ -6,6 +6,7 @@ import pytest
 
 from modules.errors import InvalidRequest, NotFound
 from modules.jobs import JobEngine, JobState
+from tests.conftest import wait_until
 
 
 def stepping_runner(steps=50, delay=0.01):
@@ -48,7 +49,9 @@ def test_progress_and_eta_are_reported(engine):
     job = engine.submit("steps", {"items": 1})
     seen = set()
     version = 0
+    deadline = time.monotonic() + 30
     while not job.state.finished:
+        assert time.monotonic() < deadline, f"the job did not finish: {job.snapshot()}"
         version = job.wait_for_change(version, 1.0)
         seen.add(job.progress.step)
     assert job.state == JobState.DONE
@@ -58,12 +61,10 @@ def test_progress_and_eta_are_reported(engine):
 
 def test_interrupt_stops_within_one_step_and_keeps_done_work(engine):
     job = engine.submit("steps", {"items": 3})
-    while job.progress.step < 5:
-        time.sleep(0.005)
+    wait_until(lambda: job.progress.step >= 5, 10, "step 5")
     at_request = job.progress.step
     engine.interrupt(job.id)
-    job.wait(10)
-    assert job.state == JobState.INTERRUPTED
+    assert job.wait(10).state == JobState.INTERRUPTED
     assert len(job.result) == 1
     assert job.result[0][1] <= at_request + 1
     nxt = engine.run("steps", {"items": 1}, timeout=10)
@@ -72,11 +73,9 @@ def test_interrupt_stops_within_one_step_and_keeps_done_work(engine):
 
 def test_skip_drops_current_item_and_goes_on(engine):
     job = engine.submit("steps", {"items": 2})
-    while job.progress.step < 3:
-        time.sleep(0.005)
+    wait_until(lambda: job.progress.step >= 3, 10, "step 3")
     engine.skip(job.id)
-    job.wait(10)
-    assert job.state == JobState.DONE
+    assert job.wait(10).state == JobState.DONE
     assert job.result[0][1] < 50 and job.result[1] == (1, 50)
 
 
@@ -129,6 +128,8 @@ def test_queues_per_device_run_side_by_side():
 
     engine.register_kind("gpu0", runner, queue="cuda:0")
     engine.register_kind("cpu", runner, queue="cpu")
-    a, b = engine.submit("gpu0", "a"), engine.submit("cpu", "b")
-    assert a.wait(10).state == JobState.DONE and b.wait(10).state == JobState.DONE
-    engine.shutdown()
+    try:
+        a, b = engine.submit("gpu0", "a"), engine.submit("cpu", "b")
+        assert a.wait(10).state == JobState.DONE and b.wait(10).state == JobState.DONE
+    finally:
+        engine.shutdown()

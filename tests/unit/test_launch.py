@@ -22,21 +22,29 @@ def test_unknown_flag_is_a_usage_error():
 
 def test_launch_serves_the_ui_and_sigterm_stops_it(tmp_path):
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "launch.py", "--skip-install", "--data-dir", str(tmp_path),
-                             "--port", str(port), "--no-demo"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    log_path = tmp_path / "launch.log"
+    with open(log_path, "wb") as log:  # a file, not a pipe nobody reads: a chatty server cannot block on it
+        proc = subprocess.Popen([sys.executable, "launch.py", "--skip-install", "--data-dir", str(tmp_path / "data"),
+                                 "--port", str(port), "--no-demo"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
+            assert proc.poll() is None, f"launch.py exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}"
             try:
                 if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
                     break
             except httpx.HTTPError:
                 time.sleep(0.25)
         else:
-            raise AssertionError("the UI did not answer")
+            raise AssertionError(f"the UI did not answer:\n{log_path.read_text()[-3000:]}")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(30) is not None
+        try:
+            code = proc.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"SIGTERM did not stop the server:\n{log_path.read_text()[-3000:]}") from None
+        # uvicorn shuts down cleanly on SIGTERM and then re-raises the signal, so the status says "ended by
+        # SIGTERM" (-15), as for any Unix program; a crash on the way out would be 1, a hang the timeout above.
+        assert code == -signal.SIGTERM, f"exit status {code} after SIGTERM:\n{log_path.read_text()[-3000:]}"
         # The launcher is the server (exec), so nothing is left listening on the port.
         try:
             httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
@@ -46,3 +54,4 @@ def test_launch_serves_the_ui_and_sigterm_stops_it(tmp_path):
     finally:
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)

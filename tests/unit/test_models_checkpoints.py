@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from modules.errors import AtelierError, ModelLoadError
-from tests.support import MaliciousPickle as Payload
+from tests.support import assert_payloads_fire, save_malicious_pickle
 
 SECOND = "second-sd15"
 
@@ -38,7 +38,7 @@ def studio(tmp_path_factory, demo_checkpoint, marker):
     weights = (demo_checkpoint / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
     (ckpts / "truncated.safetensors").write_bytes(weights[: len(weights) // 2])
     (ckpts / "noise.safetensors").write_bytes(b"\x00\x01not a safetensors file" * 10)
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "payload": Payload(str(marker))}, ckpts / "payload.ckpt")
+    assert_payloads_fire({save_malicious_pickle(ckpts / "payload.ckpt", marker): marker})  # not a dud
     from tests.fixtures_models import save_demo_lora
 
     save_demo_lora(ckpts / "a-lora-in-the-wrong-folder.safetensors")

@@ -1,12 +1,23 @@
-"""VAE selection, textual-inversion embeddings and quantized loads on the demo architecture."""
+"""VAE selection, textual-inversion embeddings and quantized loads on the demo architecture; VAE and
+embedding pickles whose payload would run are refused and never run."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from tests.support import assert_payloads_fire, save_malicious_pickle
+
+PICKLED_VAE, PICKLED_EMBEDDINGS = "payload.vae.pt", ("payload-pt.pt", "payload-bin.bin")
+
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory, demo_checkpoint):
+def markers(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("markers")
+    return {name: folder / f"PWNED-{name}" for name in (PICKLED_VAE, *PICKLED_EMBEDDINGS)}
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, demo_checkpoint, markers):
     import torch
     from safetensors.torch import save_file
 
@@ -23,6 +34,14 @@ def studio(tmp_path_factory, demo_checkpoint):
     save_file(vae, str(data / "models" / "VAE" / "other.vae.safetensors"))  # A1111/LDM key layout
     emb = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
     save_file({"emb_params": emb}, str(data / "models" / "embeddings" / "mystyle.safetensors"))
+    # Pickles shaped like a real VAE / A1111 embedding, each carrying a payload shown to fire when loaded unsafely.
+    planted = {save_malicious_pickle(data / "models" / "VAE" / PICKLED_VAE, markers[PICKLED_VAE],
+                                     {"state_dict": vae}): markers[PICKLED_VAE]}
+    for name in PICKLED_EMBEDDINGS:
+        layout = {"string_to_param": {"*": torch.randn(1, 32)}, "name": name}
+        path = save_malicious_pickle(data / "models" / "embeddings" / name, markers[name], layout)
+        planted[path] = markers[name]
+    assert_payloads_fire(planted)
     s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
     s.load()
     assert s.load_error is None, s.load_error
@@ -86,7 +105,7 @@ def test_quantized_load_runs_txt2img_on_the_cpu(studio, quantization):
         image, info = _txt2img(studio)
         assert image.shape == base.shape and image.std() > 0
         assert np.abs(image.astype(int) - base.astype(int)).mean() < 20, "quantized output strays far from fp32"
-        assert f"Quantization: {label}" in info or ckpt.quantization == label
+        assert f"Quantization: {label}" in info, info
         row = next(r for r in studio.models.describe() if r["name"] == "atelier-demo-sd15")
         assert row["quantization"] == label and row["footprint_bytes"] > 0
     finally:
@@ -98,6 +117,28 @@ def test_quantized_load_runs_txt2img_on_the_cpu(studio, quantization):
 
 
 def test_bad_load_options_name_the_field(studio):
-    job = studio.jobs.run("load_checkpoint", {"name": "atelier-demo-sd15", "options": {"quantization": "int3"}},
-                          timeout=60)
-    assert job.state.value == "failed" and job.error_status < 500
+    for options, field in (({"quantization": "int3"}, "quantization"), ({"dtype": "fp12"}, "dtype")):
+        job = studio.jobs.run("load_checkpoint", {"name": "atelier-demo-sd15", "options": options}, timeout=60)
+        assert job.state.value == "failed" and 400 <= job.error_status < 500, job.error
+        assert job.error_field is not None and job.error_field.split(".")[-1] == field, (job.error_field, job.error)
+    assert studio.models.active.quantization is None, "a refused load changed the loaded model"
+
+
+def test_vae_and_embedding_pickles_are_refused_and_never_run(studio, markers):
+    from modules.diffusion.params import Txt2ImgRequest
+
+    skipped = studio.models.active.skipped_embeddings  # embeddings load with the checkpoint
+    for name in PICKLED_EMBEDDINGS:
+        (reason,) = [why for path, why in skipped.items() if path.endswith(name)]
+        assert "refused" in reason and "nothing was executed" in reason, reason
+    assert not {"payload-pt", "payload-bin"} & set(studio.models.active.embedding_names)
+    studio.settings.update({"sd_vae": PICKLED_VAE}, save=False)
+    try:
+        req = Txt2ImgRequest(prompt="a cat", steps=2, width=64, height=64, seed=2, save_images=False)
+        job = studio.jobs.run("txt2img", req, timeout=120)
+        assert job.state.value == "failed" and job.error_field == "sd_vae" and 400 <= job.error_status < 500
+        assert PICKLED_VAE in job.error and "refused" in job.error, job.error
+    finally:
+        studio.settings.update({"sd_vae": "Automatic"}, save=False)
+    assert [m for m in markers.values() if m.exists()] == [], "a pickle's code ran"
+    _txt2img(studio)  # still serving
