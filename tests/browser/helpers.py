@@ -17,3 +17,9 @@ def small_run(page, tab: str, steps: int = 4, size: int = 64) -> None:
     set_number(page, f"{tab}_steps", steps)
     set_number(page, f"{tab}_width", size)
     set_number(page, f"{tab}_height", size)
+
+
+def choose(page, elem_id: str, value: str) -> None:
+    """Pick `value` in a Gradio dropdown as a person does: open it, click the option."""
+    page.locator(f"#{elem_id} input").click()
+    page.get_by_role("option", name=value, exact=True).click()

@@ -2,13 +2,7 @@
 and its footprint; unloading puts it back on disk; the budget gauge is there."""
 from __future__ import annotations
 
-from tests.browser.helpers import open_tab
-
-
-def _choose(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    page.get_by_role("option", name=value, exact=True).click()
+from tests.browser.helpers import choose as _choose, open_tab
 
 
 def _row_of(page, name: str) -> str:

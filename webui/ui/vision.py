@@ -60,8 +60,8 @@ def build(studio) -> dict:
             with gr.Row():
                 c["language"] = gr.Dropdown(list(LANGUAGES), value="en", label="Language", allow_custom_value=True,
                                             elem_id="vision_language")
-                c["max_new_tokens"] = gr.Number(None, label="Max new tokens (empty: the task's usual)", precision=0,
-                                                minimum=1, maximum=1024, elem_id="vision_max_new_tokens")
+                c["max_new_tokens"] = gr.Number(0, label="Max new tokens (0: the task's usual)", precision=0,
+                                                minimum=0, maximum=1024, elem_id="vision_max_new_tokens")
             c["prompt"] = gr.Textbox(label="Raw prefix (raw: a fine-tuned model's own prompt)", elem_id="vision_prompt")
             c["task_note"] = gr.Markdown("", elem_id="vision_task_note")
             c["run"] = gr.Button("Run", variant="primary", elem_id="vision_run")
