@@ -53,8 +53,10 @@ def build(studio) -> dict:
             c["image"] = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], height=360,
                                   elem_id="vision_image")
             with gr.Row():
-                c["task"] = gr.Dropdown([], label="Task", elem_id="vision_task", scale=2)
-                c["model"] = gr.Dropdown([], label="Model", elem_id="vision_model", scale=3)
+                # The choices fill in when the tab opens (the models are known once the studio is ready); a
+                # script may name any task or model, the job's validation answers for it.
+                c["task"] = gr.Dropdown([], label="Task", elem_id="vision_task", scale=2, allow_custom_value=True)
+                c["model"] = gr.Dropdown([], label="Model", elem_id="vision_model", scale=3, allow_custom_value=True)
             c["objects"] = gr.Textbox(label="Objects (detect / segment), e.g. cat ; dog", elem_id="vision_objects")
             c["question"] = gr.Textbox(label="Question (answer / question)", elem_id="vision_question")
             with gr.Row():
