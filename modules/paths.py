@@ -5,6 +5,7 @@ here; anything that would land outside its folder is refused.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +84,9 @@ class DataPaths:
         return resolve_inside(self.outputs, relative, field_name="output path", must_exist=must_exist)
 
 
+_ENCODED_SEPARATOR = re.compile(r"%(2e|2f|5c)", re.IGNORECASE)
+
+
 def resolve_inside(folder: Path, name: str, field_name: str = "name", must_exist: bool = True) -> Path:
     """Resolve `name` inside `folder`, refusing absolute paths, `..`, NUL and symlink escapes."""
     if not isinstance(name, str) or not name.strip():
@@ -91,6 +95,9 @@ def resolve_inside(folder: Path, name: str, field_name: str = "name", must_exist
         raise PathRefused("contains a NUL byte or is too long", field_name)
     if "\\" in name:  # a Windows separator: refused everywhere so the same names are refused on every OS
         raise PathRefused(f"{name!r} contains a backslash; use / between folders", field_name)
+    if _ENCODED_SEPARATOR.search(name):  # a client or proxy that decodes it later would climb out
+        raise PathRefused(f"{name!r} holds a percent-encoded '.', '/' or '\\'; write the name as it is on disk",
+                          field_name)
     candidate = Path(name)
     if candidate.is_absolute() or ".." in candidate.parts:
         raise PathRefused(f"{name!r} points outside {folder.name}/; give a name inside that folder", field_name)

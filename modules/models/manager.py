@@ -346,13 +346,14 @@ class ModelManager:
         devices = ["cpu"] + ([self.device.name] if self.device.name != "cpu" else [])
         return [{"device": d, "budget_bytes": self.budget(d), "used_bytes": self.used(d)} for d in devices]
 
-    def unload(self, name: str | None = None, kind: str = "checkpoint") -> None:
-        """Drop one model (or, with no name, every idle model) from the device and the RAM cache."""
-        if name is None:
-            targets = self._slots_list()
-        else:
-            key = (kind, str(self.registry.get(kind, name).path))
+    def unload(self, name: str | None = None, kind: str | None = None) -> None:
+        """Drop one model (`name` of `kind`, default a checkpoint) from the device and the RAM cache; with no
+        name, every idle model (of `kind`, or of every kind). A named model a job is using is refused."""
+        if name is not None:
+            key = (kind or "checkpoint", str(self.registry.get(kind or "checkpoint", name).path))
             targets = [s for s in self._slots_list() if s.loaded.key == key]
+        else:
+            targets = [s for s in self._slots_list() if kind in (None, s.loaded.kind) and not s.pinned]
         with self._place_lock:
             for slot in targets:
                 if slot.pinned:

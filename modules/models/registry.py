@@ -194,18 +194,20 @@ class ModelRegistry:
                 found.append(entry)
         return found
 
-    def get(self, kind: str, name: str) -> ModelEntry:
-        """Find by name, by name without extension, or by A1111 title `name [hash]`."""
+    def get(self, kind: str, name: str, field: str | None = None) -> ModelEntry:
+        """Find by name, by name without extension, or by A1111 title `name [hash]`; a refusal names
+        `field` (default "<kind> name": the request's own field name where the caller knows it)."""
+        field = field or f"{kind} name"
         entries = {e.name: e for e in self.list(kind)}
         key = name.strip()
         if key.endswith("]") and " [" in key:
             key = key.rsplit(" [", 1)[0]
         # Refuse names that would leave the folder before any lookup.
-        resolve_inside(self.paths.model_dir(kind), key, field_name=f"{kind} name", must_exist=False)
+        resolve_inside(self.paths.model_dir(kind), key, field_name=field, must_exist=False)
         if key in entries:
             return entries[key]
         for entry in entries.values():
             if entry.stem == key or Path(entry.name).with_suffix("").as_posix() == key:
                 return entry
         known = ", ".join(list(entries)[:20]) or "none"
-        raise NotFound(f"no {kind} named {name!r}; available: {known}", f"{kind} name")
+        raise NotFound(f"no {kind} named {name!r}; available: {known}", field)

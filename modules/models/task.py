@@ -84,7 +84,7 @@ def run_load_model(ctx, request) -> dict:
     if not isinstance(request, dict) or not isinstance(request.get("name"), str):
         raise InvalidRequest("send {kind, name, options}", "name")
     kind = request.get("kind", "checkpoint")
-    entry = services.registry.get(kind, request["name"])
+    entry = services.registry.get(kind, request["name"], field="name")
     before = _footprint(services, kind, entry)
     if request.get("options") is not None:
         services.models.set_options(entry.name, request["options"], kind=kind)

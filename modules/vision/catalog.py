@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from modules.errors import InvalidRequest, NotFound
+from modules.errors import InvalidRequest
 from modules.vision import vqvae
 from modules.vision.params import CHAT_TASKS, PALIGEMMA_TASKS
 
@@ -79,10 +79,7 @@ def resolve_model(services: "VisionServices", spec, name: str | None) -> "ModelE
                                  + (" (PaliGemma tasks need a PaliGemma folder; question needs an image+text "
                                     "chat model such as Gemma 3)" if spec.owner == BUILTIN_OWNER else ""), "model")
         return able[0]
-    try:
-        entry = services.registry.get(kind, name)
-    except NotFound as exc:
-        raise NotFound(exc.message, "model") from None
+    entry = services.registry.get(kind, name, field="model")
     if spec.owner == BUILTIN_OWNER and not runs(entry, spec.name):
         fam = family(entry)
         can = {"paligemma": ", ".join(PALIGEMMA_TASKS), "chat": ", ".join(CHAT_TASKS)}.get(fam)

@@ -95,6 +95,8 @@ class VisionOptions(BaseModel):
     @model_validator(mode="after")
     def _inputs_of_the_task(self):
         task = self.task
+        if task in BUILTIN_TASKS and task not in OBJECT_TASKS and self.objects:  # accepted must mean used
+            raise _FieldError("objects", f"{task} looks for no objects; objects are for detect and segment")
         if task in OBJECT_TASKS and not self.objects:
             raise _FieldError("objects", f"{task} needs at least one object to look for, e.g. [\"cat\"] or \"cat ; dog\"")
         if task == "answer" and not self.question.strip():

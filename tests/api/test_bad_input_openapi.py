@@ -121,6 +121,12 @@ def _base(path: str) -> dict:
         return {"prompt": "x", "width": 64, "height": 64, "steps": 1, "init_images": [_png_b64()], "denoising_strength": 0.5}
     if path.endswith("/png-info"):
         return {"image": _png_b64()}
+    if path.endswith("/atelier/v1/models/load"):
+        return {"kind": "checkpoint", "name": "atelier-demo-sd15"}
+    if path.endswith("/atelier/v1/models/unload"):
+        return {"kind": "lora"}  # no name: every idle LoRA (none are resident), so nothing the other tests use goes
+    if path.endswith("/atelier/v1/vision"):
+        return {"task": "caption", "image": _png_b64()}
     if path.endswith("/extensions/install"):  # well-formed, and refused (nothing there) if it ever got that far
         return {"source": "/nonexistent/atelier-test-extension"}
     return {}

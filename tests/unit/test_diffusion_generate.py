@@ -243,12 +243,14 @@ def test_progress_every_step_and_preview_every_n_steps(studio):
     from modules.diffusion import generate
 
     recorded = []
+    services = generate.DiffusionServices(studio.models, studio.samplers, studio.hooks, studio.outputs,
+                                          studio.settings)
 
     def recording_txt2img(ctx, r):
         recorded.append(RecordingContext(ctx))
-        return generate.run_txt2img(studio, recorded[-1], r)
+        return generate.run_txt2img(recorded[-1], r)
 
-    studio.jobs.register_kind("recorded-txt2img", recording_txt2img)
+    studio.jobs.register_kind("recorded-txt2img", recording_txt2img, services=services)
     latent_side = 64 // studio.models.active.pipe.vae_scale_factor
     try:
         studio.settings.update({"show_progress_every_n_steps": 2}, save=False)

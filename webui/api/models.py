@@ -66,7 +66,8 @@ def router(studio):
     async def unload(request: Request) -> dict:
         body = _parse(UnloadBody, await read_json_object(request))
         await ensure_ready(studio, waiter)
-        await run_in_threadpool(studio.models.unload, body.name, body.kind)
+        name = None if body.name is None else studio.registry.get(body.kind, body.name, field="name").name
+        await run_in_threadpool(studio.models.unload, name, body.kind)
         return {"budgets": studio.models.budgets()}
 
     return r

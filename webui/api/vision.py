@@ -21,8 +21,8 @@ def router(studio):
         return VisionServices(studio.models, studio.registry, studio.outputs, studio.vision_tasks)
 
     def parse(body: dict) -> VisionRequest:
-        # "overlay" here asks for the overlay in the answer; the job draws it only then.
-        return parse_vision(VisionRequest, {**body, "overlay": bool(body.get("overlay", False))})
+        # "overlay" here asks for the overlay in the answer (default off); the job draws it only then.
+        return parse_vision(VisionRequest, {"overlay": False, **body})
 
     @r.post("", openapi_extra=request_schema(VisionRequest))
     async def run(request: Request) -> dict:
