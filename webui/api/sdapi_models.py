@@ -17,7 +17,7 @@ from webui.api.common import Waiter, ensure_ready, read_json_object
 # A1111's scheduler list (name, label); used when the sampler registry does not list its own.
 _A1111_SCHEDULERS = [("automatic", "Automatic"), ("uniform", "Uniform"), ("karras", "Karras"),
                      ("exponential", "Exponential")]
-_SECRET_FLAGS = ("gradio_auth", "api_auth")
+_SECRET_FLAGS = ("gradio_auth", "api_auth", "api_key")
 # Settings whose value becomes a path under outputs/: refused if they would leave it.
 _OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples")
 
