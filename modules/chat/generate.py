@@ -42,8 +42,9 @@ def eos_ids(lm: "LanguageModel") -> list[int]:
     ids += configured if isinstance(configured, list) else [configured] if configured is not None else []
     if lm.tokenizer.eos_token_id is not None:
         ids.append(lm.tokenizer.eos_token_id)
-    turn = lm.tokenizer.convert_tokens_to_ids(END_OF_TURN) if END_OF_TURN in lm.tokenizer.get_vocab() else None
-    if isinstance(turn, int):
+    # convert_tokens_to_ids, not get_vocab(): building a 262k-entry dict costs most of a second per reply.
+    turn = lm.tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    if isinstance(turn, int) and turn != lm.tokenizer.unk_token_id:
         ids.append(turn)
     return list(dict.fromkeys(int(i) for i in ids))
 

@@ -97,14 +97,14 @@ class ResponseFormat(BaseModel):
         if self.type != "json_schema":
             return self
         if not isinstance(self.json_schema, dict) or not self.json_schema:
-            raise ValueError("json_schema needs a schema object")
+            raise _at("response_format.json_schema", "json_schema needs a schema object")
         from jsonschema import SchemaError
         from jsonschema.validators import validator_for
 
         try:
             validator_for(self.json_schema).check_schema(self.json_schema)
         except SchemaError as exc:
-            raise ValueError(f"json_schema is not a valid JSON schema: {exc.message}") from None
+            raise _at("response_format.json_schema", f"json_schema is not a valid JSON schema: {exc.message}") from None
         return self
 
     @property

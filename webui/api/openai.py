@@ -57,13 +57,19 @@ def router(studio):
             req, opts = await run_in_threadpool(parse, body)  # data: URLs are decoded here: off the loop
             await ensure_ready(studio, waiter)
             job = studio.submit(kind, req)  # the model exists, images fit the model, the schema compiles
+            try:
+                if not opts["stream"]:
+                    await waiter.job(job)
+                else:
+                    started = await waiter.run(_first_piece, job)
+            except BaseException:  # the client went away while its job waited or ran: stop it
+                studio.jobs.interrupt(job.id)
+                raise
             if not opts["stream"]:
-                await waiter.job(job)
                 job.raise_for_error()
                 if job.result is None:  # stopped while it waited in the queue
                     raise wire.OpenAIError("the request was interrupted before it started", None, 409)
                 return respond(job, job.result)
-            started = await waiter.run(_first_piece, job)
             if job.state == JobState.FAILED and not started:
                 job.raise_for_error()  # refused before any token (the prompt does not fit): a real 4xx
         except AtelierError as exc:
