@@ -10,8 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError,
-                      field_validator, model_validator)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
+                      ValidationError, field_validator, model_validator)
 
 from modules.errors import InvalidRequest
 from modules.images import decode_image
@@ -57,11 +57,21 @@ class ImagePart(BaseModel):
 Part = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
 
 
+def _content_kind(value) -> str | None:
+    return "str" if isinstance(value, str) else "list" if isinstance(value, list) else None
+
+
+# A tagged union, so a bad part is reported as that part's error (not as "should be a valid string").
+Content = Annotated[Union[Annotated[str, Tag("str")], Annotated[list[Part], Tag("list")]],
+                    Discriminator(_content_kind, custom_error_type="content_type",
+                                  custom_error_message="content must be a string or a list of parts")]
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Role
-    content: str | list[Part] = Field(..., description="text, or a list of text and image parts")
+    content: Content = Field(..., description="text, or a list of text and image parts")
 
     @field_validator("content")
     @classmethod
@@ -236,11 +246,24 @@ def parse(cls: type[BaseModel], data: Any):
 def from_pydantic(exc: ValidationError) -> InvalidRequest:
     err = exc.errors(include_url=False)[0]
     cause = (err.get("ctx") or {}).get("error")
-    loc = cause.loc if isinstance(cause, _FieldError) else ".".join(str(p) for p in err.get("loc", ())) or "body"
+    loc = cause.loc if isinstance(cause, _FieldError) else _loc(err.get("loc", ()))
     msg = str(cause) if isinstance(cause, _FieldError) else err.get("msg", "is invalid")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return InvalidRequest(msg, loc)
+
+
+def _loc(parts: tuple) -> str:
+    """pydantic's location without the union tags: ("messages", 0, "content", "list", 1, "image", "image")
+    → "messages.0.content.1.image"."""
+    out: list[str] = []
+    for i, p in enumerate(parts):
+        if p in ("str", "list") and i and parts[i - 1] == "content":
+            continue
+        if out and str(p) == out[-1] and isinstance(p, str):
+            continue
+        out.append(str(p))
+    return ".".join(out) or "body"
 
 
 @dataclass

@@ -60,6 +60,8 @@ def test_non_streaming_reply_with_true_usage(client, server):
     assert choice.finish_reason in ("stop", "length")
     if choice.finish_reason == "length":
         assert r.usage.completion_tokens == 8
+    timings = r.model_extra["timings"]  # Atelier's own measurements beside OpenAI's fields
+    assert timings["job_s"] >= timings["generation_s"] > 0 and timings["tokens_per_second"] > 0
     r2 = client.chat.completions.create(model=DEMO_LLM_NAME, messages=HI, max_completion_tokens=3, temperature=0)
     assert r2.usage.completion_tokens <= 3
 
@@ -133,6 +135,9 @@ def test_completions_plain_and_streaming(client):
      400, "messages[0].content[1]"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url",
                                                  "image_url": {"url": "https://example.com/a.png"}}]}],
+      "model": DEMO_VLM_NAME}, 400, "messages[0].content[0].image_url.url"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url",
+                                                 "image_url": {"url": "data:image/png;base64,!!notbase64"}}]}],
       "model": DEMO_VLM_NAME}, 400, "messages[0].content[0].image_url.url"),
     ({"temperature": 3}, 400, "temperature"),
     ({"top_p": 1.5}, 400, "top_p"),

@@ -134,8 +134,9 @@ async def _events(studio, waiter: Waiter, job, opts: dict, chunk: str, model: st
             yield _sse(wire.error_body(err)[1])
         elif job.result is not None:
             result = job.result
-            yield _sse(wire.chat_chunk(job, result.model, {}, result.finish_reason, with_usage=opts["include_usage"])
-                       if chunk == "chat" else wire.completion_chunk(job, result.model, "", result.finish_reason))
+            last = (wire.chat_chunk(job, result.model, {}, result.finish_reason, with_usage=opts["include_usage"])
+                    if chunk == "chat" else wire.completion_chunk(job, result.model, "", result.finish_reason))
+            yield _sse({**last, "timings": wire.timings(job, result)})
             if opts["include_usage"]:
                 yield _sse(wire.usage_chunk(job, result, chunk))
         yield "data: [DONE]\n\n"

@@ -55,7 +55,8 @@ def _param_name(field: str | None) -> str | None:
     """messages.0.content.1 → messages[0].content[1]."""
     if not field:
         return None
-    return re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", field)
+    name = re.sub(r"\.(\d+)(?=\.|$)", r"[\1]", field)
+    return re.sub(r"(content\[\d+\])\.image$", r"\1.image_url.url", name)  # the chat types' image is OpenAI's url
 
 
 # -- requests ----------------------------------------------------------------------------------
@@ -210,12 +211,22 @@ def usage(result) -> dict:
             "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}}
 
 
+def timings(job, result) -> dict:
+    """Atelier's own measurements (OpenAI clients ignore the field; llama.cpp's server sends one too)."""
+    ended = job.finished_at or time.time()
+    return {"time_to_first_token_s": result.time_to_first_token, "tokens_per_second": result.tokens_per_second,
+            "generation_s": round(result.seconds, 4), "job_s": round(ended - job.created_at, 4),
+            "queued_s": round((job.started_at or job.created_at) - job.created_at, 4),
+            "dropped_messages": result.dropped_messages, "context_length": result.context_length,
+            "seed": result.seed, "interrupted": result.interrupted}
+
+
 def chat_response(job, result) -> dict:
     return {"id": f"chatcmpl-{job.id}", "object": "chat.completion", "created": int(job.created_at),
             "model": result.model, "system_fingerprint": None,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": result.text, "refusal": None},
                          "logprobs": None, "finish_reason": result.finish_reason}],
-            "usage": usage(result)}
+            "usage": usage(result), "timings": timings(job, result)}
 
 
 def chat_chunk(job, model: str, delta: dict, finish_reason: str | None = None, with_usage: bool = False) -> dict:
@@ -238,7 +249,7 @@ def completion_response(job, result) -> dict:
     return {"id": f"cmpl-{job.id}", "object": "text_completion", "created": int(job.created_at),
             "model": result.model, "system_fingerprint": None,
             "choices": [{"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}],
-            "usage": usage(result)}
+            "usage": usage(result), "timings": timings(job, result)}
 
 
 def completion_chunk(job, model: str, text: str, finish_reason: str | None = None) -> dict:
