@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.common import Figure, machine_info, quiet_libraries
 
-GROUPS = ("overhead", "startup", "switching", "mixed", "throughput", "llm_load", "vision")
+GROUPS = ("overhead", "startup", "switching", "mixed", "throughput", "llm_load", "chat", "vision")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 

@@ -40,6 +40,7 @@ class StudioOptions:
     port: int = 7860
     gradio_auth: str | None = None
     api_auth: str | None = None
+    api_key: str | None = None  # --api-key: Bearer keys accepted on every API route
     root_path: str = ""
     enable_insecure_extension_access: bool = False
     build_demo: bool = True

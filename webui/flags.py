@@ -18,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the web UI")
     p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the REST API")
+    p.add_argument("--api-key", default=None, metavar="KEY[,KEY2]",
+                   help="accept `Authorization: Bearer KEY` on every API route (OpenAI clients send it)")
     p.add_argument("--root-path", default="", help="public path prefix when served behind a reverse proxy, e.g. /sd")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions even when listening beyond localhost")
@@ -42,11 +44,25 @@ def parse_auth(value: str | None, flag: str) -> list[tuple[str, str]]:
     return pairs
 
 
+def parse_keys(value: str | None) -> list[str]:
+    """'key1,key2' -> ['key1', 'key2']; an empty key or one with spaces is a usage error."""
+    if value is None:
+        return []
+    keys = [k.strip() for k in value.split(",")]
+    if not keys or any(not k or any(c.isspace() for c in k) for k in keys):
+        raise ValueError(f"--api-key: expected KEY[,KEY2] without spaces, got {value!r}")
+    return keys
+
+
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks argparse cannot express; a failure is a usage error (exit status 2)."""
     try:
         parse_auth(args.gradio_auth, "--gradio-auth")
         parse_auth(args.api_auth, "--api-auth")
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        parse_keys(args.api_key)
     except ValueError as exc:
         parser.error(str(exc))
     if not 0 < args.port < 65536:
@@ -66,6 +82,7 @@ def options_from_args(args: argparse.Namespace, repo_root: Path) -> StudioOption
         port=args.port,
         gradio_auth=args.gradio_auth,
         api_auth=args.api_auth,
+        api_key=args.api_key,
         root_path=args.root_path,
         enable_insecure_extension_access=args.enable_insecure_extension_access,
         build_demo=not args.no_demo,

@@ -9,7 +9,7 @@ import threading
 
 from modules.errors import AtelierError, NotFound
 from modules.studio import Studio
-from webui.flags import parse_auth
+from webui.flags import parse_auth, parse_keys
 
 log = logging.getLogger("atelier.server")
 
@@ -157,7 +157,8 @@ def create_app(studio: Studio):
     from webui.api.auth import ApiAuth
 
     api_app = app  # the name `app` is rebound below; auth must read this app's routes
-    app.add_middleware(ApiAuth, pairs=api_credentials(studio), routes_of=lambda: api_app.router.routes)
+    app.add_middleware(ApiAuth, pairs=api_credentials(studio), routes_of=lambda: api_app.router.routes,
+                       keys=parse_keys(studio.options.api_key))
     if studio.options.gradio_auth:
         app.add_middleware(HideApiInfoBeforeLogin)
     app.add_middleware(ErrorShield)
@@ -183,8 +184,8 @@ def start_warnings(studio: Studio) -> list[str]:
     out = []
     if not opts.gradio_auth:
         out.append(f"{how} without --gradio-auth: anyone who can reach this server can use the web UI")
-    if not api_credentials(studio):
-        out.append(f"{how} without --api-auth: anyone who can reach this server can use the REST API")
+    if not api_credentials(studio) and not parse_keys(opts.api_key):
+        out.append(f"{how} without --api-auth or --api-key: anyone who can reach this server can use the REST API")
     return out
 
 

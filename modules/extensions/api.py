@@ -31,6 +31,7 @@ _SCHEDULER_RE = re.compile(r"^[A-Z][A-Za-z0-9]*Scheduler$")
 
 def _types() -> SimpleNamespace:
     """The typed objects hooks receive, importable as `api.types.X` (part of v1)."""
+    from modules.chat.params import ChatMessage, ChatRequest, ChatResult, ChatStreamPiece, CompletionRequest
     from modules.diffusion.params import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
     from modules.models.adapters import Loaded
 
@@ -38,6 +39,8 @@ def _types() -> SimpleNamespace:
     # Loaded: what a model kind's adapter returns from load() (see add_model_kind).
     return SimpleNamespace(Txt2ImgRequest=Txt2ImgRequest, Img2ImgRequest=Img2ImgRequest,
                            GenerationResult=GenerationResult, GeneratedImage=GeneratedImage,
+                           ChatRequest=ChatRequest, ChatMessage=ChatMessage, ChatResult=ChatResult,
+                           ChatStreamPiece=ChatStreamPiece, CompletionRequest=CompletionRequest,
                            InvalidRequest=InvalidRequest, Loaded=Loaded)
 
 
@@ -205,6 +208,10 @@ class ExtensionAPIv1:
 
     def after_chat(self, fn: Callable) -> Callable:
         return self.add_hook("after_chat", fn)
+
+    def on_chat_stream(self, fn: Callable) -> Callable:
+        """Decorator: fn(piece) for each piece of a chat reply as it is generated (a ChatStreamPiece)."""
+        return self.add_hook("chat_stream", fn)
 
     # -- REST -----------------------------------------------------------
     def add_route(self, path: str, endpoint: Callable, methods: tuple[str, ...] = ("GET",), summary: str = "") -> None:

@@ -22,8 +22,9 @@ HOOK_NAMES = (
     "before_generate",  # (request) -> request or None: may change parameters
     "after_generate",  # (result) -> result or None: may post-process images before they are saved
     "on_image_saved",  # (saved GeneratedImage, path set) -> None
-    "before_chat",  # (chat request) -> request or None
-    "after_chat",  # (chat reply) -> reply or None
+    "before_chat",  # (ChatRequest) -> ChatRequest or None: may change the messages or sampling
+    "after_chat",  # (ChatResult) -> ChatResult or None: may change the text before it is saved and returned
+    "chat_stream",  # (ChatStreamPiece) -> None: each piece of a reply as it is generated
 )
 
 SLOW_HOOK_SECONDS = 2.0  # a hook slower than this is named in the log
@@ -115,10 +116,15 @@ class HookRegistry:
         self.notify("on_image_saved", image)
 
     def before_chat(self, request):
-        return self.filter("before_chat", request, validate=_same_type)
+        """Handlers may return a changed request; it is validated again as the same type."""
+        return self.filter("before_chat", request, validate=_same_request_type)
 
     def after_chat(self, reply):
+        """Handlers may change `reply.text` (the saved and returned text; the stream was already sent)."""
         return self.filter("after_chat", reply, validate=_same_type)
+
+    def chat_stream(self, piece) -> None:
+        self.notify("chat_stream", piece)
 
     def _report(self, reg: _Registered, name: str) -> None:
         text = traceback.format_exc()

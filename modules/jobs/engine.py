@@ -75,6 +75,11 @@ class JobEngine:
     def kinds(self) -> list[str]:
         return sorted(self._kinds)
 
+    def services_of(self, kind: str) -> Any:
+        """What `kind`'s runners see as ctx.services (e.g. the chat task's conversation store, for its tab)."""
+        self.kind(kind)
+        return self._services.get(kind)
+
     def kind(self, name: str) -> JobKind:
         if name not in self._kinds:
             raise NotFound(f"unknown job kind {name!r}; known: {', '.join(self.kinds())}", "kind")

@@ -72,6 +72,7 @@ class ModelManager:
         self._place_lock = threading.Lock()  # one placement decision (load / move / evict) at a time
         self._chosen: dict[str, str] = {}  # kind -> the last name loaded by choice (not a per-request override)
         self._active: dict[str, tuple[str, str]] = {}  # kind -> key of the one used last
+        self._release_listeners: list = []  # fn(loaded): a model was unloaded or moved off its device
         self.last_switch_seconds: float | None = None
 
     # -- set-up ----------------------------------------------------------------
@@ -81,6 +82,18 @@ class ModelManager:
 
     def add_adapter(self, kind: str, adapter: ModelAdapter) -> None:
         self._adapters[kind] = adapter
+
+    def add_release_listener(self, fn) -> None:
+        """`fn(loaded)` is called when a model is unloaded or moved to another device (what a task
+        keeps about that copy of the weights — a chat's KV cache — is stale then)."""
+        self._release_listeners.append(fn)
+
+    def _released(self, loaded: Loaded) -> None:
+        for fn in list(self._release_listeners):
+            try:
+                fn(loaded)
+            except Exception:  # a listener must never stop an eviction
+                log.exception("a model release listener raised")
 
     def remove_adapter(self, kind: str) -> None:
         for slot in [s for s in self._slots_list() if s.loaded.kind == kind and not s.pinned]:
@@ -266,6 +279,7 @@ class ModelManager:
         """An idle model leaves the device: to the RAM cache when it can move and fits, else out."""
         loaded = slot.loaded
         if loaded.device != "cpu" and loaded.movable and self._room_in_ram(loaded):
+            self._released(loaded)
             self._adapter(loaded.kind).to(self._actx, loaded, "cpu")
             log.info("%s %s moved to the RAM cache", loaded.kind, loaded.entry.name)
             free_accelerator_memory(self.device.name)
@@ -313,6 +327,7 @@ class ModelManager:
             self._slots.pop(loaded.key, None)
             if self._active.get(loaded.kind) == loaded.key:
                 del self._active[loaded.kind]
+        self._released(loaded)
         self._adapter(loaded.kind).release(self._actx, loaded)
         log.info("%s %s unloaded", loaded.kind, loaded.entry.name)
         del slot, loaded

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def routers(studio) -> list:
-    from webui.api import extensions, jobs, models, sdapi, vision
+    from webui.api import extensions, jobs, models, openai, sdapi, vision
 
-    return [sdapi.router(studio), models.router(studio), jobs.router(studio), vision.router(studio), extensions.router(studio)]
+    return [sdapi.router(studio), models.router(studio), jobs.router(studio), vision.router(studio),
+            extensions.router(studio), openai.router(studio)]

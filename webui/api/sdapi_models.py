@@ -15,7 +15,7 @@ from modules.errors import AtelierError, InvalidRequest
 from webui.api.common import Waiter, ensure_ready, read_json_object
 from webui.checkpoints import find_checkpoint, switch_checkpoint
 
-_SECRET_FLAGS = ("gradio_auth", "api_auth")
+_SECRET_FLAGS = ("gradio_auth", "api_auth", "api_key")
 # Settings whose value becomes a path under outputs/: refused if they would leave it.
 _OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples")
 
