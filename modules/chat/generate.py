@@ -7,7 +7,6 @@ structured output (structured.py), and a DynamicCache holding the conversation's
 from __future__ import annotations
 
 import random
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
