@@ -190,7 +190,7 @@ def test_a_disconnected_stream_interrupts_its_job(server):
     job_id = first["id"].removeprefix("chatcmpl-")
     deadline, state = time.monotonic() + 60, None
     while time.monotonic() < deadline:
-        state = httpx.get(server.url + f"/atelier/jobs/{job_id}", headers=h, timeout=10).json()["state"]
+        state = httpx.get(server.url + f"/atelier/v1/jobs/{job_id}", headers=h, timeout=10).json()["state"]
         if state != "running":
             break
         time.sleep(0.2)
@@ -207,7 +207,7 @@ def test_api_key_and_api_auth_both_open_every_api_route(server):
     assert httpx.get(url + "/v1/models", auth=("user", "pass"), timeout=10).status_code == 200
     key = {"Authorization": f"Bearer {KEY}"}
     assert httpx.get(url + "/sdapi/v1/sd-models", headers=key, timeout=10).status_code == 200
-    assert httpx.get(url + "/atelier/models", headers=key, timeout=30).status_code == 200
+    assert httpx.get(url + "/atelier/v1/models", headers=key, timeout=30).status_code == 200
     refused = httpx.get(url + "/sdapi/v1/sd-models", timeout=10)
     assert refused.status_code == 401 and refused.json()["error"] == "Unauthorized"
     flags = httpx.get(url + "/sdapi/v1/cmd-flags", headers=key, timeout=10).json()

@@ -107,7 +107,9 @@ def test_skip_drops_the_current_image_and_goes_on_with_the_batch(server):
     # The same two pictures made whole, one request each: the skipped one was cut short, the next one not.
     whole_50 = post(server, {**body, "seed": 50}).json()["images"][0]
     whole_51 = post(server, {**body, "seed": 51}).json()["images"][0]
-    assert np.abs(pixels(images[0]) - pixels(whole_50)).mean() > 2, "skip did not cut the current image short"
+    # Where the skip lands depends on the machine's pace (any step before the last); the sampling is
+    # deterministic, so a whole image equals its run exactly and any cut one differs.
+    assert not np.array_equal(pixels(images[0]), pixels(whole_50)), "skip did not cut the current image short"
     assert np.array_equal(pixels(images[1]), pixels(whole_51)), "the image after the skipped one must be made whole"
 
 

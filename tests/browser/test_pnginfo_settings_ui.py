@@ -57,3 +57,18 @@ def test_settings_apply_persists_to_config_json(page, live_server):
     page.locator("#setting_save_images_default input[type=checkbox]").check()
     page.click("#settings_submit")
     page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('Saved 2')")
+
+
+def test_a_task_section_is_saved_under_tasks(page, live_server):
+    open_tab(page, "Settings")
+    page.wait_for_timeout(800)
+    page.locator("#settings_section_models").get_by_text("models").first.click()
+    set_number(page, "setting_models_ram_budget_gb", 20)
+    page.click("#settings_submit")
+    page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('models.ram_budget_gb')")
+    saved = json.loads((live_server.data_dir / "config.json").read_text())
+    assert saved["tasks"]["models"]["ram_budget_gb"] == 20
+    set_number(page, "setting_models_ram_budget_gb", 0)  # back to automatic for the other tests
+    page.click("#settings_submit")
+    page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('Saved 1')")
+    assert json.loads((live_server.data_dir / "config.json").read_text())["tasks"]["models"]["ram_budget_gb"] == 0

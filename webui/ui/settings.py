@@ -7,7 +7,7 @@ from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
 
 # Edited elsewhere (the checkpoint bar, the Extensions tab) or not a simple value.
-SKIP = {"extensions", "extensions_disabled", "tasks", "sd_model_checkpoint", "sd_vae"}
+SKIP = {"extensions", "extensions_disabled", "extensions_enabled", "tasks", "sd_model_checkpoint", "sd_vae"}
 # Labels in A1111's words where the field has no description of its own.
 LABELS = {
     "memory_policy": "Memory policy: auto, all on the GPU, model offload, sequential offload",
@@ -71,33 +71,51 @@ def build(studio) -> dict:
             with gr.Column():
                 for name, info in column:
                     fields[name] = widget_for(name, info, current[name])
+    # Each task's own section (models, chat, …), saved under tasks.<name> in config.json.
+    sections = studio.settings.sections()
+    section_fields: list[tuple[str, str]] = []  # (section, field) in widget order
+    for section, model in sections.items():
+        values = studio.settings.section(section).model_dump()
+        with gr.Accordion(f"{section}", open=False, elem_id=f"settings_section_{section}"):
+            for name, info in model.model_fields.items():
+                fields[f"{section}.{name}"] = widget_for(f"{section}_{name}", info, values[name])
+                section_fields.append((section, name))
     c.update(fields)
-    names = list(fields)
+    names = [n for n in fields if "." not in n]
+    keys = names + [f"{sec}.{name}" for sec, name in section_fields]
+
+    def _value(ann, value):
+        return int(value) if ann is int and isinstance(value, float) else value
 
     def save(*values):
+        given = dict(zip(keys, values))
         now = studio.settings.get().model_dump()
-        changes = {}
-        for name, value in zip(names, values):
-            ann = Settings.model_fields[name].annotation
-            if ann is int and isinstance(value, float):
-                value = int(value)
-            if value != now[name]:
-                changes[name] = value
-        if not changes:
+        changes = {n: _value(Settings.model_fields[n].annotation, given[n]) for n in names}
+        changes = {n: v for n, v in changes.items() if v != now[n]}
+        by_section: dict[str, dict] = {}
+        for sec, name in section_fields:
+            value = _value(sections[sec].model_fields[name].annotation, given[f"{sec}.{name}"])
+            if value != getattr(studio.settings.section(sec), name):
+                by_section.setdefault(sec, {})[name] = value
+        if not changes and not by_section:
             return "Nothing changed."
         try:
-            studio.settings.update(changes)
+            if changes:
+                studio.settings.update(changes)
+            for sec, values in by_section.items():
+                studio.settings.update_section(sec, values)
         except AtelierError as exc:
             raise gr.Error(str(exc), title="Setting not saved") from None
-        return f"Saved {len(changes)} setting(s) to config.json: {', '.join(sorted(changes))}."
+        saved = sorted(changes) + [f"{sec}.{n}" for sec, vs in by_section.items() for n in vs]
+        return f"Saved {len(saved)} setting(s) to config.json: {', '.join(saved)}."
 
-    c["save"].click(save, [fields[n] for n in names], [c["result"]], queue=False)
+    c["save"].click(save, [fields[k] for k in keys], [c["result"]], queue=False)
 
     def reload():
         now = studio.settings.get().model_dump()
-        return [now[n] for n in names]
+        return [now[n] for n in names] + [getattr(studio.settings.section(sec), n) for sec, n in section_fields]
 
-    c["_on_show"] = (reload, None, [fields[n] for n in names])
+    c["_on_show"] = (reload, None, [fields[k] for k in keys])
     return c
 
 
