@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 BUILTIN_TASKS = (
     "modules.models.task",  # model loading and downloads; the demo models on first start
     "modules.diffusion.task",  # txt2img, img2img, inpaint
+    "modules.training.task",  # LoRA training in a child process under accelerate
 )
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 def routers(studio) -> list:
-    from webui.api import extensions, jobs, models, sdapi
+    from webui.api import extensions, jobs, models, sdapi, training
 
-    return [sdapi.router(studio), models.router(studio), jobs.router(studio), extensions.router(studio)]
+    return [sdapi.router(studio), models.router(studio), jobs.router(studio), training.router(studio),
+            extensions.router(studio)]
