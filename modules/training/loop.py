@@ -26,6 +26,7 @@ class TrainerState:
         import torch
 
         self.step = 0
+        self.global_rng: tuple | None = None  # the global RNG as a resumed checkpoint left it
         self.epoch = 0
         self.batch_in_epoch = 0  # batches of this epoch already trained on (this process's share)
         self.data_digest = data_digest
@@ -157,6 +158,21 @@ def load_checkpoint(accelerator, checkpoint: Path, state: TrainerState) -> None:
     rng = checkpoint / f"noise_rng_{accelerator.process_index}.pt"
     if rng.exists():  # a run resumed on more processes than it was saved with: the new ones keep their seed
         state.generator.set_state(torch.load(rng, weights_only=True))
+    state.global_rng = global_rng_state()  # put back just before the next batch (see Loop.run_steps)
+
+
+def global_rng_state() -> tuple:
+    import torch
+
+    return torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+
+
+def set_global_rng_state(saved: tuple) -> None:
+    import torch
+
+    torch.set_rng_state(saved[0])
+    if saved[1] is not None:
+        torch.cuda.set_rng_state_all(saved[1])
 
 
 def stop_requested(accelerator, ctx) -> bool:
@@ -193,10 +209,25 @@ class Loop:
         acc, state, req = self.accelerator, self.state, self.request
         epochs = max(1, -(-self.total_steps // max(1, self._steps_per_epoch())))
         while state.step < self.total_steps:
+            mid_epoch = state.batch_in_epoch > 0
+            if mid_epoch and state.batch_in_epoch >= len(self.loader):  # a checkpoint at an epoch's very end
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+                continue
             self.sampler.set_epoch(state.epoch)
-            loader = acc.skip_first_batches(self.loader, state.batch_in_epoch) if state.batch_in_epoch else self.loader
+            if hasattr(self.loader, "set_epoch"):  # accelerate's loader re-sets the sampler's epoch from its own count
+                self.loader.set_epoch(state.epoch)
+            # The global RNG (LoRA dropout draws from it) must be where the checkpoint left it when the next
+            # batch trains, whatever the dataloaders' making draws: before a new epoch's iterator, as in a run
+            # that never stopped, or, mid-epoch, once the skipping iterator exists.
+            if state.global_rng is not None and not mid_epoch:
+                set_global_rng_state(state.global_rng)
+                state.global_rng = None
+            loader = acc.skip_first_batches(self.loader, state.batch_in_epoch) if mid_epoch else self.loader
             running = 0.0
             for batch in loader:
+                if state.global_rng is not None:
+                    set_global_rng_state(state.global_rng)
+                    state.global_rng = None
                 with acc.accumulate(*self.models):
                     loss = loss_of(batch)
                     acc.backward(loss)

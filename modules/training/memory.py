@@ -36,3 +36,23 @@ def estimate_sd_lora(model_bytes: int, unet_fraction: float, resolution: int, ba
     return {"weights_bytes": int(weights), "trainable_bytes": int(trainable), "activations_bytes": int(activations),
             "total_bytes": int(total), "total_gib": round(total / GIB, 1),
             "note": "an estimate from the model's size and the options; the training reports the real peak"}
+
+
+def estimate_lm_lora(model_bytes: int, quantization: str, precision: str, batch_size: int, cutoff_len: int,
+                     rank: int, gradient_checkpointing: bool, optimizer: str) -> dict:
+    """Bytes by part and in all, for an LLM LoRA / QLoRA training. `model_bytes`: the folder's size."""
+    # The folder's weights are usually bf16 (2 bytes a parameter); training loads fp32 on the CPU, bf16 on a GPU.
+    params = model_bytes / 2
+    per_param = 0.55 if quantization == "nf4" else (2 if precision in ("fp16", "bf16") else 4)
+    weights = params * per_param
+    lora_params = params * rank / 2000  # all-linear targets: about rank/2000 of the parameters
+    trainable = lora_params * (4 + 4 + _OPTIMIZER_BYTES.get(optimizer, 8))
+    # Activations: about 34 bytes per token per hidden unit per layer in half precision (no checkpointing),
+    # folded here into a per-parameter figure: tokens x sqrt(params) x a constant measured on Gemma-size models.
+    activations = batch_size * cutoff_len * (params ** 0.5) * 30 * (1 if precision != "no" else 2)
+    if gradient_checkpointing:
+        activations /= 4
+    total = weights + trainable + activations
+    return {"weights_bytes": int(weights), "trainable_bytes": int(trainable), "activations_bytes": int(activations),
+            "total_bytes": int(total), "total_gib": round(total / GIB, 1),
+            "note": "an estimate from the model's size and the options; the training reports the real peak"}

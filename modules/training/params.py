@@ -96,9 +96,33 @@ class SdLoraRequest(TrainingRequest):
         return float(self.alpha) if self.alpha is not None else float(self.rank)
 
 
-AnyTrainingRequest = Annotated[Union[SdLoraRequest], Field(discriminator="kind")]
+class LmLoraRequest(TrainingRequest):
+    """A LoRA / QLoRA adapter for a causal LM of models/LLM (a PEFT adapter folder in models/LLM-loras)."""
+
+    kind: Literal["lm_lora"] = "lm_lora"
+    format: Literal["auto", "chat", "text"] = Field("auto", description="chat: JSONL messages; text: raw text")
+    cutoff_len: int = Field(512, ge=16, le=32_768, description="tokens per example; longer ones are cut")
+    packing: bool = Field(False, description="join examples into rows of cutoff_len tokens")
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: PositiveFloat = 16.0
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[Annotated[str, Field(min_length=1, max_length=100)]]] = (
+        Field("all-linear", description='"all-linear" or module names such as ["q_proj", "v_proj"]'))
+    learning_rate: PositiveFloat = 2e-4
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA (a 4-bit base, double quant)")
+    double_quant: bool = True
+    sample_every: int = Field(0, ge=0, le=1_000_000, description="steps between sample replies; 0: at the end")
+    sample_prompts: list[Annotated[str, Field(max_length=2000)]] = Field(default_factory=list, max_length=8)
+    sample_max_new_tokens: int = Field(32, ge=1, le=512)
+
+    @property
+    def network_alpha(self) -> float:
+        return float(self.alpha)
+
+
+AnyTrainingRequest = Annotated[Union[SdLoraRequest, LmLoraRequest], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(AnyTrainingRequest)
-KINDS = {"sd_lora": SdLoraRequest}
+KINDS = {"sd_lora": SdLoraRequest, "lm_lora": LmLoraRequest}
 
 
 def job_kind(kind: str) -> str:
@@ -146,6 +170,8 @@ def check(request: TrainingRequest, services: "TrainingServices", outputs: bool 
     `outputs=False` skips the output-name check (the step math shown before Start)."""
     if isinstance(request, SdLoraRequest):
         return _check_sd_lora(request, services, outputs)
+    if isinstance(request, LmLoraRequest):
+        return _check_lm_lora(request, services, outputs)
     raise InvalidRequest(f"no checks for {type(request).__name__}", "kind")
 
 
@@ -184,7 +210,7 @@ def _base_entry(request: TrainingRequest, services: "TrainingServices", kind: st
         raise InvalidRequest(exc.message, "base_model") from None
     if entry.problem:
         raise InvalidRequest(f"{entry.name} cannot be used: {entry.problem}", "base_model")
-    if entry.arch and entry.arch not in archs:
+    if archs and entry.arch and entry.arch not in archs:
         raise InvalidRequest(f"{entry.name} is {entry.arch.upper()}; this training supports "
                              f"{', '.join(a.upper() for a in archs)}", "base_model")
     return entry
@@ -278,6 +304,59 @@ def _check_sd_lora(request: SdLoraRequest, services: "TrainingServices", outputs
                       request.gradient_accumulation, list(buckets.values()), max_steps=request.max_steps,
                       processes=processes)
     return Checked(request, base, dataset_dir, scan, output, run_dir, steps, processes)
+
+
+def resolve_lm_dataset(name: str, root: Path) -> Path:
+    """A .jsonl / .txt file or a folder of them, inside the data dir."""
+    candidate = Path(name)
+    if candidate.is_absolute():
+        try:
+            name = candidate.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise InvalidRequest(f"{name!r} is outside the data dir {root}; put the dataset inside it",
+                                 "dataset") from None
+    try:
+        return resolve_inside(root, name, field_name="dataset")
+    except NotFound:
+        raise InvalidRequest(f"no file or folder {name!r} in the data dir {root}", "dataset") from None
+    except AtelierError as exc:
+        raise InvalidRequest(exc.message, "dataset") from None
+
+
+def _check_lm_lora(request: LmLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
+    from modules.training.lm_dataset import check_examples, read_examples
+    from modules.training.plan import step_math
+
+    paths = services.registry.paths
+    base = _base_entry(request, services, "llm", ())
+    if base.format != "hf":
+        raise InvalidRequest(f"{base.name} is a {base.format} file; LoRA training needs a transformers folder "
+                             "(config.json + safetensors)", "base_model")
+    _check_device(request, services.device_name())
+    dataset = resolve_lm_dataset(request.dataset, paths.root)
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
+    except Exception as exc:  # a folder without a usable tokenizer cannot render its examples
+        raise InvalidRequest(f"{base.name}'s tokenizer cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}",
+                             "base_model") from None
+    try:
+        examples = read_examples(dataset, tokenizer, request.format, request.cutoff_len, request.packing)
+    except OSError as exc:
+        raise InvalidRequest(f"the dataset cannot be read: {exc.strerror or exc}", "dataset") from None
+    check_examples(examples, request.dataset)
+    output = resolve_inside(paths.model_dir("lm_adapter"), request.output_name, "output_name", must_exist=False)
+    run_dir = resolve_inside(paths.training, request.run_name, "output_name", must_exist=False)
+    if outputs:
+        _check_output(request, output, run_dir)
+    processes = services.processes(request.gpus)
+    steps = step_math(len(examples.rows), len(examples.rows), request.epochs, request.batch_size,
+                      request.gradient_accumulation, max_steps=request.max_steps, processes=processes)
+    from modules.training.dataset import DatasetScan
+
+    scan = DatasetScan(dataset, skipped=examples.skipped)
+    return Checked(request, base, dataset, scan, output, run_dir, steps, processes)
 
 
 def validator(services: "TrainingServices"):

@@ -30,7 +30,9 @@ def run_training(ctx, request: Any) -> dict:
     run.prepare(req.model_dump(mode="json"), {"base": base, "dataset": str(checked.dataset_dir),
                                                "skipped": checked.scan.skipped, "steps": checked.steps.to_json(),
                                                "created_at": time.time()}, fresh=not req.resume)
-    for path, why in checked.scan.skipped:
+    if req.kind == "lm_lora":
+        ctx.log(f"{len(checked.scan.skipped)} example(s) skipped" if checked.scan.skipped else "no example skipped")
+    for path, why in checked.scan.skipped[:50]:
         ctx.log(f"skipped {path}: {why}")
     ctx.log(f"step math: {checked.steps.formula}")
     ctx.progress(0, checked.steps.total_steps, text="starting the training process")
@@ -54,12 +56,16 @@ def run_training(ctx, request: Any) -> dict:
 
 
 def _output_kind(req: TrainingRequest) -> str:
-    return "lora"
+    return "lm_adapter" if req.kind == "lm_lora" else "lora"
 
 
 def memory_hint(req: TrainingRequest, device_name: str) -> str:
     """Which options to lower, for the request that ran out of memory, most effective first."""
     lower = [f"batch_size (now {req.batch_size}; raise gradient_accumulation to keep the effective batch)"]
+    if getattr(req, "cutoff_len", 0) > 256:
+        lower.append(f"cutoff_len (now {req.cutoff_len})")
+    if getattr(req, "quantization", "nf4") == "none":
+        lower.append("quantization nf4 (QLoRA)")
     resolution = getattr(req, "resolution", None)
     if resolution and resolution > 256:
         lower.append(f"resolution (now {resolution})")

@@ -20,11 +20,15 @@ _UNET_FRACTION = {"sdxl": 0.74}
 def plan(data: Any, services: "TrainingServices") -> dict:
     """The step math and a memory estimate for a request; refusals as at submit (but an existing
     output name is not one here: the plan is shown while the form is filled in)."""
-    from modules.training.memory import estimate_sd_lora
+    from modules.training.memory import estimate_lm_lora, estimate_sd_lora
 
     req = parse(data)
     checked = check(req, services, outputs=False)
-    memory = estimate_sd_lora(checked.base.size, _UNET_FRACTION.get(checked.base.arch or "", 0.8), req.resolution,
+    if req.kind == "lm_lora":
+        memory = estimate_lm_lora(checked.base.size, req.quantization, req.mixed_precision, req.batch_size,
+                                  req.cutoff_len, req.rank, req.gradient_checkpointing, req.optimizer)
+    else:
+        memory = estimate_sd_lora(checked.base.size, _UNET_FRACTION.get(checked.base.arch or "", 0.8), req.resolution,
                               req.batch_size, req.mixed_precision, req.rank, req.train_text_encoder,
                               req.gradient_checkpointing, req.cache_latents, req.optimizer)
     return {"steps": checked.steps.to_json(), "memory": memory, "images": len(checked.scan.items),
