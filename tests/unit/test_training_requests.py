@@ -131,3 +131,26 @@ def test_out_of_memory_says_which_options_to_lower(studio):
     assert "ran out of memory" in message and "batch_size (now 4" in message
     assert "resolution (now 512)" in message and "gradient_checkpointing" in message
     assert "mixed_precision" in memory_hint(SdLoraRequest(**sd_request("x")), "cuda")
+
+
+def test_a_generation_job_waits_for_a_training_with_a_message_saying_so():
+    import threading
+    import time
+
+    from modules.jobs import JobEngine, JobKind
+
+    engine = JobEngine()
+    release = threading.Event()
+    engine.add_kind(JobKind("train", lambda ctx, req: release.wait(30), queue="training", exclusive=True))
+    engine.add_kind(JobKind("draw", lambda ctx, req: "drawn", queue="images"))
+    training = engine.submit("train", {})
+    deadline = time.monotonic() + 30
+    while training.state.value != "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    drawing = engine.submit("draw", {})
+    while "training job has the device" not in drawing.progress.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert drawing.state.value == "queued" and "training job has the device" in drawing.progress.text
+    release.set()
+    assert drawing.wait(30).result == "drawn"
+    engine.shutdown()
