@@ -201,11 +201,12 @@ def train(ctx, payload: dict) -> dict:
     loop_started, steps_before = time.monotonic(), state.step
     outcome = trainer.run_steps(loss_of, after_step)
     seconds = time.monotonic() - loop_started
+    steady = trainer.steady_steps_per_s()
     result = {"run": str(run.root), "name": req.output_name, "steps": state.step, "total_steps": steps.total_steps,
               "outcome": outcome, "checkpoint": str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
               "train_seconds": round(seconds, 3), "first_step_s": trainer.first_step_s,
               "steps_per_s": round((state.step - steps_before) / seconds, 4) if seconds > 0 else None,
-              "output": None, "samples": samples, "trainable_parameters": trainable,
+              "steady_steps_per_s": steady, "output": None, "samples": samples, "trainable_parameters": trainable,
               "started_at": started_at}
     if outcome == "done":
         samples.extend(sample_replies(model, tokenizer, req, state.step, run, report, ctx, accelerator.is_main_process))

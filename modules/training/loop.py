@@ -198,6 +198,7 @@ class Loop:
         self.optimizer, self.lr_scheduler, self.loader, self.sampler = optimizer, lr_scheduler, loader, sampler
         self.total_steps, self.request = total_steps, request
         self.first_step_s: float | None = None
+        self.first_step_at, self.steps_at_first = 0.0, 0
         self.last_checkpoint: Path | None = None
 
     def checkpoint(self) -> Path:
@@ -243,6 +244,7 @@ class Loop:
                 state.step += 1
                 if self.first_step_s is None:
                     self.first_step_s = time.monotonic() - self.reporter.started
+                    self.first_step_at, self.steps_at_first = time.monotonic(), state.step
                 lr = self.lr_scheduler.get_last_lr()[0]
                 self.reporter.metric("loss", running, state.step)
                 self.reporter.metric("lr", lr, state.step)
@@ -265,6 +267,12 @@ class Loop:
                 state.epoch += 1
                 state.batch_in_epoch = 0
         return "done"
+
+    def steady_steps_per_s(self) -> float | None:
+        """Steps per second after the first step (its one-time costs left out), when there were two or more."""
+        done = self.state.step - self.steps_at_first
+        seconds = time.monotonic() - self.first_step_at
+        return round(done / seconds, 5) if self.first_step_s is not None and done > 0 and seconds > 0 else None
 
     def _steps_per_epoch(self) -> int:
         return -(-len(self.loader) // self.request.gradient_accumulation)
