@@ -207,3 +207,16 @@ def test_the_uncached_path_and_the_other_options_run(studio):
 def test_prodigy_runs(studio):
     job = train(studio, sd_request("prodigy", optimizer="prodigy", unet_lr=1.0, max_steps=2))
     assert job.result["steps"] == 2
+
+
+def test_bf16_mixed_precision_on_the_cpu_keeps_the_lora_in_fp32_and_samples(studio):
+    import math
+
+    import torch
+
+    job = train(studio, sd_request("bf16", mixed_precision="bf16", train_text_encoder=True, max_steps=2,
+                                   sample_prompts=["a red cat"], sample_steps=2))
+    assert all(math.isfinite(v) for _, v in job.metrics["loss"])
+    tensors = lora_tensors(job.result["output"])
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in tensors.values())
+    assert job.files and job.files[-1].endswith(".png")
