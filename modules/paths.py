@@ -54,6 +54,11 @@ class DataPaths:
         return self.root / "jobs"
 
     @property
+    def training(self) -> Path:
+        """Training runs: training/<run name>/ (request, checkpoints, samples, logs)."""
+        return self.root / "training"
+
+    @property
     def extensions(self) -> Path:
         return self.root / "extensions"
 

@@ -30,6 +30,7 @@ BUILTIN_TASKS = (
     "modules.diffusion.task",  # txt2img, img2img, inpaint
     "modules.chat.task",  # chat replies and plain completions (Gemma 2 / 3, text and images)
     "modules.vision.task",  # captions, OCR, answers, boxes and masks; extensions' vision tasks
+    "modules.training.task",  # LoRA training in a child process under accelerate
 )
 
 

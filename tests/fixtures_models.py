@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modules.models.demo import DEMO_NOTE, build_sd15_pipeline, write_clip_tokenizer
-from tests.singlefile import copy_configs, save_single_file, unet_key
+from modules.models.singlefile import copy_configs, save_single_file, unet_key
 
 
 def save_demo_single_file(path: Path, seed: int = 0, sidecar: bool = True, **kwargs) -> Path:

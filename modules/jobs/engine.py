@@ -215,6 +215,9 @@ class JobEngine:
             job.error, job.error_field, job.error_status = f"the job kind {job.kind!r} is gone", "kind", 404
             self._finish(job, JobState.FAILED)
             return
+        if not spec.exclusive and self._gate.held_exclusively():
+            job.progress.text = "waiting: a training job has the device; this starts when it ends"
+            job._touch()
         with self._gate.enter(spec.exclusive, lambda: job.interrupt_requested):
             if job.interrupt_requested:  # stopped while waiting for the device
                 self._finish(job, JobState.CANCELLED)

@@ -60,6 +60,11 @@ class DeviceGate:
                 self._shared -= 1
             self._cond.notify_all()
 
+    def held_exclusively(self) -> bool:
+        """An exclusive job runs or waits: an ordinary job would wait for it."""
+        with self._cond:
+            return self._exclusive or self._exclusive_waiting > 0
+
     def busy(self) -> dict:
         with self._cond:
             return {"shared": self._shared, "exclusive": self._exclusive, "exclusive_waiting": self._exclusive_waiting}

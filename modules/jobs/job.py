@@ -138,11 +138,13 @@ class Job:
             return pieces, cursor + len(pieces), ended
 
     def details(self, log_lines: int = 200) -> dict:
-        """The snapshot plus metric series, the newest log lines, files and the stream's length."""
+        """The snapshot plus metric series, the newest log lines, files, the stream's length and the
+        result when it is plain JSON (a training's paths; an image job's result is not)."""
         with self._cond:
             return self.snapshot() | {
                 "metrics": {name: [list(p) for p in series] for name, series in self.metrics.items()},
-                "log": list(self.logs)[-log_lines:], "files": list(self.files), "stream_length": len(self.stream)}
+                "log": list(self.logs)[-log_lines:], "files": list(self.files), "stream_length": len(self.stream),
+                "result": self.result if isinstance(self.result, (dict, list, str, int, float)) else None}
 
     def raise_for_error(self) -> None:
         if self.state == JobState.FAILED:

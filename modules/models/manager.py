@@ -376,6 +376,17 @@ class ModelManager:
                                "name")
                 self._drop(slot)
 
+    def vacate_device(self) -> None:
+        """Every idle model leaves the compute device (to the RAM cache when it fits there): a training
+        process is about to own the device."""
+        if self.device.name == "cpu":
+            return
+        with self._place_lock:
+            for slot in self._slots_list():
+                if slot.loaded.device == self.device.name and not slot.pinned:
+                    self._evict(slot)
+        free_accelerator_memory(self.device.name)
+
     def memory(self) -> dict:
         from modules.devices import memory_readings
 

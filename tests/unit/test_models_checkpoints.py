@@ -22,7 +22,7 @@ def studio(tmp_path_factory, demo_checkpoint, marker):
 
     from modules.models.demo import save_demo_checkpoint
     from tests.fixtures_models import save_demo_single_file
-    from tests.singlefile import copy_configs, ldm_state_dict
+    from modules.models.singlefile import copy_configs, ldm_state_dict
     from modules.studio import Studio, StudioOptions
     from tests.conftest import make_data_dir
 

@@ -22,7 +22,7 @@ def studio(tmp_path_factory, demo_checkpoint, markers):
     from safetensors.torch import save_file
 
     from modules.models.demo import build_sd15_pipeline
-    from tests.singlefile import ldm_state_dict
+    from modules.models.singlefile import ldm_state_dict
     from modules.studio import Studio, StudioOptions
     from tests.conftest import make_data_dir
 

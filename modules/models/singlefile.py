@@ -3,7 +3,7 @@
 diffusers ships only the other direction (LDM → diffusers, used by `from_single_file`); this is
 the inverse of its tables, computed from the UNet's and VAE's configs so it works for any block
 count (the tiny demo model as well as a real SD1.5). The tests make their single-file checkpoints
-offline with it (the studio itself only reads such files, through diffusers).
+offline with it, and LoRA training uses its UNet key table for kohya-format names (training/kohya.py).
 """
 from __future__ import annotations
 

@@ -1,0 +1,366 @@
+"""Typed training requests — the one place training input is validated.
+
+The Train tab, POST /atelier/v1/train and extensions build the same objects. Two layers, both
+here: the request's own fields (types and ranges, pydantic), then `check()`, which reads the data
+dir — the dataset folder (inside the data dir, with readable images), the base model (of the
+right kind), the output name (refused when it exists, unless `overwrite`), the device (options
+that need a GPU). Every refusal is an AtelierError naming its field.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from modules.errors import AtelierError, InvalidRequest, NotFound
+from modules.paths import resolve_inside
+
+if TYPE_CHECKING:
+    from modules.models.registry import ModelEntry
+    from modules.training.dataset import DatasetScan
+    from modules.training.plan import StepMath
+    from modules.training.task import TrainingServices
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,99}$"  # a file stem: no folders, no leading dot
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+SD_ARCHS = ("sd1", "sd2", "sdxl")
+
+
+class OutputExists(AtelierError):
+    status = 409
+
+
+class TrainingRequest(BaseModel):
+    """What every training kind shares."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_name: str = Field(..., pattern=NAME_PATTERN, description="the result's name (file stem); also the run's")
+    overwrite: bool = Field(False, description="replace an existing result and run folder of this name")
+    resume: bool = Field(False, description="continue the run of this name from its latest checkpoint")
+    base_model: str | None = Field(None, max_length=400, description="None: the studio's current model of the kind")
+    dataset: str = Field(..., min_length=1, max_length=1024, description="a folder inside the data dir")
+    seed: int = Field(42, ge=0, le=2**32 - 1)
+    epochs: int = Field(1, ge=1, le=10_000)
+    max_steps: int | None = Field(None, ge=1, le=1_000_000, description="when set, decides the length (not epochs)")
+    batch_size: int = Field(1, ge=1, le=64)
+    gradient_accumulation: int = Field(1, ge=1, le=256)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = "adamw"
+    weight_decay: float = Field(1e-2, ge=0, le=1)
+    lr_scheduler: Literal[SCHEDULERS] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0, le=1_000_000)
+    max_grad_norm: float = Field(1.0, ge=0, le=1000, description="0: no clipping")
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    save_every: int = Field(0, ge=0, le=1_000_000, description="steps between checkpoints; 0: on Stop only")
+    keep_checkpoints: int = Field(2, ge=1, le=100)
+    stop_after_steps: int | None = Field(None, ge=1, description="save a checkpoint and stop after this step, "
+                                                                 "as Stop does (resume later)")
+    gpus: Literal["all", "one"] = Field("all", description="on a machine with several GPUs: DDP over all, or one")
+
+    @property
+    def run_name(self) -> str:
+        return self.output_name
+
+    # Fields a resume may change: they do not alter the training's state or schedule.
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("resume", "overwrite", "save_every", "keep_checkpoints", "stop_after_steps", "gpus")
+
+
+class SdLoraRequest(TrainingRequest):
+    """A LoRA for an SD1.x / SD2.x / SDXL checkpoint of models/Stable-diffusion (kohya/A1111 format out)."""
+
+    kind: Literal["sd_lora"] = "sd_lora"
+    resolution: int = Field(512, ge=64, le=2048, multiple_of=64)
+    bucketing: bool = Field(True, description="aspect-ratio buckets (never upscales); off: square crops")
+    default_caption: str = Field("", max_length=1000, description="for images without a caption file")
+    rank: int = Field(8, ge=1, le=1024, description="network_dim")
+    alpha: PositiveFloat | None = Field(None, description="network_alpha; None: the rank (scale 1)")
+    unet_lr: PositiveFloat = 1e-4
+    text_encoder_lr: PositiveFloat = 5e-5
+    train_text_encoder: bool = False
+    min_snr_gamma: PositiveFloat | None = Field(None, description="min-SNR weighting (5 is common); None: off")
+    noise_offset: float = Field(0.0, ge=0, le=1)
+    cache_latents: bool = True
+    cache_text_encoder_outputs: bool = Field(True, description="when the text encoder is not trained")
+    sample_every: int = Field(0, ge=0, le=1_000_000, description="steps between sample images; 0: at the end only")
+    sample_prompts: list[Annotated[str, Field(max_length=1000)]] = Field(default_factory=list, max_length=8)
+    sample_steps: int = Field(20, ge=1, le=150)
+    sample_seed: int = Field(0, ge=0, le=2**32 - 1)
+
+    @property
+    def network_alpha(self) -> float:
+        return float(self.alpha) if self.alpha is not None else float(self.rank)
+
+
+class LmLoraRequest(TrainingRequest):
+    """A LoRA / QLoRA adapter for a causal LM of models/LLM (a PEFT adapter folder in models/LLM-loras)."""
+
+    kind: Literal["lm_lora"] = "lm_lora"
+    format: Literal["auto", "chat", "text"] = Field("auto", description="chat: JSONL messages; text: raw text")
+    cutoff_len: int = Field(512, ge=16, le=32_768, description="tokens per example; longer ones are cut")
+    packing: bool = Field(False, description="join examples into rows of cutoff_len tokens")
+    rank: int = Field(8, ge=1, le=1024)
+    alpha: PositiveFloat = 16.0
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Union[Literal["all-linear"], list[Annotated[str, Field(min_length=1, max_length=100)]]] = (
+        Field("all-linear", description='"all-linear" or module names such as ["q_proj", "v_proj"]'))
+    learning_rate: PositiveFloat = 2e-4
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA (a 4-bit base, double quant)")
+    double_quant: bool = True
+    sample_every: int = Field(0, ge=0, le=1_000_000, description="steps between sample replies; 0: at the end")
+    sample_prompts: list[Annotated[str, Field(max_length=2000)]] = Field(default_factory=list, max_length=8)
+    sample_max_new_tokens: int = Field(32, ge=1, le=512)
+
+    @property
+    def network_alpha(self) -> float:
+        return float(self.alpha)
+
+
+AnyTrainingRequest = Annotated[Union[SdLoraRequest, LmLoraRequest], Field(discriminator="kind")]
+_ADAPTER = TypeAdapter(AnyTrainingRequest)
+KINDS = {"sd_lora": SdLoraRequest, "lm_lora": LmLoraRequest}
+
+
+def job_kind(kind: str) -> str:
+    return f"train_{kind}"
+
+
+def parse(data: Any) -> TrainingRequest:
+    """A JSON body (or the tab's dict) → the typed request of its "kind"; errors name the field."""
+    if isinstance(data, TrainingRequest):
+        return data
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request must be a JSON object", "body")
+    data = {"kind": "sd_lora", **data}
+    if data["kind"] not in KINDS:
+        raise InvalidRequest(f"unknown training kind {data['kind']!r}; known: {', '.join(KINDS)}", "kind")
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise _named(exc) from None
+
+
+def _named(exc: ValidationError) -> InvalidRequest:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in err.get("loc", ()) if str(p) not in KINDS]
+    msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
+    return InvalidRequest(msg, ".".join(loc) or "body")
+
+
+@dataclass
+class Checked:
+    """A request that passed `check()`, with what checking found."""
+
+    request: TrainingRequest
+    base: "ModelEntry"
+    dataset_dir: Path
+    scan: "DatasetScan"
+    output: Path
+    run_dir: Path
+    steps: "StepMath"
+    processes: int
+
+
+def check(request: TrainingRequest, services: "TrainingServices", outputs: bool = True) -> Checked:
+    """Everything about a request that needs the data dir or the device; raises naming the field.
+    `outputs=False` skips the output-name check (the step math shown before Start)."""
+    if isinstance(request, SdLoraRequest):
+        return _check_sd_lora(request, services, outputs)
+    if isinstance(request, LmLoraRequest):
+        return _check_lm_lora(request, services, outputs)
+    raise InvalidRequest(f"no checks for {type(request).__name__}", "kind")
+
+
+def resolve_dataset(name: str, root: Path) -> Path:
+    """A folder inside the data dir; an absolute path is accepted when it lies inside it."""
+    candidate = Path(name)
+    if candidate.is_absolute():
+        try:
+            name = candidate.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise InvalidRequest(f"{name!r} is outside the data dir {root}; put the dataset inside it "
+                                 "(e.g. datasets/<name>/)", "dataset") from None
+    try:
+        folder = resolve_inside(root, name, field_name="dataset")
+    except NotFound:
+        raise InvalidRequest(f"no folder {name!r} in the data dir {root}", "dataset") from None
+    except AtelierError as exc:
+        raise InvalidRequest(exc.message, "dataset") from None
+    if not folder.is_dir():
+        raise InvalidRequest(f"{name!r} is a file, not a folder of images", "dataset")
+    return folder
+
+
+def _base_entry(request: TrainingRequest, services: "TrainingServices", kind: str, archs: tuple[str, ...]):
+    registry = services.registry
+    name = request.base_model or services.models.default_name(kind)
+    try:
+        entry = registry.get(kind, name)
+    except NotFound:
+        registry.refresh(kind)
+        try:
+            entry = registry.get(kind, name)
+        except NotFound:
+            raise InvalidRequest(_wrong_kind(registry, name, kind), "base_model") from None
+    except AtelierError as exc:
+        raise InvalidRequest(exc.message, "base_model") from None
+    if entry.problem:
+        raise InvalidRequest(f"{entry.name} cannot be used: {entry.problem}", "base_model")
+    if archs and entry.arch and entry.arch not in archs:
+        raise InvalidRequest(f"{entry.name} is {entry.arch.upper()}; this training supports "
+                             f"{', '.join(a.upper() for a in archs)}", "base_model")
+    return entry
+
+
+def _wrong_kind(registry, name: str, wanted: str) -> str:
+    folder = registry.paths.model_dir(wanted).name
+    for other in registry.paths.model_kinds():
+        if other == wanted:
+            continue
+        try:
+            found = registry.get(other, name)
+        except AtelierError:
+            continue
+        return (f"{found.name} is a {other} model (models/{registry.paths.model_dir(other).name}), not a "
+                f"{wanted}; pick a model of models/{folder}")
+    known = ", ".join(e.name for e in registry.list(wanted)[:10]) or "none"
+    return f"no {wanted} named {name!r} in models/{folder}; available: {known}"
+
+
+def _check_device(request: TrainingRequest, device_name: str) -> None:
+    if request.optimizer == "adamw8bit" and device_name != "cuda":
+        raise InvalidRequest("AdamW 8-bit (bitsandbytes) needs a CUDA GPU; pick adamw, adafactor or prodigy",
+                             "optimizer")
+    if request.mixed_precision == "fp16" and device_name == "cpu":
+        raise InvalidRequest("fp16 mixed precision needs a GPU; on the CPU use bf16 or no", "mixed_precision")
+
+
+def _check_output(request: TrainingRequest, output: Path, run_dir: Path) -> None:
+    if request.resume:
+        if not run_dir.is_dir():
+            raise InvalidRequest(f"there is no run {request.run_name!r} to resume (training/{request.run_name}/)",
+                                 "output_name")
+        saved = load_saved_request(run_dir)
+        if saved is not None:
+            differs = _first_difference(saved, request)
+            if differs:
+                raise InvalidRequest(f"differs from the run's saved request ({differs}); a resume continues "
+                                     "the same training", differs.split(" ")[0])
+        return
+    if request.overwrite:
+        return
+    if output.exists():
+        raise OutputExists(f"{output.name} exists in {output.parent.name}/; pick another name, or set overwrite",
+                           "output_name")
+    if run_dir.exists():
+        raise OutputExists(f"a run named {request.run_name!r} exists (training/{request.run_name}/); resume it, "
+                           "pick another name, or set overwrite", "output_name")
+
+
+def load_saved_request(run_dir: Path) -> TrainingRequest | None:
+    try:
+        return parse(json.loads((run_dir / "request.json").read_text(encoding="utf-8")))
+    except (OSError, ValueError, AtelierError):
+        return None
+
+
+def _first_difference(saved: TrainingRequest, new: TrainingRequest) -> str | None:
+    a, b = saved.model_dump(), new.model_dump()
+    for key in a:
+        if key not in TrainingRequest.RESUMABLE_CHANGES and a[key] != b.get(key):
+            return f"{key} was {a[key]!r}, now {b.get(key)!r}"
+    return None
+
+
+def _check_sd_lora(request: SdLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
+    from modules.training.buckets import bucket_counts
+    from modules.training.dataset import scan_dataset
+    from modules.training.plan import step_math
+
+    paths = services.registry.paths
+    base = _base_entry(request, services, "checkpoint", SD_ARCHS)
+    _check_device(request, services.device_name())
+    dataset_dir = resolve_dataset(request.dataset, paths.root)
+    try:
+        scan = scan_dataset(dataset_dir, request.default_caption)
+    except OSError as exc:
+        raise InvalidRequest(f"the dataset folder cannot be read: {exc.strerror or exc}", "dataset") from None
+    if not scan.items:
+        why = f" ({len(scan.skipped)} skipped: {scan.skipped_text()})" if scan.skipped else ""
+        raise InvalidRequest(f"{request.dataset!r} holds no readable images (.png, .jpg, .webp){why}", "dataset")
+    output = resolve_inside(paths.model_dir("lora"), request.output_name + ".safetensors", "output_name",
+                            must_exist=False)
+    run_dir = resolve_inside(paths.training, request.run_name, "output_name", must_exist=False)
+    if outputs:
+        _check_output(request, output, run_dir)
+    processes = services.processes(request.gpus)
+    buckets = bucket_counts([(i.width, i.height, i.repeats) for i in scan.items], request.resolution,
+                            request.bucketing)
+    steps = step_math(len(scan.items), scan.samples_per_epoch, request.epochs, request.batch_size,
+                      request.gradient_accumulation, list(buckets.values()), max_steps=request.max_steps,
+                      processes=processes)
+    return Checked(request, base, dataset_dir, scan, output, run_dir, steps, processes)
+
+
+def resolve_lm_dataset(name: str, root: Path) -> Path:
+    """A .jsonl / .txt file or a folder of them, inside the data dir."""
+    candidate = Path(name)
+    if candidate.is_absolute():
+        try:
+            name = candidate.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            raise InvalidRequest(f"{name!r} is outside the data dir {root}; put the dataset inside it",
+                                 "dataset") from None
+    try:
+        return resolve_inside(root, name, field_name="dataset")
+    except NotFound:
+        raise InvalidRequest(f"no file or folder {name!r} in the data dir {root}", "dataset") from None
+    except AtelierError as exc:
+        raise InvalidRequest(exc.message, "dataset") from None
+
+
+def _check_lm_lora(request: LmLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
+    from modules.training.lm_dataset import check_examples, read_examples
+    from modules.training.plan import step_math
+
+    paths = services.registry.paths
+    base = _base_entry(request, services, "llm", ())
+    if base.format != "hf":
+        raise InvalidRequest(f"{base.name} is a {base.format} file; LoRA training needs a transformers folder "
+                             "(config.json + safetensors)", "base_model")
+    _check_device(request, services.device_name())
+    dataset = resolve_lm_dataset(request.dataset, paths.root)
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
+    except Exception as exc:  # a folder without a usable tokenizer cannot render its examples
+        raise InvalidRequest(f"{base.name}'s tokenizer cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}",
+                             "base_model") from None
+    try:
+        examples = read_examples(dataset, tokenizer, request.format, request.cutoff_len, request.packing)
+    except OSError as exc:
+        raise InvalidRequest(f"the dataset cannot be read: {exc.strerror or exc}", "dataset") from None
+    check_examples(examples, request.dataset)
+    output = resolve_inside(paths.model_dir("lm_adapter"), request.output_name, "output_name", must_exist=False)
+    run_dir = resolve_inside(paths.training, request.run_name, "output_name", must_exist=False)
+    if outputs:
+        _check_output(request, output, run_dir)
+    processes = services.processes(request.gpus)
+    steps = step_math(len(examples.rows), len(examples.rows), request.epochs, request.batch_size,
+                      request.gradient_accumulation, max_steps=request.max_steps, processes=processes)
+    from modules.training.dataset import DatasetScan
+
+    scan = DatasetScan(dataset, skipped=examples.skipped)
+    return Checked(request, base, dataset, scan, output, run_dir, steps, processes)
+
+
+def validator(services: "TrainingServices"):
+    """The submit-time check of the training job kinds: refuses before the job waits in the queue."""
+    def validate(request: Any) -> None:
+        check(parse(request), services)
+    return validate

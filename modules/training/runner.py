@@ -1,0 +1,89 @@
+"""The training job's runner, in the server process: check the request, prepare the run folder,
+free the device, run the training process under accelerate, make its result visible at once."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from modules.jobs.child_failures import ChildFailed
+from modules.training.launch import accelerate_launcher
+from modules.training.params import Checked, TrainingRequest, check, parse
+from modules.training.runfolder import RunFolder
+
+if TYPE_CHECKING:
+    from modules.training.task import TrainingServices
+
+log = logging.getLogger("atelier.training")
+
+_MEMORY_WORDS = ("out of memory", "memory limit", "using too much memory")
+
+
+def run_training(ctx, request: Any) -> dict:
+    services: "TrainingServices" = ctx.services
+    req = parse(request)
+    checked = check(req, services)  # again: the data dir may have changed while the job waited
+    run = RunFolder(checked.run_dir)
+    base_hash = services.registry.ensure_hash(checked.base)
+    base = {"name": checked.base.name, "path": str(checked.base.path), "format": checked.base.format,
+            "arch": checked.base.arch, "sha256": base_hash, "size": checked.base.size}
+    run.prepare(req.model_dump(mode="json"), {"base": base, "dataset": str(checked.dataset_dir),
+                                               "skipped": checked.scan.skipped, "steps": checked.steps.to_json(),
+                                               "created_at": time.time()}, fresh=not req.resume)
+    if req.kind == "lm_lora":
+        ctx.log(f"{len(checked.scan.skipped)} example(s) skipped" if checked.scan.skipped else "no example skipped")
+    for path, why in checked.scan.skipped[:50]:
+        ctx.log(f"skipped {path}: {why}")
+    ctx.log(f"step math: {checked.steps.formula}")
+    ctx.progress(0, checked.steps.total_steps, text="starting the training process")
+    services.models.vacate_device()
+    child_request = {
+        "request": req.model_dump(mode="json"), "base": base, "data_root": str(services.paths.root),
+        "dataset_dir": str(checked.dataset_dir), "run_dir": str(run.root), "output": str(checked.output),
+        "steps": checked.steps.to_json(),
+    }
+    launcher = accelerate_launcher(services.device_name(), services.gpu_count(), req.mixed_precision, req.gpus)
+    try:
+        result = ctx.run_child(f"modules.training.{req.kind}_main:train", child_request, launcher=launcher,
+                               memory_limit_mb=None, env={"TOKENIZERS_PARALLELISM": "false"})
+    except ChildFailed as exc:
+        if any(word in exc.message for word in _MEMORY_WORDS):
+            raise ChildFailed(f"{exc.message}\n{memory_hint(req, services.device_name())}", exc.field) from None
+        raise
+    if isinstance(result, dict) and result.get("output"):
+        services.registry.refresh(_output_kind(req))  # in the LoRA picker at once
+    return result
+
+
+def _output_kind(req: TrainingRequest) -> str:
+    return "lm_adapter" if req.kind == "lm_lora" else "lora"
+
+
+def memory_hint(req: TrainingRequest, device_name: str) -> str:
+    """Which options to lower, for the request that ran out of memory, most effective first."""
+    lower = [f"batch_size (now {req.batch_size}; raise gradient_accumulation to keep the effective batch)"]
+    if getattr(req, "cutoff_len", 0) > 256:
+        lower.append(f"cutoff_len (now {req.cutoff_len})")
+    if getattr(req, "quantization", "nf4") == "none":
+        lower.append("quantization nf4 (QLoRA)")
+    resolution = getattr(req, "resolution", None)
+    if resolution and resolution > 256:
+        lower.append(f"resolution (now {resolution})")
+    if not req.gradient_checkpointing:
+        lower.append("turn on gradient_checkpointing")
+    if req.mixed_precision == "no" and device_name == "cuda":
+        lower.append("mixed_precision bf16 or fp16")
+    if getattr(req, "train_text_encoder", False):
+        lower.append("turn off train_text_encoder")
+    if getattr(req, "cache_latents", True) is False:
+        lower.append("turn on cache_latents")
+    rank = getattr(req, "rank", 0)
+    if rank > 32:
+        lower.append(f"rank (now {rank})")
+    return "To fit, lower: " + "; ".join(lower) + "."
+
+
+def describe(checked: Checked) -> dict:
+    """The step math and what the dataset check found (the tab's "before Start" panel)."""
+    return {"steps": checked.steps.to_json(), "images": len(checked.scan.items), "skipped": checked.scan.skipped,
+            "folders": checked.scan.folders}
