@@ -404,9 +404,9 @@ def build(studio) -> dict:
             _store(studio).rename(conv_id, title)
         except AtelierError as exc:
             raise gr_error(exc) from None
-        return conv_list(conv_id)
+        return conv_list(conv_id), export_button(conv_id)  # the export carries the new title
 
-    c["rename"].click(rename, [c["conv_id"], c["title"]], [c["conversations"]], queue=False,
+    c["rename"].click(rename, [c["conv_id"], c["title"]], [c["conversations"], c["export"]], queue=False,
                       api_visibility="private")
 
     def delete(conv_id):
