@@ -194,7 +194,7 @@ class ChatHandlers:
             prefix = shown.pop()["content"] if shown and isinstance(shown[-1]["content"], str) else ""
         yield shown + [{"role": "assistant", "content": prefix}], cid, job.id, "Waiting for the model…"
         interval = 1.0 / max(0.1, self.studio.settings.get().ui_updates_per_second)
-        text, cursor, last_sent, info = "", 0, 0.0, {}
+        text, cursor, last_sent, info, sent_cursor = "", 0, 0.0, {}, 0
         while True:
             pieces, cursor, ended = job.read_stream(cursor, timeout=interval)
             for p in pieces:
@@ -204,11 +204,13 @@ class ChatHandlers:
                     info = p["prompt"]
             if ended:
                 break
+            if cursor == sent_cursor:
+                continue  # nothing new (the model is loading, say): no update
             wait = interval - (time.monotonic() - last_sent)
             if wait > 0:
                 job.wait(wait)  # throttled: at most ui_updates_per_second updates; the job runs on
                 continue
-            last_sent = time.monotonic()
+            last_sent, sent_cursor = time.monotonic(), cursor
             tokens = f"{info.get('prompt_tokens', 0)} prompt tokens / {info.get('context_length', '?')}" if info else ""
             yield shown + [{"role": "assistant", "content": prefix + text}], cid, job.id, f"Replying… {tokens}"
         try:
