@@ -3,7 +3,6 @@ partial reply, reload the page and open the saved conversation from the list."""
 from __future__ import annotations
 
 import json
-import time
 
 from tests.browser.helpers import choose, open_tab, set_number
 from tests.conftest import wait_until
@@ -27,15 +26,19 @@ def _saved(data_dir, title: str):
 
 
 def test_stream_stop_keep_partial_reload_and_reopen(page, live_server):
-    message = f"Tell me a very long story {time.time_ns()}"  # unique: the shared server may hold other chats
+    message = "Tell me a very long story in the browser"
     open_tab(page, "Chat")
     page.wait_for_function("() => document.querySelector('#chat_model input').value !== ''", timeout=30_000)
     choose(page, "chat_model", MODEL)
     page.get_by_text("Sampling", exact=True).click()
-    set_number(page, "chat_max_new_tokens", 6000)  # long enough to press Stop mid-reply
+    # Greedy on the demo's fixed random weights: the same long reply every run (sampling could draw <eos> early),
+    # with room for 6000 tokens, so there is time to press Stop mid-reply.
+    set_number(page, "chat_temperature", 0)
+    set_number(page, "chat_max_new_tokens", 6000)
     box = page.locator("#chat_message textarea")
     box.fill(message)
     box.press("Shift+Enter")  # a new line, not a send
+    page.wait_for_timeout(500)  # a send would have cleared the box and shown the message by now
     assert page.locator(USER).count() == 0 and "\n" in box.input_value()
     box.fill(message)
     box.press("Enter")
@@ -55,6 +58,7 @@ def test_stream_stop_keep_partial_reload_and_reopen(page, live_server):
     reply = conv["messages"][-1]
     assert reply["role"] == "assistant" and reply["content"] and reply["meta"]["interrupted"] is True
     assert reply["meta"]["completion_tokens"] < 6000
+    assert conv["settings"]["temperature"] == 0 and conv["settings"]["max_new_tokens"] == 6000
 
     page.reload()
     page.wait_for_selector("#txt2img_prompt textarea")
