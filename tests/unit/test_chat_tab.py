@@ -148,3 +148,16 @@ def test_open_export_rename_import_remove_last_and_delete(studio):
     ev["delete"](conv_id)
     assert not store.exists(conv_id)
     assert [c for c in store.list() if c["title"] == "Colours"]  # the imported copy stays
+
+
+def test_load_options_load_the_chosen_chat_model(studio):
+    import gradio as gr
+    import pytest
+
+    ev = _events(studio)
+    said = ev["load_model"](DEMO_LLM_NAME, "fp32", "none")
+    assert said.startswith(f"{DEMO_LLM_NAME} loaded (fp32, none)")
+    assert any(d["name"] == DEMO_LLM_NAME and d["kind"] == "llm" and d["location"] != "disk"
+               for d in studio.models.describe()), studio.models.describe()
+    with pytest.raises(gr.Error):
+        ev["load_model"]("", "auto", "none")

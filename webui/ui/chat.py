@@ -15,6 +15,7 @@ from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
 from webui.ui.chat_turn import (SAMPLING, ChatHandlers, chatbot_messages, conversation_choices, conversation_store,
                                 files_dir, gr_error, model_choices, stats_text)
+from webui.ui.models import DTYPES, QUANTIZATIONS
 
 
 def build(studio) -> dict:
@@ -25,6 +26,13 @@ def build(studio) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             c["model"] = gr.Dropdown([], label="Model", elem_id="chat_model", allow_custom_value=True)
+            with gr.Accordion("Load options", open=False, elem_id="chat_load_acc"):
+                with gr.Row():
+                    c["dtype"] = gr.Dropdown(list(DTYPES), value="auto", label="dtype", elem_id="chat_dtype")
+                    c["quantization"] = gr.Dropdown(list(QUANTIZATIONS), value="none", label="Quantization",
+                                                    elem_id="chat_quantization")
+                c["load"] = gr.Button("Load with these options", elem_id="chat_load", size="sm")
+                c["load_status"] = gr.Markdown("", elem_id="chat_load_status")
             c["new"] = gr.Button("➕ New chat", elem_id="chat_new", size="sm")
             c["conversations"] = gr.Dropdown([], label="Saved conversations", elem_id="chat_conversations",
                                              allow_custom_value=False)
@@ -147,6 +155,25 @@ def build(studio) -> dict:
     c["remove_last"].click(remove_last, [c["conv_id"]], [c["chatbot"], c["message"], c["stats"]], queue=False,
                            api_visibility="private").then(after_reply, [c["conv_id"]], after_outs, queue=False,
                                                           api_visibility="private")
+
+    def load_model(name, dtype, quantization):
+        """The model manager's load with options (the Models tab's job), for the chosen chat model."""
+        from modules.chat.choose import chat_models
+
+        entry = next((e for e in chat_models(studio.registry) if e.name == name), None) if name else None
+        if entry is None:
+            raise gr.Error("Choose a chat model first")
+        try:
+            job = studio.submit("load_model", {"kind": entry.kind, "name": entry.name,
+                                               "options": {"dtype": dtype, "quantization": quantization}}).wait()
+            job.raise_for_error()
+        except AtelierError as exc:
+            raise gr_error(exc) from None
+        r = job.result or {}
+        return f"{entry.name} loaded ({dtype}, {quantization}) in {r.get('seconds') or 0:.1f} s."
+
+    c["load"].click(load_model, [c["model"], c["dtype"], c["quantization"]], [c["load_status"]],
+                    concurrency_id="gpu", api_visibility="private")
 
     def new_chat():
         return [], None, "", conv_list(None), gr.DownloadButton(visible=False), ""
