@@ -168,7 +168,7 @@ def test_a_crashing_training_fails_its_job_with_the_reason_and_the_studio_serves
 
 
 def test_sdxl_with_the_text_encoders_trains_and_applies(studio):
-    from modules.models.demo import save_demo_sdxl_checkpoint
+    from tests.fixtures_models import save_demo_sdxl_checkpoint
 
     save_demo_sdxl_checkpoint(studio.paths.model_dir("checkpoint") / "tiny-xl")
     studio.registry.refresh("checkpoint")
