@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modules.diffusion import hires, img2img, prompts, results, txt2img
+from modules.diffusion import conditioning, hires, img2img, prompts, results, txt2img
 from modules.diffusion.params import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.diffusion.sampling import Run
 from modules.diffusion.seeds import SeedPlan
@@ -81,8 +81,8 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
             batch_range = run.batch_indices(iteration)
 
             def one_batch(_iteration=iteration, _n=len(batch_range)):
-                cond = prompts.encode(ckpt.pipe, [req.prompt] * _n, [req.negative_prompt] * _n, run.clip_skip, ckpt.arch)
-                run.conditioning = cond.kwargs
+                run.conditioning = conditioning.for_pass(run, ckpt.pipe, [req.prompt] * _n, [req.negative_prompt] * _n,
+                                                         req.steps)
                 return make_batch(run, _iteration)
 
             made = models.retry_on_oom(ckpt, one_batch)
