@@ -17,6 +17,7 @@ from modules.jobs import JobKind
 if TYPE_CHECKING:
     from modules.extensions.hooks import HookRegistry
     from modules.diffusion.samplers import SamplerRegistry
+    from modules.diffusion.styles import StyleStore
     from modules.jobs import JobEngine
     from modules.models.manager import ModelManager
     from modules.models.registry import ModelRegistry
@@ -41,6 +42,7 @@ class Registrar:
     outputs: "OutputWriter"
     hooks: "HookRegistry"
     samplers: "SamplerRegistry"
+    styles: "StyleStore"
     exposed: bool = False  # reachable by others (--listen / --share)
     build_demo: bool = True  # build demo models where a kind's folder is empty
     startup: list[Callable[[], None]] = field(default_factory=list)

@@ -43,8 +43,9 @@ def sampler(samplers, req) -> tuple[str, str]:
     return spec.name, label
 
 
-def prompts_of(req) -> tuple[str, str]:
-    return req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
+def prompts_of(run: Run) -> tuple[str, str]:
+    """The hires pass's prompts, styles applied (an empty hr_prompt is the prompt)."""
+    return run.texts.hr_prompt, run.texts.hr_negative_prompt
 
 
 def denoising(req) -> float:
@@ -82,9 +83,9 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         return sampling.decode(pipe, image) if not isinstance(image, list) else image
     gens = seeds.generators(run.plan, run.batch_indices(iteration))  # A1111 re-seeds the hires noise
     n = steps(req)
-    positive, negative = prompts_of(req)
+    positive, negative = prompts_of(run)
     cond = None  # the first pass's, unless the hires pass has prompts of its own or counts its own edits
-    if (positive, negative) != (req.prompt, req.negative_prompt) or conditioning.is_scheduled([positive, negative]):
+    if (positive, negative) != (run.texts.prompt, run.texts.negative_prompt) or conditioning.is_scheduled([positive, negative]):
         size = len(run.batch_indices(iteration))
         cond = conditioning.for_pass(run, pipe, [positive] * size, [negative] * size, n,
                                      sampler=sampler(run.samplers, req), hires=True)

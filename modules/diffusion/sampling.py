@@ -29,6 +29,7 @@ class Run:
     clip_skip: int
     passes: int = 1  # 2 with hires fix
     preview_every: int = 0
+    texts: Any = None  # styles.StyledPrompts: the prompts with the request's styles applied
     conditioning: Any = None  # conditioning.StepConditioning of the batch being made
 
     @property
