@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modules.diffusion import conditioning, hires, img2img, prompts, results, txt2img
+from modules.diffusion import conditioning, hires, img2img, prompts, results, tiling, txt2img
 from modules.diffusion.params import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.diffusion.sampling import Run
 from modules.diffusion.seeds import SeedPlan
@@ -75,7 +75,8 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
     settings = services.settings.get()
     models = services.models
     images: list = []
-    with models.checkpoint(req.checkpoint_override) as ckpt, _loras(models, ckpt, lora_list) as applied:
+    with models.checkpoint(req.checkpoint_override) as ckpt, _loras(models, ckpt, lora_list) as applied, \
+            tiling.maybe(ckpt.pipe, req.tiling):
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
                   schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)

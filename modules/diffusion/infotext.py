@@ -109,6 +109,7 @@ FIELD_FOR_KEY = {
     "Hires negative prompt": ("hr_negative_prompt", str),
     "Hires resize-1": ("hr_resize_x", int),
     "Hires resize-2": ("hr_resize_y", int),
+    "Tiling": ("tiling", lambda v: str(v).strip().lower() == "true"),
 }
 
 

@@ -36,6 +36,8 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         params["Denoising strength"] = _num(hires.denoising(req))
     if run.clip_skip > 1:
         params["Clip skip"] = run.clip_skip
+    if req.tiling:
+        params["Tiling"] = "True"
     if req.enable_hr and not img2img:
         if req.hr_resize_x or req.hr_resize_y:
             w, h = req.hires_size()

@@ -1,5 +1,6 @@
-"""Prompt editing and styles in a real browser: an edited prompt generates and keeps its text; a style is
-saved from the prompt boxes, applied into them with 📋, and applied at generation when picked."""
+"""Prompt editing, styles and tiling in a real browser: an edited prompt generates and keeps its text; a style
+is saved from the prompt boxes, applied into them with 📋, and applied at generation when picked; the Tiling
+checkbox makes a tiled picture."""
 from __future__ import annotations
 
 import csv
@@ -70,3 +71,12 @@ def test_save_apply_and_generate_with_a_style(page, live_server):
     page.fill("#txt2img_prompt textarea", "something else")
     page.click("#txt2img_reuse_params")
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a blue bird'")
+
+
+def test_tiling_checkbox(page):
+    page.fill("#txt2img_prompt textarea", "a stone wall")
+    page.locator("#txt2img_tiling input[type=checkbox]").check()
+    small_run(page, "txt2img", steps=3, size=64)
+    page.click("#txt2img_generate")
+    wait_info(page, "Tiling: True")
+    page.locator("#txt2img_tiling input[type=checkbox]").uncheck()

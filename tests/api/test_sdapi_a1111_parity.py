@@ -1,5 +1,5 @@
-"""A1111's prompt tools over the API, with the `webuiapi` client as A1111 users call them: prompt editing
-and alternation, styles (`styles` in requests, /prompt-styles, png-info's "Styles array")."""
+"""A1111 features over the API, with the `webuiapi` client as A1111 users call them: prompt editing and
+alternation, styles (`styles` in requests, /prompt-styles, png-info's "Styles array"), tiling."""
 from __future__ import annotations
 
 import json
@@ -84,3 +84,20 @@ def test_styles_file_edited_while_serving(server):
     r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=60,
                    json={"prompt": "x", "steps": 2, "width": 64, "height": 64, "styles": ["late"]})
     assert r.status_code == 200 and json.loads(r.json()["info"])["infotexts"][0].startswith("x, late style\n")
+
+
+def test_tiling_acts_and_is_recorded(api):
+    plain = gen(api, prompt="a stone wall texture")
+    tiled = gen(api, prompt="a stone wall texture", tiling=True)
+    assert not np.array_equal(pixels(tiled.image), pixels(plain.image))
+    assert "Tiling: True" in tiled.info["infotexts"][0] and "Tiling" not in plain.info["infotexts"][0]
+    assert tiled.parameters["tiling"] is True
+    assert api.png_info(tiled.image).json["parameters"]["Tiling"] == "True"
+    again = gen(api, prompt="a stone wall texture")
+    assert np.array_equal(pixels(again.image), pixels(plain.image)), "the next job has no tiling left behind"
+    rng = np.random.default_rng(1)
+    from PIL import Image
+
+    init = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    r = api.img2img(images=[init], prompt="moss", tiling=True, denoising_strength=0.5, width=64, height=64, steps=4)
+    assert "Tiling: True" in r.info["infotexts"][0]
