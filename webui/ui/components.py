@@ -32,9 +32,9 @@ def prompt_row(studio, tab: str) -> dict:
     c: dict = {}
     with gr.Row(elem_id=f"{tab}_toprow", equal_height=False):
         with gr.Column(scale=6):
-            c["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
+            c["prompt"] = gr.Textbox("", label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
                                      placeholder="Prompt (Shift+Enter to generate)")
-            c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=8,
+            c["negative_prompt"] = gr.Textbox("", label="Negative prompt", lines=2, max_lines=8,
                                               elem_id=f"{tab}_neg_prompt", placeholder="Negative prompt")
             c.update(_style_picker(studio, tab))
         with gr.Column(scale=1, min_width=180, elem_classes=["atelier-actions"]):
@@ -67,7 +67,7 @@ def _style_picker(studio, tab: str) -> dict:
     c: dict = {}
     with gr.Row(equal_height=True, elem_id=f"{tab}_styles_row"):
         c["styles"] = gr.Dropdown(choices=style_names(studio), value=[], multiselect=True, label="Styles",
-                                  elem_id=f"{tab}_styles", scale=6, min_width=160,
+                                  elem_id=f"{tab}_styles", scale=6, min_width=160, allow_custom_value=True,
                                   info="applied when you generate; 📋 writes them into the prompts")
         c["style_apply"] = gr.Button("📋", elem_id=f"{tab}_style_apply", scale=0, min_width=44, size="sm")
         c["styles_refresh"] = gr.Button("🔄", elem_id=f"{tab}_styles_refresh", scale=0, min_width=44, size="sm")
