@@ -49,6 +49,11 @@ class DataPaths:
         return self.root / "cache.json"
 
     @property
+    def styles_file(self) -> Path:
+        """AUTOMATIC1111's styles.csv: prompt styles (name, prompt, negative_prompt)."""
+        return self.root / "styles.csv"
+
+    @property
     def jobs(self) -> Path:
         """Records of long jobs (training), kept across restarts."""
         return self.root / "jobs"

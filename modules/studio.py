@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modules.diffusion.samplers import SamplerRegistry
+from modules.diffusion.styles import StyleStore
 from modules.extensions.hooks import HookRegistry
 from modules.extensions.manage import ExtensionManager
 from modules.extensions.registries import VisionTaskRegistry
@@ -66,6 +67,7 @@ class Studio:
         self.registry = ModelRegistry(self.paths)
         self.outputs = OutputWriter(self.paths.outputs)
         self.samplers = SamplerRegistry()
+        self.styles = StyleStore(self.paths.styles_file)
         self.hooks = HookRegistry()
         self.tabs = TabRegistry()
         self.vision_tasks = VisionTaskRegistry()  # built-in and extension vision tasks (the vision tab reads it)
@@ -76,7 +78,7 @@ class Studio:
         self.load_error: str | None = None
         self._registrar = Registrar(jobs=self.jobs, models=self.models, registry=self.registry,
                                     settings=self.settings, outputs=self.outputs, hooks=self.hooks,
-                                    samplers=self.samplers, vision_tasks=self.vision_tasks,
+                                    samplers=self.samplers, vision_tasks=self.vision_tasks, styles=self.styles,
                                     exposed=options.exposed,
                                     build_demo=options.build_demo)
         register_builtin_tasks(self._registrar)

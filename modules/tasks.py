@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from modules.extensions.hooks import HookRegistry
     from modules.diffusion.samplers import SamplerRegistry
     from modules.extensions.registries import VisionTaskRegistry
+    from modules.diffusion.styles import StyleStore
     from modules.jobs import JobEngine
     from modules.models.manager import ModelManager
     from modules.models.registry import ModelRegistry
@@ -46,6 +47,7 @@ class Registrar:
     hooks: "HookRegistry"
     samplers: "SamplerRegistry"
     vision_tasks: "VisionTaskRegistry"  # built-in and extension vision tasks, one listing
+    styles: "StyleStore"
     exposed: bool = False  # reachable by others (--listen / --share)
     build_demo: bool = True  # build demo models where a kind's folder is empty
     startup: list[Callable[[], None]] = field(default_factory=list)

@@ -13,15 +13,17 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modules.diffusion import hires, img2img, prompts, results, txt2img
+from modules.diffusion import conditioning, hires, img2img, prompts, results, tiling, txt2img
 from modules.diffusion.params import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.diffusion.sampling import Run
 from modules.diffusion.seeds import SeedPlan
+from modules.diffusion.styles import StyledPrompts
 from modules.errors import InvalidRequest
 from modules.jobs import JobContext
 
 if TYPE_CHECKING:
     from modules.diffusion.samplers import SamplerRegistry
+    from modules.diffusion.styles import StyleStore
     from modules.extensions.hooks import HookRegistry
     from modules.models.manager import ModelManager
     from modules.outputs import OutputWriter
@@ -37,17 +39,19 @@ class DiffusionServices:
     hooks: "HookRegistry"
     outputs: "OutputWriter"
     settings: "SettingsStore"
+    styles: "StyleStore"
 
 
-def validator(samplers: "SamplerRegistry"):
-    """The job kinds' submit-time check: what the request types cannot see alone (sampler and
-    upscaler names live in registries), refused before the request waits in the queue. Everything
+def validator(samplers: "SamplerRegistry", styles: "StyleStore"):
+    """The job kinds' submit-time check: what the request types cannot see alone (sampler, upscaler
+    and style names live in registries), refused before the request waits in the queue. Everything
     else (LoRA tags, the mask's shape) the request types check themselves (params.py)."""
     def validate(req) -> None:
         if not isinstance(req, GenerationRequest):
             raise InvalidRequest("send a txt2img or img2img request", "request")
         samplers.resolve(req.sampler_name, req.scheduler)
         hires.check(samplers, req)
+        styles.resolve(req.styles)
     return validate
 
 
@@ -62,17 +66,19 @@ def run_img2img(ctx: JobContext, req) -> GenerationResult:
 def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
     services: DiffusionServices = ctx.services
     req = services.hooks.before_generate(req)
-    validator(services.samplers)(req)  # a hook may have changed the request
+    validator(services.samplers, services.styles)(req)  # a hook may have changed the request
+    texts = StyledPrompts.of(req, services.styles.resolve(req.styles))  # A1111 applies styles as the job starts
     spec, schedule = services.samplers.resolve(req.sampler_name, req.scheduler)
     plan = SeedPlan.for_request(req.seed, req.subseed, req.subseed_strength, req.n_iter * req.batch_size)
     is_hires = bool(req.enable_hr) and not isinstance(req, Img2ImgRequest)
-    _, lora_list = prompts.extract_loras(req.prompt)
+    _, lora_list = prompts.extract_loras(texts.prompt)  # a style may bring LoRAs too
     settings = services.settings.get()
     models = services.models
     images: list = []
-    with models.checkpoint(req.checkpoint_override) as ckpt, _loras(models, ckpt, lora_list) as applied:
+    with models.checkpoint(req.checkpoint_override) as ckpt, _loras(models, ckpt, lora_list) as applied, \
+            tiling.maybe(ckpt.pipe, req.tiling):
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
-                  schedule=schedule, clip_skip=_clip_skip(req, settings),
+                  schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
         ctx.set_parts(req.n_iter * run.passes)
         for iteration in range(req.n_iter):
@@ -81,12 +87,12 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
             batch_range = run.batch_indices(iteration)
 
             def one_batch(_iteration=iteration, _n=len(batch_range)):
-                cond = prompts.encode(ckpt.pipe, [req.prompt] * _n, [req.negative_prompt] * _n, run.clip_skip, ckpt.arch)
-                run.conditioning = cond.kwargs
+                run.conditioning = conditioning.for_pass(run, ckpt.pipe, [texts.prompt] * _n,
+                                                         [texts.negative_prompt] * _n, req.steps)
                 return make_batch(run, _iteration)
 
             made = models.retry_on_oom(ckpt, one_batch)
-            batch = results.batch_result(run, made, list(batch_range), req.prompt, req.negative_prompt, applied)
+            batch = results.batch_result(run, made, list(batch_range), texts.prompt, texts.negative_prompt, applied)
             batch = services.hooks.after_generate(batch)  # extensions post-process before the save
             for generated in batch.images:
                 if req.save_images:  # each batch is on disk before the next starts

@@ -6,7 +6,7 @@ and hand them to img2img as latents; pixel upscalers decode, resize, and re-enco
 """
 from __future__ import annotations
 
-from modules.diffusion import prompts, sampling, seeds
+from modules.diffusion import conditioning, sampling, seeds
 from modules.diffusion.sampling import Run
 from modules.errors import InvalidRequest
 
@@ -43,8 +43,9 @@ def sampler(samplers, req) -> tuple[str, str]:
     return spec.name, label
 
 
-def prompts_of(req) -> tuple[str, str]:
-    return req.hr_prompt or req.prompt, req.hr_negative_prompt or req.negative_prompt
+def prompts_of(run: Run) -> tuple[str, str]:
+    """The hires pass's prompts, styles applied (an empty hr_prompt is the prompt)."""
+    return run.texts.hr_prompt, run.texts.hr_negative_prompt
 
 
 def denoising(req) -> float:
@@ -82,14 +83,15 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         return sampling.decode(pipe, image) if not isinstance(image, list) else image
     gens = seeds.generators(run.plan, run.batch_indices(iteration))  # A1111 re-seeds the hires noise
     n = steps(req)
-    conditioning = None
-    if prompts_of(req) != (req.prompt, req.negative_prompt):
+    positive, negative = prompts_of(run)
+    cond = None  # the first pass's, unless the hires pass has prompts of its own or counts its own edits
+    if (positive, negative) != (run.texts.prompt, run.texts.negative_prompt) or conditioning.is_scheduled([positive, negative]):
         size = len(run.batch_indices(iteration))
-        positive, negative = prompts_of(req)
-        conditioning = prompts.encode(pipe, [positive] * size, [negative] * size, run.clip_skip, run.arch).kwargs
+        cond = conditioning.for_pass(run, pipe, [positive] * size, [negative] * size, n,
+                                     sampler=sampler(run.samplers, req), hires=True)
     out = sampling.call(
         run, run.ckpt.pipeline("img2img"), part=iteration * run.passes + 1, steps_hint=int(n * strength),
-        sampler=sampler(run.samplers, req), conditioning=conditioning,
+        sampler=sampler(run.samplers, req), conditioning=cond,
         image=image, strength=strength, num_inference_steps=img2img_steps(n, strength),
         guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
     )

@@ -64,6 +64,16 @@ def parse(text: str) -> dict:
     return result
 
 
+def parse_with_styles(text: str, styles) -> dict:
+    """parse(), then A1111's "Apply if any": the styles (a StyleStore) whose text the prompts end with are
+    taken out of them and listed as "Styles array"."""
+    result = parse(text)
+    found, prompt, negative = styles.take_out(result["Prompt"], result["Negative prompt"])
+    if found:
+        result.update({"Prompt": prompt, "Negative prompt": negative, "Styles array": found})
+    return result
+
+
 def parse_lora_hashes(value: str) -> dict[str, str]:
     out = {}
     for part in value.split(","):
@@ -99,6 +109,7 @@ FIELD_FOR_KEY = {
     "Hires negative prompt": ("hr_negative_prompt", str),
     "Hires resize-1": ("hr_resize_x", int),
     "Hires resize-2": ("hr_resize_y", int),
+    "Tiling": ("tiling", lambda v: str(v).strip().lower() == "true"),
 }
 
 
@@ -117,4 +128,6 @@ def to_request_fields(parsed: dict) -> dict:
         fields["inpaint_full_res"] = True
     if "Model" in parsed:
         fields.setdefault("override_settings", {})["sd_model_checkpoint"] = parsed["Model"]
+    if isinstance(parsed.get("Styles array"), list):
+        fields["styles"] = list(parsed["Styles array"])
     return fields

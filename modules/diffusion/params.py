@@ -73,6 +73,7 @@ class GenerationRequest(BaseModel):
     hr_scheduler: str = Field("", max_length=64, description="hires pass schedule type; empty: the same")
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass prompt; empty: the same")
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass negative prompt; empty: the same")
+    tiling: bool = Field(False, description="seamless: the picture wraps around (circular padding in UNet and VAE)")
     override_settings: dict[str, Any] = Field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
     send_images: bool = True

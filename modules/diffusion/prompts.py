@@ -16,6 +16,9 @@ A1111's modules/prompt_parser.py and sd_hijack_clip.py:
 
 Token layout per chunk is diffusers' (BOS, tokens, EOS, then the tokenizer's pad token), so
 a plain prompt that fits in 77 tokens encodes exactly as `pipe.encode_prompt` does.
+
+Prompt editing and alternation (`[from:to:when]`, `[a|b]`) are resolved before this, into the
+plain text of each step (prompt_schedule.py; conditioning.py encodes and swaps them).
 """
 from __future__ import annotations
 
@@ -248,26 +251,44 @@ def _unique_encode(texts: list[str], chunk_lists: list[list[Chunk]], fn):
     return out
 
 
-def _encode_sd(pipe, prompts, negatives, clip_skip):
+def encode_texts(pipe, texts: list[str], clip_skip: int = 1, arch: str = "sd1") -> tuple[list, list]:
+    """Each text (LoRA tags already taken out) → (embeds [1, L, D], pooled or None), all with the same
+    number of chunks, each distinct text encoded once. For prompts that change during sampling."""
     import torch
 
+    sdxl = arch == "sdxl" or getattr(pipe, "text_encoder_2", None) is not None
+    with torch.no_grad():
+        if sdxl:
+            embeds, pooled, _ = _sdxl_texts(pipe, texts, clip_skip)
+            return embeds, pooled
+        embeds, _ = _sd_texts(pipe, texts, clip_skip)
+        return embeds, [None] * len(texts)
+
+
+def _sd_texts(pipe, texts, clip_skip):
     tok, enc = pipe.tokenizer, pipe.text_encoder
     layer = clip_skip if clip_skip and clip_skip > 1 else None
     convert = getattr(pipe, "maybe_convert_prompt", None)
-    chunked = _pad_chunks([tokenize_chunks(tok, t, convert) for t in prompts + negatives])
-    encoded = _unique_encode(prompts + negatives, chunked, lambda c: _encode_chunks(tok, enc, c, layer, True)[0])
+    chunked = _pad_chunks([tokenize_chunks(tok, t, convert) for t in texts])
+    encoded = _unique_encode(texts, chunked, lambda c: _encode_chunks(tok, enc, c, layer, True)[0])
+    return encoded, len(chunked[0])
+
+
+def _encode_sd(pipe, prompts, negatives, clip_skip):
+    import torch
+
+    encoded, chunks = _sd_texts(pipe, prompts + negatives, clip_skip)
     pos = torch.cat(encoded[: len(prompts)])
     neg = torch.cat(encoded[len(prompts):])
-    return {"prompt_embeds": pos, "negative_prompt_embeds": neg}, len(chunked[0])
+    return {"prompt_embeds": pos, "negative_prompt_embeds": neg}, chunks
 
 
-def _encode_sdxl(pipe, prompts, negatives, clip_skip):
+def _sdxl_texts(pipe, texts, clip_skip):
     """Two encoders: penultimate-layer states concatenated; pooled from encoder 2 (no final norm, as diffusers/A1111)."""
     import torch
 
     layer = max(clip_skip or 1, 1) + 1
     pairs = [(t, e) for t, e in ((pipe.tokenizer, pipe.text_encoder), (pipe.tokenizer_2, pipe.text_encoder_2)) if e is not None]
-    texts = prompts + negatives
     convert = getattr(pipe, "maybe_convert_prompt", None)
     chunk_count = max(len(tokenize_chunks(pairs[0][0], t, convert)) for t in texts)
 
@@ -279,6 +300,13 @@ def _encode_sdxl(pipe, prompts, negatives, clip_skip):
     per_encoder = [encode_all(t, e) for t, e in pairs]
     embeds = [torch.cat([enc_out[i][0] for enc_out in per_encoder], dim=-1) for i in range(len(texts))]
     pooled = [per_encoder[-1][i][1] for i in range(len(texts))]
+    return embeds, pooled, chunk_count
+
+
+def _encode_sdxl(pipe, prompts, negatives, clip_skip):
+    import torch
+
+    embeds, pooled, chunk_count = _sdxl_texts(pipe, prompts + negatives, clip_skip)
     pos, neg = torch.cat(embeds[: len(prompts)]), torch.cat(embeds[len(prompts):])
     pos_pooled, neg_pooled = torch.cat(pooled[: len(prompts)]), torch.cat(pooled[len(prompts):])
     if getattr(pipe.config, "force_zeros_for_empty_prompt", False) and all(n == "" for n in negatives):

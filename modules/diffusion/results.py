@@ -36,6 +36,8 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         params["Denoising strength"] = _num(hires.denoising(req))
     if run.clip_skip > 1:
         params["Clip skip"] = run.clip_skip
+    if req.tiling:
+        params["Tiling"] = "True"
     if req.enable_hr and not img2img:
         if req.hr_resize_x or req.hr_resize_y:
             w, h = req.hires_size()
@@ -62,7 +64,7 @@ def image_params(run: Run, index: int, loras: list) -> dict:
     hashed = [a for a in loras if a.entry.short_hash]
     if hashed:
         params["Lora hashes"] = ", ".join(f"{a.entry.stem}: {a.entry.short_hash}" for a in hashed)
-    used = _embeddings_in(ckpt, req)
+    used = _embeddings_in(ckpt, run.texts)
     if used:
         params["TI hashes"] = ", ".join(f"{e.stem}: {e.short_hash}" for e in used)
     params["Version"] = VERSION
@@ -97,8 +99,8 @@ def info(run: Run, images: list[GeneratedImage], prompt: str, negative: str) -> 
     req, entry, n = run.req, run.ckpt.entry, len(images)
     seeds, subseeds = [g.seed for g in images], [g.subseed for g in images]
     out = {
-        "prompt": prompt, "all_prompts": [prompt] * n,
-        "negative_prompt": negative, "all_negative_prompts": [negative] * n,
+        "prompt": prompt, "all_prompts": [run.texts.prompt] * n,  # A1111's all_prompts: styles applied
+        "negative_prompt": negative, "all_negative_prompts": [run.texts.negative_prompt] * n,
         "seed": seeds[0] if seeds else run.plan.seeds[0], "all_seeds": seeds,
         "subseed": subseeds[0] if subseeds else run.plan.subseeds[0], "all_subseeds": subseeds,
         "subseed_strength": run.plan.subseed_strength,

@@ -8,7 +8,7 @@ from that callback: the remaining steps are passed over and the latents decoded)
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from modules.diffusion import preview
@@ -29,7 +29,8 @@ class Run:
     clip_skip: int
     passes: int = 1  # 2 with hires fix
     preview_every: int = 0
-    conditioning: dict = field(default_factory=dict)  # prompt_embeds & co. for one batch
+    texts: Any = None  # styles.StyledPrompts: the prompts with the request's styles applied
+    conditioning: Any = None  # conditioning.StepConditioning of the batch being made
 
     @property
     def arch(self) -> str:
@@ -56,12 +57,15 @@ def using_scheduler(pipe, scheduler):
 
 
 def call(run: Run, pipe, part: int, steps_hint: int, sampler: tuple[str, str] | None = None,
-         conditioning: dict | None = None, **kwargs):
+         conditioning=None, **kwargs):
     """Call `pipe` with progress every step, a preview every N steps, and stop on interrupt/skip.
 
-    `sampler` (name, schedule) and `conditioning` override the run's (the hires pass may differ).
+    `sampler` (name, schedule) and `conditioning` (a StepConditioning) override the run's (the hires
+    pass may differ). A prompt that changes during sampling is swapped in here, step by step.
     """
     ctx = run.ctx
+    cond = conditioning or run.conditioning
+    swap = cond.swapper()
     text = f"batch {part // run.passes + 1}/{run.req.n_iter}" + (", hires pass" if part % run.passes else "")
 
     def on_step(p, i, t, tensors):
@@ -73,13 +77,14 @@ def call(run: Run, pipe, part: int, steps_hint: int, sampler: tuple[str, str] | 
                 ctx.preview(image)
         if ctx.should_stop_item:
             p._interrupt = True  # the loop passes over the remaining steps; latents are still decoded
+        swap(p, i + 1, tensors)  # prompt editing: the next step's conditioning
         return tensors
 
     seed = run.plan.seeds[run.batch_indices(part // run.passes)[0]]
     pipe.set_progress_bar_config(disable=True)  # img2img/inpaint pipes made by from_pipe start with tqdm on
     with using_scheduler(pipe, run.scheduler_for(pipe, seed, sampler)):
-        return pipe(**(conditioning or run.conditioning), **kwargs, callback_on_step_end=on_step,
-                    callback_on_step_end_tensor_inputs=["latents"])
+        return pipe(**cond.initial, **kwargs, callback_on_step_end=on_step,
+                    callback_on_step_end_tensor_inputs=["latents", *cond.tensor_inputs])
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ QUEUE = "images"  # generation jobs run one after another, as in A1111
 def register(reg: "Registrar") -> None:
     from modules.diffusion.generate import DiffusionServices, run_img2img, run_txt2img, validator
 
-    services = DiffusionServices(reg.models, reg.samplers, reg.hooks, reg.outputs, reg.settings)
-    validate = validator(reg.samplers)
+    services = DiffusionServices(reg.models, reg.samplers, reg.hooks, reg.outputs, reg.settings, reg.styles)
+    validate = validator(reg.samplers, reg.styles)
     reg.add_job_kind(JobKind("txt2img", run_txt2img, queue=QUEUE, validate=validate), services)
     reg.add_job_kind(JobKind("img2img", run_img2img, queue=QUEUE, validate=validate), services)

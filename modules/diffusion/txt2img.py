@@ -10,7 +10,7 @@ def batch(run: Run, iteration: int) -> list:
     req = run.req
     pipe = run.ckpt.pipe
     indices = run.batch_indices(iteration)
-    dtype = run.conditioning["prompt_embeds"].dtype
+    dtype = run.conditioning.initial["prompt_embeds"].dtype
     channels = pipe.vae.config.latent_channels
     factor = getattr(pipe, "vae_scale_factor", 8)
     noise, gens = seeds.make_noise(run.plan, indices, (channels, req.height // factor, req.width // factor), dtype)

@@ -75,3 +75,41 @@ def test_sdxl_txt2img_equals_plain_diffusers(xl_studio, xl_folder, sampler):
     ours = np.asarray(job.result.images[0].image).astype(int)
     assert theirs.std() > 5, "a flat picture says nothing"
     assert np.array_equal(ours, theirs), f"differs from plain diffusers by up to {np.abs(ours - theirs).max()}"
+
+
+def test_sdxl_prompt_editing_swaps_the_pooled_embeddings_too(xl):
+    """[a:b:0.5] over 4 steps: a for steps 0..2, then b — text and pooled embeddings both, as diffusers'
+    own encode_prompt gives them."""
+    from modules.diffusion import conditioning
+
+    def gen():
+        return torch.Generator("cpu").manual_seed(3)
+
+    cond = conditioning.build(xl, ["[a red cat:a blue dog:0.5]"], ["blurry"], 1, "sdxl", steps=4)
+    assert cond.tensor_inputs == ["prompt_embeds", "add_text_embeds"]
+    swap = cond.swapper()
+
+    def ours_cb(p, i, t, tensors):
+        swap(p, i + 1, tensors)
+        return tensors
+
+    ours = xl(**cond.initial, num_inference_steps=4, width=64, height=64, generator=gen(), output_type="latent",
+              callback_on_step_end=ours_cb, callback_on_step_end_tensor_inputs=cond.tensor_inputs).images
+    enc = {t: xl.encode_prompt(t, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=True,
+                               negative_prompt="blurry") for t in ("a red cat", "a blue dog")}
+
+    def ref_cb(p, i, t, tensors):
+        pos, neg, pooled, neg_pooled = enc["a red cat" if i + 1 <= 2 else "a blue dog"]
+        tensors["prompt_embeds"] = torch.cat([neg, pos])
+        tensors["add_text_embeds"] = torch.cat([neg_pooled, pooled])
+        return tensors
+
+    pos, neg, pooled, neg_pooled = enc["a red cat"]
+    ref = xl(prompt_embeds=pos, negative_prompt_embeds=neg, pooled_prompt_embeds=pooled,
+             negative_pooled_prompt_embeds=neg_pooled, num_inference_steps=4, width=64, height=64, generator=gen(),
+             output_type="latent", callback_on_step_end=ref_cb,
+             callback_on_step_end_tensor_inputs=["prompt_embeds", "add_text_embeds"]).images
+    assert torch.equal(ours, ref)
+    plain = xl(**prompts.encode(xl, ["a red cat"], ["blurry"], arch="sdxl").kwargs, num_inference_steps=4, width=64,
+               height=64, generator=gen(), output_type="latent").images
+    assert not torch.equal(ours, plain)

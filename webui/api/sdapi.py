@@ -78,7 +78,7 @@ def router(studio):
     async def png_info(request: Request):
         """Read the generation parameters out of a PNG: {"info", "items", "parameters"}."""
         body = await read_json_object(request)
-        return await run_in_threadpool(_png_info, body)
+        return await run_in_threadpool(_png_info, body, studio.styles)
 
     sdapi_models.add_routes(r, studio, waiter)
     return r
@@ -169,7 +169,7 @@ def _progress(studio, skip_current_image: bool) -> dict:
 
 
 # -- png-info -------------------------------------------------------------------
-def _png_info(body: dict) -> dict:
+def _png_info(body: dict, styles) -> dict:
     from modules.images import decode_image
 
     value = body.get("image")
@@ -185,4 +185,4 @@ def _png_info(body: dict) -> dict:
             items[key] = val
     geninfo = items.pop("parameters", "")
     geninfo = geninfo if isinstance(geninfo, str) else ""
-    return {"info": geninfo, "items": items, "parameters": infotext.parse(geninfo) if geninfo else {}}
+    return {"info": geninfo, "items": items, "parameters": infotext.parse_with_styles(geninfo, styles) if geninfo else {}}

@@ -136,7 +136,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
                     "reserved": {"current": c["reserved"], "peak": c["reserved"]}}
         return {"ram": ram, "cuda": cuda}
 
-    # Listings A1111 clients ask for at start (webuiapi calls /scripts); Atelier has none of these.
+    # Listings A1111 clients ask for at start (webuiapi calls /scripts); Atelier has none of these yet.
     @r.get("/scripts")
     def scripts():
         return {"txt2img": [], "img2img": []}
@@ -147,7 +147,8 @@ def add_routes(r, studio, waiter: Waiter) -> None:
 
     @r.get("/prompt-styles")
     def prompt_styles():
-        return []
+        """The styles of styles.csv: [{name, prompt, negative_prompt}]."""
+        return [{"name": s.name, "prompt": s.prompt, "negative_prompt": s.negative_prompt} for s in studio.styles.list()]
 
     @r.get("/hypernetworks")
     def hypernetworks():

@@ -42,7 +42,7 @@ def register_builtin(studio) -> None:
 def build_ui(studio):
     import gradio as gr
 
-    from webui.ui import sendto, topbar
+    from webui.ui import gradio_api, sendto, topbar
 
     register_builtin(studio)
     # Outputs are served straight from disk (no copy into Gradio's cache), so the gallery stays fast.
@@ -68,5 +68,7 @@ def build_ui(studio):
         sendto.wire(studio, ui, tabs)
         fn, inputs, outputs = top["_on_load"]
         blocks.load(fn, inputs, outputs, queue=False, show_progress="hidden")
+        gradio_api.control_endpoints(studio)
+        log.debug("Gradio API endpoints: %s", gradio_api.keep_only_public(blocks))  # before the config is made
     blocks.atelier_components = ui  # for tests and extensions that want to reach a built tab
     return blocks

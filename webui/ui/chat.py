@@ -13,6 +13,7 @@ from pathlib import Path
 
 from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
+from webui.ui.gradio_api import endpoint
 from webui.ui.chat_turn import (SAMPLING, ChatHandlers, chatbot_messages, conversation_choices, conversation_store,
                                 files_dir, gr_error, model_choices, stats_text)
 from webui.ui.models import DTYPES, QUANTIZATIONS
@@ -109,7 +110,7 @@ def build(studio) -> dict:
             yield chatbot, cid, jid, stats, (gr.MultimodalTextbox(value=None) if first else gr.MultimodalTextbox())
             first = False
 
-    gr.on([c["message"].submit], send, [c["message"], c["conv_id"], c["model"], c["system"], *sampling],
+    gr.on([c["message"].submit], endpoint(send, "chat"), [c["message"], c["conv_id"], c["model"], c["system"], *sampling],
           [*reply_outs, c["message"]], concurrency_id="chat", api_name="chat", show_progress="hidden"
           ).then(after_reply, [c["conv_id"]], after_outs, queue=False, api_visibility="private")
 

@@ -18,17 +18,25 @@ def lora_names(studio) -> list[str]:
         return []
 
 
+def style_names(studio) -> list[str]:
+    try:
+        return studio.styles.names()
+    except Exception:  # an unreadable styles.csv must not break the page (the store logs why)
+        return []
+
+
 def prompt_row(studio, tab: str) -> dict:
-    """Prompt + negative prompt on the left; Generate (↔ Interrupt/Skip) and the LoRA picker on the right."""
+    """Prompt + negative prompt on the left; Generate (↔ Interrupt/Skip), the LoRA and style pickers on the right."""
     import gradio as gr
 
     c: dict = {}
     with gr.Row(elem_id=f"{tab}_toprow", equal_height=False):
         with gr.Column(scale=6):
-            c["prompt"] = gr.Textbox(label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
+            c["prompt"] = gr.Textbox("", label="Prompt", lines=3, max_lines=12, elem_id=f"{tab}_prompt",
                                      placeholder="Prompt (Shift+Enter to generate)")
-            c["negative_prompt"] = gr.Textbox(label="Negative prompt", lines=2, max_lines=8,
+            c["negative_prompt"] = gr.Textbox("", label="Negative prompt", lines=2, max_lines=8,
                                               elem_id=f"{tab}_neg_prompt", placeholder="Negative prompt")
+            c.update(_style_picker(studio, tab))
         with gr.Column(scale=1, min_width=180, elem_classes=["atelier-actions"]):
             c["generate"] = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate", size="lg")
             with gr.Row():
@@ -47,11 +55,78 @@ def prompt_row(studio, tab: str) -> dict:
 
     c["lora"].input(add_lora, [c["lora"], c["prompt"]], [c["prompt"], c["lora"]], queue=False)
     c["lora_refresh"].click(lambda: gr.Dropdown(choices=lora_names(studio)), None, [c["lora"]], queue=False)
+    _wire_styles(studio, c)
     return c
 
 
+def _style_picker(studio, tab: str) -> dict:
+    """A1111's styles: pick some (they apply when the job starts), or apply them into the boxes; save the
+    prompts as a style."""
+    import gradio as gr
+
+    c: dict = {}
+    with gr.Row(equal_height=True, elem_id=f"{tab}_styles_row"):
+        c["styles"] = gr.Dropdown(choices=style_names(studio), value=[], multiselect=True, label="Styles",
+                                  elem_id=f"{tab}_styles", scale=6, min_width=160, allow_custom_value=True,
+                                  info="applied when you generate; 📋 writes them into the prompts")
+        c["style_apply"] = gr.Button("📋", elem_id=f"{tab}_style_apply", scale=0, min_width=44, size="sm")
+        c["styles_refresh"] = gr.Button("🔄", elem_id=f"{tab}_styles_refresh", scale=0, min_width=44, size="sm")
+        with gr.Column(scale=3, min_width=160):
+            with gr.Accordion("Save the prompts as a style", open=False, elem_id=f"{tab}_style_edit"):
+                c["style_name"] = gr.Textbox(label="Style name", max_lines=1, elem_id=f"{tab}_style_name")
+                with gr.Row():
+                    c["style_save"] = gr.Button("💾 Save", elem_id=f"{tab}_style_save", size="sm")
+                    c["style_delete"] = gr.Button("🗑️ Delete", elem_id=f"{tab}_style_delete", size="sm")
+    return c
+
+
+def _wire_styles(studio, c: dict) -> None:
+    import gradio as gr
+
+    from modules.diffusion import styles as styles_mod
+    from modules.errors import AtelierError
+
+    def choices(value=None):
+        return gr.Dropdown(choices=style_names(studio), value=value)
+
+    def apply(names, prompt, negative):
+        """📋: the selected styles written into the prompt boxes (and deselected, as A1111 does)."""
+        if not names:
+            gr.Warning("Pick one or more styles first")
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            chosen = studio.styles.resolve(list(names))
+        except AtelierError as exc:
+            raise gr.Error(exc.message) from None
+        return (styles_mod.apply(prompt or "", [s.prompt for s in chosen]),
+                styles_mod.apply(negative or "", [s.negative_prompt for s in chosen]), choices([]))
+
+    def save(name, prompt, negative, selected):
+        try:
+            studio.styles.save(styles_mod.PromptStyle(name or "", prompt or "", negative or ""))
+        except AtelierError as exc:
+            raise gr.Error(exc.message) from None
+        gr.Info(f"Saved style {name.strip()!r}")
+        return choices([n for n in selected or [] if n in style_names(studio)])
+
+    def delete(name, selected):
+        try:
+            studio.styles.delete((name or "").strip())
+        except AtelierError as exc:
+            raise gr.Error(exc.message) from None
+        gr.Info(f"Deleted style {name.strip()!r}")
+        return choices([n for n in selected or [] if n != name.strip() and n in style_names(studio)])
+
+    boxes = [c["prompt"], c["negative_prompt"]]
+    c["style_apply"].click(apply, [c["styles"], *boxes], [*boxes, c["styles"]], queue=False)
+    c["style_save"].click(save, [c["style_name"], *boxes, c["styles"]], [c["styles"]], queue=False)
+    c["style_delete"].click(delete, [c["style_name"], c["styles"]], [c["styles"]], queue=False)
+    c["styles_refresh"].click(lambda selected: choices([n for n in selected or [] if n in style_names(studio)]),
+                              [c["styles"]], [c["styles"]], queue=False)
+
+
 def params_block(studio, tab: str, hires: bool) -> dict:
-    """Sampler, steps, hires fix, size, batch, CFG, seed, CLIP skip — A1111's order."""
+    """Sampler, steps, tiling, hires fix, size, batch, CFG, seed, CLIP skip — A1111's order."""
     import gradio as gr
 
     s = studio.settings.get()
@@ -63,6 +138,8 @@ def params_block(studio, tab: str, hires: bool) -> dict:
         c["scheduler"] = gr.Dropdown(list(SCHEDULE_TYPES), value=SCHEDULE_TYPES[0], label="Schedule type",
                                      elem_id=f"{tab}_scheduler")
     c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+    c["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{tab}_tiling",
+                              info="seamless: the picture continues across its edges")
     if hires:
         with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires"):
             c["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}_enable_hr")
@@ -130,9 +207,11 @@ def results_panel(tab: str) -> dict:
     return c
 
 
-def fields_from_infotext(text: str) -> dict:
-    """Infotext → request fields, the one conversion behind Reuse parameters and PNG Info."""
-    return infotext_mod.to_request_fields(infotext_mod.parse(text or ""))
+def fields_from_infotext(text: str, styles=None) -> dict:
+    """Infotext → request fields, the one conversion behind Reuse parameters and PNG Info. With the
+    studio's StyleStore, styles found in the prompts come back as `styles` (A1111's "Apply if any")."""
+    parsed = infotext_mod.parse_with_styles(text or "", styles) if styles is not None else infotext_mod.parse(text or "")
+    return infotext_mod.to_request_fields(parsed)
 
 
 def updates_for_fields(fields: dict, comps: dict) -> dict:

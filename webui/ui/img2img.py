@@ -4,7 +4,7 @@ from __future__ import annotations
 from modules.diffusion.params import RESIZE_MODES
 from modules.errors import InvalidRequest
 from modules.extensions.tabs import TabSpec
-from webui.ui import components, generation
+from webui.ui import components, generation, gradio_api
 
 TAB = "img2img"
 
@@ -57,6 +57,8 @@ def build(studio) -> dict:
     fields = {k: c[k] for k in c if k in Img2ImgRequest.model_fields or k == "image"}
     generation.wire_generation(studio, TAB, "img2img", Img2ImgRequest, fields, {"_seed_extra": c["seed_extra"]}, c,
                                prepare=prepare)
+    gradio_api.generation_endpoint(studio, "img2img", "img2img", Img2ImgRequest, c, {"image": c["image"]},
+                                   prepare=prepare)
     return c
 
 

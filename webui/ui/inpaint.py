@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from modules.errors import InvalidRequest
 from modules.extensions.tabs import TabSpec
-from webui.ui import components, generation
+from webui.ui import components, generation, gradio_api
 from webui.ui.img2img import image_controls, size_from_image
 
 TAB = "inpaint"
@@ -103,6 +103,22 @@ def build(studio) -> dict:
     fields = {k: c[k] for k in c if k in Img2ImgRequest.model_fields or k in ("editor", "mask_upload")}
     generation.wire_generation(studio, TAB, "img2img", Img2ImgRequest, fields, {"_seed_extra": c["seed_extra"]}, c,
                                prepare=prepare)
+
+    # /inpaint for scripts: an image and a mask file (white = repaint) instead of strokes on the editor
+    api_image = gr.Image(type="pil", visible=False, label="image", elem_id=f"{TAB}_api_image")
+
+    def prepare_api(body: dict) -> dict:
+        image, upload = body.pop("image", None), body.pop("mask", None)
+        if image is None:
+            raise InvalidRequest("send the image to repaint", "image")
+        mask = uploaded_mask(upload, image.size)
+        if mask is None:
+            raise InvalidRequest("send a mask with white where to repaint", "mask")
+        body["init_images"], body["mask"] = [image.convert("RGB")], mask
+        return body
+
+    gradio_api.generation_endpoint(studio, "inpaint", "img2img", Img2ImgRequest, c,
+                                   {"image": api_image, "mask": c["mask_upload"]}, prepare=prepare_api)
     return c
 
 

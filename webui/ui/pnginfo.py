@@ -4,6 +4,7 @@ from __future__ import annotations
 import html
 
 from modules.extensions.tabs import TabSpec
+from webui.ui import gradio_api
 
 TAB = "pnginfo"
 
@@ -61,6 +62,7 @@ def build(studio) -> dict:
         return parameters_html(text, other), text
 
     c["image"].change(show, [c["image"]], [c["table"], c["text"]], queue=False)
+    gradio_api.png_info_endpoint(studio, c["image"], c["text"])
     return c
 
 

@@ -10,7 +10,7 @@ from webui.ui.generation import record_image, selected_record
 IMAGE_SLOT = {"tab_img2img": "image", "tab_inpaint": "editor"}
 FILLABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed", "subseed",
             "subseed_strength", "width", "height", "clip_skip", "denoising_strength", "enable_hr", "hr_scale",
-            "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra")
+            "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra", "styles", "tiling")
 
 
 def _open(path: str | None):
@@ -44,7 +44,7 @@ def wire(studio, ui: dict, tabs) -> None:
             if image is None and not text:
                 gr.Warning("Nothing to send yet: generate or select an image first")
                 return {}
-            fields = fields_from_infotext(text) if text else {}
+            fields = fields_from_infotext(text, studio.styles) if text else {}
             updates = updates_for_fields({k: v for k, v in fields.items() if k in FILLABLE}, comps)
             if with_image and image is not None and tab_id in IMAGE_SLOT:
                 updates[comps[IMAGE_SLOT[tab_id]]] = image

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from modules.extensions.tabs import TabSpec
-from webui.ui import components, generation
+from webui.ui import components, generation, gradio_api
 
 TAB = "txt2img"
 
@@ -22,6 +22,7 @@ def build(studio) -> dict:
     c.update(r)
     fields = {k: c[k] for k in request_field_names(c)}
     generation.wire_generation(studio, TAB, "txt2img", Txt2ImgRequest, fields, {"_seed_extra": c["seed_extra"]}, c)
+    gradio_api.generation_endpoint(studio, "txt2img", "txt2img", Txt2ImgRequest, c, {})
     return c
 
 

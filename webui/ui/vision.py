@@ -8,6 +8,7 @@ import json
 
 from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
+from webui.ui.gradio_api import endpoint
 from webui.ui.progress import follow, progress_html
 
 OBJECT_COLUMNS = ["#", "Label", "Box (x1, y1, x2, y2)", "Score", "Mask"]
@@ -127,7 +128,7 @@ def build(studio) -> dict:
                 gr.DownloadButton(value=saved.get("json"), visible=bool(saved.get("json"))),
                 json.dumps(result.to_json(), indent=1), (image, result))
 
-    c["run"].click(run, [c["image"], *inputs],
+    c["run"].click(endpoint(run, "vision"), [c["image"], *inputs],
                    [c["overlay"], c["text"], c["shown"], c["table"], c["send_object"], c["download_png"],
                     c["download_json"], c["json"], c["result"]], concurrency_id="vision", api_name="vision")
 
@@ -176,7 +177,7 @@ def build(studio) -> dict:
         yield (progress_html(None), f"{r['done']} of {r['total']} images done in {r['seconds']:.1f} s "
                f"({r['images_per_second']:.2f}/s); results in `{r['jsonl']}`" + (f"\n\nSkipped:{failed}" if failed else ""))
 
-    c["batch_run"].click(run_batch, [c["batch_files"], c["batch_folder"], *inputs],
+    c["batch_run"].click(endpoint(run_batch, "vision_batch"), [c["batch_files"], c["batch_folder"], *inputs],
                          [c["batch_progress"], c["batch_summary"]], concurrency_id="vision", api_name="vision_batch")
     c["_on_show"] = (tasks_update, [c["task"]], [c["task"], c["model"], c["task_note"]])
     return c

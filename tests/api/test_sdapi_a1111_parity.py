@@ -1,0 +1,103 @@
+"""A1111 features over the API, with the `webuiapi` client as A1111 users call them: prompt editing and
+alternation, styles (`styles` in requests, /prompt-styles, png-info's "Styles array"), tiling."""
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+import webuiapi
+
+from tests.api.conftest import assert_json_error, start_server
+
+STYLES = '\ufeffname,prompt,negative_prompt\r\nmoody,"dark, {prompt}, rain",sunny\r\nsharp,"sharp, detailed",blurry\r\n'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_checkpoint):
+    s = start_server(tmp_path_factory, demo_checkpoint)
+    (s.data_dir / "styles.csv").write_bytes(STYLES.encode("utf-8"))  # read when it changes, no restart needed
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def api(server):
+    return webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1", sampler="Euler", steps=6)
+
+
+def gen(api, **kw):
+    return api.txt2img(**{"width": 64, "height": 64, "steps": 6, "seed": 21, **kw})
+
+
+def pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def test_prompt_editing_and_alternation(api):
+    a, b = gen(api, prompt="a red fox"), gen(api, prompt="a blue bird")
+    edited = gen(api, prompt="[a red fox:a blue bird:0.5]")
+    alternating = gen(api, prompt="[a red fox|a blue bird]")
+    for r in (edited, alternating):
+        assert not np.array_equal(pixels(r.image), pixels(a.image)) and not np.array_equal(pixels(r.image), pixels(b.image))
+    assert edited.info["infotexts"][0].startswith("[a red fox:a blue bird:0.5]\n")  # as written
+    assert edited.image.info["parameters"] == edited.info["infotexts"][0]
+    assert api.png_info(edited.image).json["parameters"]["Prompt"] == "[a red fox:a blue bird:0.5]"
+    assert np.array_equal(pixels(gen(api, prompt="[a red fox:a blue bird:6]").image), pixels(a.image))
+    negative = gen(api, prompt="a red fox", negative_prompt="[blurry:grainy:2]")
+    assert not np.array_equal(pixels(negative.image), pixels(a.image))
+
+
+def test_styles_listed_applied_and_read_back(api, server):
+    assert api.get_prompt_styles() == [
+        {"name": "moody", "prompt": "dark, {prompt}, rain", "negative_prompt": "sunny"},
+        {"name": "sharp", "prompt": "sharp, detailed", "negative_prompt": "blurry"},
+    ]
+    styled = gen(api, prompt="a red fox", negative_prompt="ugly", styles=["moody", "sharp"])
+    text = styled.info["infotexts"][0]
+    assert text.startswith("dark, a red fox, rain, sharp, detailed\nNegative prompt: ugly, sunny, blurry\n")
+    assert styled.info["styles"] == ["moody", "sharp"] and styled.info["prompt"] == "a red fox"
+    assert styled.info["all_prompts"] == ["dark, a red fox, rain, sharp, detailed"]
+    assert styled.parameters["styles"] == ["moody", "sharp"] and styled.parameters["prompt"] == "a red fox"
+    same = gen(api, prompt="dark, a red fox, rain, sharp, detailed", negative_prompt="ugly, sunny, blurry")
+    assert np.array_equal(pixels(styled.image), pixels(same.image))
+    parsed = api.png_info(styled.image).json["parameters"]
+    assert parsed["Styles array"] == ["moody", "sharp"]
+    assert (parsed["Prompt"], parsed["Negative prompt"]) == ("a red fox", "ugly")
+
+
+def test_an_unknown_style_is_refused_naming_the_field(server):
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=60,
+                   json={"prompt": "x", "steps": 2, "width": 64, "height": 64, "styles": ["moody", "nope"]})
+    body = assert_json_error(r, 422, 422)
+    assert body["field"] == "styles" and "nope" in body["detail"] and "moody" in body["detail"]
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=60, json={"prompt": "x", "styles": [3]})
+    assert assert_json_error(r, 422, 422)["field"].startswith("styles")
+
+
+def test_styles_file_edited_while_serving(server):
+    path = server.data_dir / "styles.csv"
+    path.write_bytes((STYLES + "late,late style,\r\n").encode("utf-8"))
+    names = [s["name"] for s in httpx.get(server.url + "/sdapi/v1/prompt-styles", timeout=30).json()]
+    assert names == ["moody", "sharp", "late"]
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=60,
+                   json={"prompt": "x", "steps": 2, "width": 64, "height": 64, "styles": ["late"]})
+    assert r.status_code == 200 and json.loads(r.json()["info"])["infotexts"][0].startswith("x, late style\n")
+
+
+def test_tiling_acts_and_is_recorded(api):
+    plain = gen(api, prompt="a stone wall texture")
+    tiled = gen(api, prompt="a stone wall texture", tiling=True)
+    assert not np.array_equal(pixels(tiled.image), pixels(plain.image))
+    assert "Tiling: True" in tiled.info["infotexts"][0] and "Tiling" not in plain.info["infotexts"][0]
+    assert tiled.parameters["tiling"] is True
+    assert api.png_info(tiled.image).json["parameters"]["Tiling"] == "True"
+    again = gen(api, prompt="a stone wall texture")
+    assert np.array_equal(pixels(again.image), pixels(plain.image)), "the next job has no tiling left behind"
+    rng = np.random.default_rng(1)
+    from PIL import Image
+
+    init = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    r = api.img2img(images=[init], prompt="moss", tiling=True, denoising_strength=0.5, width=64, height=64, steps=4)
+    assert "Tiling: True" in r.info["infotexts"][0]
