@@ -95,7 +95,7 @@ def build(studio) -> dict:
         by_section: dict[str, dict] = {}
         for sec, name in section_fields:
             value = _value(sections[sec].model_fields[name].annotation, given[f"{sec}.{name}"])
-            if value != getattr(studio.settings.section(sec), name):
+            if value != studio.settings.section(sec).model_dump()[name]:
                 by_section.setdefault(sec, {})[name] = value
         if not changes and not by_section:
             return "Nothing changed."
@@ -113,7 +113,7 @@ def build(studio) -> dict:
 
     def reload():
         now = studio.settings.get().model_dump()
-        return [now[n] for n in names] + [getattr(studio.settings.section(sec), n) for sec, n in section_fields]
+        return [now[n] for n in names] + [studio.settings.section(sec).model_dump()[n] for sec, n in section_fields]
 
     c["_on_show"] = (reload, None, [fields[k] for k in keys])
     return c
