@@ -49,11 +49,24 @@ class InvalidRequest(AtelierError):
         return cls(message + extra, field)
 
 
+class FieldError(ValueError):
+    """Raised inside a pydantic validator for a refusal that names its own field (a model validator
+    checking two fields together has no field of its own): the error names `field`, not the model."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 def validation_problems(exc, default: str = "body", skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """Every problem of a pydantic-style validation error as (field, message), in pydantic's order;
     a custom validator's message loses pydantic's "Value error, " prefix."""
     out = []
     for err in exc.errors():
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, FieldError):
+            out.append((cause.field, str(cause)))
+            continue
         # Not JSON at all: FastAPI's loc then holds a character offset, not a field.
         field = default if err.get("type") == "json_invalid" else \
             ".".join(str(p) for p in err.get("loc", ()) if p not in skip) or default

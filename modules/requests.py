@@ -2,11 +2,23 @@
 so each refuses bad input with the same kind of error: InvalidRequest naming the field."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, BeforeValidator, ValidationError, WithJsonSchema
 
 from modules.errors import InvalidRequest
+from modules.images import decode_image
+
+
+def _image(value):
+    try:
+        return decode_image(value)
+    except ValueError as exc:
+        raise ValueError(str(exc)) from None
+
+
+# An image field of any request: base64, a data: URL or a PIL image, decoded with the size limits of images.py.
+ImageInput = Annotated[Any, BeforeValidator(_image), WithJsonSchema({"type": "string", "format": "base64"})]
 
 
 def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, PlainSerializer, Tag,
                       ValidationError, field_validator, model_validator)
 
-from modules.errors import InvalidRequest
+from modules.errors import FieldError, InvalidRequest
 from modules.images import decode_image
 
 MAX_TEXT_CHARS = 1_000_000  # a long document pasted in; the context check decides what fits
@@ -221,14 +221,8 @@ class CompletionRequest(Sampling):
         return self.cache_key or "completion"
 
 
-class _FieldError(ValueError):
-    def __init__(self, loc: str, message: str):
-        super().__init__(message)
-        self.loc = loc
-
-
-def _at(loc: str, message: str) -> _FieldError:
-    return _FieldError(loc, message)
+def _at(loc: str, message: str) -> FieldError:
+    return FieldError(loc, message)
 
 
 def parse(cls: type[BaseModel], data: Any):
@@ -246,8 +240,8 @@ def parse(cls: type[BaseModel], data: Any):
 def from_pydantic(exc: ValidationError) -> InvalidRequest:
     err = exc.errors(include_url=False)[0]
     cause = (err.get("ctx") or {}).get("error")
-    loc = cause.loc if isinstance(cause, _FieldError) else _loc(err.get("loc", ()))
-    msg = str(cause) if isinstance(cause, _FieldError) else err.get("msg", "is invalid")
+    loc = cause.field if isinstance(cause, FieldError) else _loc(err.get("loc", ()))
+    msg = str(cause) if isinstance(cause, FieldError) else err.get("msg", "is invalid")
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, "):]
     return InvalidRequest(msg, loc)

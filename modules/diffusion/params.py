@@ -8,22 +8,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from modules.diffusion.prompts import extract_loras
 from modules.errors import InvalidRequest
-from modules.images import decode_image
+from modules.requests import ImageInput
 
 MAX_PROMPT_CHARS = 20_000
 MAX_SIDE = 2048
@@ -32,14 +30,6 @@ MAX_SEED = 2**32 - 1
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
 
 
-def _image(value):
-    try:
-        return decode_image(value)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-
-
-ImageInput = Annotated[Any, BeforeValidator(_image), WithJsonSchema({"type": "string", "format": "base64"})]
 
 
 class GenerationRequest(BaseModel):

@@ -7,11 +7,12 @@ task, is the VQ-VAE file there) is the job kinds' submit-time validator (engine.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modules.images import decode_image
+from modules.errors import FieldError as _FieldError
+from modules.requests import ImageInput, parse_request
 
 # PaliGemma's own prompt prefixes (big_vision), plus "question": one chat turn about the image for
 # image+text chat models such as Gemma 3. Extensions add tasks of their own by name (studio.vision_tasks).
@@ -27,14 +28,6 @@ MAX_BATCH_IMAGES = 256
 _LANGUAGE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")  # en, de, pt-BR, zh_Hans: PaliGemma's codes
 
 
-def _image(value):
-    try:
-        return decode_image(value)
-    except ValueError as exc:
-        raise ValueError(str(exc)) from None
-
-
-ImageInput = Annotated[Any, BeforeValidator(_image), WithJsonSchema({"type": "string", "format": "base64"})]
 
 
 class VisionOptions(BaseModel):
@@ -144,29 +137,6 @@ class VisionBatchRequest(VisionOptions):
         return self
 
 
-class _FieldError(ValueError):
-    """A cross-field refusal that names its field (pydantic's model validators have no field of their own)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
 def parse_vision(cls: type[VisionOptions], data: Any) -> VisionOptions:
     """A JSON body (or the UI's dict) → a vision request; InvalidRequest names the field."""
-    from pydantic import ValidationError
-
-    from modules.errors import InvalidRequest
-
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise InvalidRequest("the request body must be a JSON object", "body")
-    try:
-        return cls.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        cause = (err.get("ctx") or {}).get("error")
-        if isinstance(cause, _FieldError):
-            raise InvalidRequest(str(cause), cause.field) from None
-        raise InvalidRequest.from_validation(exc) from None
+    return parse_request(cls, data)
