@@ -243,8 +243,7 @@ def test_progress_every_step_and_preview_every_n_steps(studio):
     from modules.diffusion import generate
 
     recorded = []
-    services = generate.DiffusionServices(studio.models, studio.samplers, studio.hooks, studio.outputs,
-                                          studio.settings)
+    services = studio.jobs.services_of("txt2img")  # the kind's own services, for a kind that wraps it
 
     def recording_txt2img(ctx, r):
         recorded.append(RecordingContext(ctx))
