@@ -40,6 +40,9 @@ class Settings(BaseModel):
     samples_format: Literal["png"] = "png"
     outdir_txt2img_samples: str = "txt2img-images"
     outdir_img2img_samples: str = "img2img-images"
+    outdir_txt2img_grids: str = "txt2img-grids"
+    outdir_img2img_grids: str = "img2img-grids"
+    grid_save: bool = Field(True, description="Save the X/Y/Z plot's grid (when its cells are saved)")
     save_images_default: bool = True
     ui_updates_per_second: float = Field(5.0, gt=0, le=30)
     extensions_disabled: list[str] = Field(default_factory=list)
