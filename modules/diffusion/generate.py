@@ -112,6 +112,7 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
             tiling.maybe(ckpt.pipe, req.tiling):
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
                   schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
+                  fix_steps=settings.img2img_fix_steps,
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
         ctx.set_parts(req.n_iter * run.passes)
         for iteration in range(req.n_iter):
@@ -129,8 +130,8 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
             batch = services.hooks.after_generate(batch)  # extensions post-process before the save
             for generated in batch.images:
                 if req.save_images:  # each batch is on disk before the next starts
-                    generated.path = services.outputs.save_png(generated.image, outdir, generated.seed,
-                                                               generated.infotext)
+                    generated.path = services.outputs.save(generated.image, outdir, generated.seed, generated.infotext,
+                                                           settings.samples_format, settings.jpeg_quality)
                     services.hooks.image_saved(generated)
                 images.append(generated)
             ctx.take_skip()  # a skip finished this batch early; the next one starts fresh

@@ -143,3 +143,31 @@ def test_xyz_refusals_name_the_field(server):
         assert assert_json_error(r, 422, 422)["field"] == field, r.text
     r = httpx.post(server.url + "/sdapi/v1/txt2img", json={**base, "script_name": "Loopback", "script_args": []}, timeout=60)
     assert assert_json_error(r, 422, 422)["field"] == "script_name"
+
+
+def test_options_are_read_written_and_act(api, server):
+    before = api.get_options()
+    assert {k: before[k] for k in ("samples_format", "jpeg_quality", "send_seed", "send_size", "img2img_fix_steps")} == \
+        {"samples_format": "png", "jpeg_quality": 80, "send_seed": True, "send_size": True, "img2img_fix_steps": False}
+    api.set_options({"samples_format": "jpg", "jpeg_quality": 60, "send_seed": False, "send_size": False,
+                     "img2img_fix_steps": True})
+    try:
+        after = api.get_options()
+        assert (after["samples_format"], after["jpeg_quality"], after["send_seed"], after["send_size"],
+                after["img2img_fix_steps"]) == ("jpg", 60, False, False, True)
+        r = gen(api, prompt="a red fox", save_images=True)
+        assert r.image.format == "JPEG"  # A1111's API answers in the samples_format too
+        raw = httpx.post(server.url + "/sdapi/v1/txt2img", timeout=60,
+                         json={"prompt": "a red fox", "steps": 2, "width": 64, "height": 64}).json()
+        assert raw["images"][0].startswith("/9j/")  # JPEG's magic, base64
+        read = httpx.post(server.url + "/sdapi/v1/png-info", json={"image": raw["images"][0]}, timeout=30).json()
+        assert read["info"] == json.loads(raw["info"])["infotexts"][0]  # the infotext rides in EXIF
+        saved = sorted((server.data_dir / "outputs" / "txt2img-images").rglob("*.jpg"))
+        assert saved, "saved as .jpg"
+        for bad in ({"samples_format": "avif"}, {"jpeg_quality": 101}, {"send_seed": "maybe"}):
+            resp = httpx.post(server.url + "/sdapi/v1/options", json=bad, timeout=30)
+            assert assert_json_error(resp, 422, 422)["field"] == next(iter(bad))
+        assert api.get_options()["samples_format"] == "jpg", "a refused value changes nothing"
+    finally:
+        api.set_options({k: before[k] for k in ("samples_format", "jpeg_quality", "send_seed", "send_size",
+                                                "img2img_fix_steps")})
