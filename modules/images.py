@@ -64,3 +64,59 @@ def encode_png_base64(image, pnginfo_text: str | None = None) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG", pnginfo=info)
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+# -- saving with the infotext ---------------------------------------------------
+FORMATS = {"png": "PNG", "jpg": "JPEG", "jpeg": "JPEG", "webp": "WEBP"}  # A1111's samples_format values
+_EXIF_IFD, _USER_COMMENT = 0x8769, 0x9286
+_UNICODE = b"UNICODE\x00"  # EXIF UserComment's character-code prefix (then UTF-16 BE, as A1111's piexif writes)
+
+
+def extension(fmt: str) -> str:
+    return "jpg" if fmt.lower() in ("jpg", "jpeg") else fmt.lower()
+
+
+def encode_image(image, infotext: str | None = None, fmt: str = "png", quality: int = 80) -> bytes:
+    """PNG with the infotext in its `parameters` chunk, or JPEG / WebP with it in EXIF UserComment
+    (where A1111 puts it, and PNG Info reads it back)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    kind = FORMATS.get(fmt.lower())
+    if kind is None:
+        raise ValueError(f"unknown image format {fmt!r}; one of {', '.join(FORMATS)}")
+    buf = io.BytesIO()
+    if kind == "PNG":
+        info = None
+        if infotext:
+            info = PngInfo()
+            info.add_text("parameters", infotext)
+        image.save(buf, format="PNG", pnginfo=info)
+        return buf.getvalue()
+    exif = Image.Exif()
+    if infotext:
+        exif.get_ifd(_EXIF_IFD)[_USER_COMMENT] = _UNICODE + infotext.encode("utf-16-be")
+    rgb = image if image.mode in ("RGB", "L") or kind == "WEBP" else image.convert("RGB")
+    rgb.save(buf, format=kind, quality=int(quality), exif=exif)
+    return buf.getvalue()
+
+
+def read_infotext(image) -> str:
+    """The generation parameters an image carries: PNG `parameters`, else EXIF UserComment."""
+    text = (image.info or {}).get("parameters")
+    if isinstance(text, str):
+        return text
+    try:
+        raw = image.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
+    except Exception:  # a broken EXIF block is no parameters, never an error
+        return ""
+    if not isinstance(raw, bytes) or not raw:
+        return raw if isinstance(raw, str) else ""
+    prefix, body = raw[:8], raw[8:]
+    if prefix == _UNICODE:
+        for codec in ("utf-16-be", "utf-16-le"):
+            try:
+                return body.decode(codec)
+            except UnicodeDecodeError:
+                continue
+    return body.decode("utf-8", errors="replace") if prefix.startswith(b"ASCII") else raw.decode("utf-8", "replace")

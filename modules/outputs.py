@@ -1,7 +1,6 @@
-"""Where generated images go: outputs/<kind>/<YYYY-MM-DD>/NNNNN-<seed>.png, written atomically."""
+"""Where generated images go: outputs/<kind>/<YYYY-MM-DD>/NNNNN-<seed>.<png|jpg|webp>, written atomically."""
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -31,17 +30,17 @@ class OutputWriter:
         return highest + 1
 
     def save_png(self, image, subdir: str, seed: int, infotext: str | None) -> Path:
-        from PIL.PngImagePlugin import PngInfo
+        return self.save(image, subdir, seed, infotext, "png")
 
-        info = PngInfo()
-        if infotext:
-            info.add_text("parameters", infotext)
-        buf = io.BytesIO()
-        image.save(buf, format="PNG", pnginfo=info)
+    def save(self, image, subdir: str, seed: int, infotext: str | None, fmt: str = "png", quality: int = 80) -> Path:
+        """Save in A1111's samples_format (png, jpg, webp) with the infotext inside (PNG chunk or EXIF)."""
+        from modules.images import encode_image, extension
+
+        data = encode_image(image, infotext, fmt, quality)
         with self._lock:  # numbering and the write together, so two jobs never take one number
             folder = self.folder_for(subdir)
-            path = folder / f"{self._next_number(folder):05d}-{seed}.png"
-            atomic.write_bytes(path, buf.getvalue())
+            path = folder / f"{self._next_number(folder):05d}-{seed}.{extension(fmt)}"
+            atomic.write_bytes(path, data)
         return path
 
     def save_files(self, subdir: str, name: str, files: dict[str, bytes]) -> dict[str, Path]:

@@ -37,9 +37,16 @@ class Settings(BaseModel):
     memory_policy: MemoryPolicy = Field("auto", description="auto, gpu, model_offload, sequential_offload")
     vae_tiling_pixels: int = Field(1024 * 1024, ge=0, description="Tile the VAE above this many pixels (0: never)")
     show_progress_every_n_steps: int = Field(2, ge=0, le=100, description="Live preview every N steps (0: off)")
-    samples_format: Literal["png"] = "png"
+    samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field("png", description="File format of saved images (and of API images)")
+    jpeg_quality: int = Field(80, ge=1, le=100, description="Quality of saved JPEG and WebP images")
+    send_seed: bool = Field(True, description="Send to img2img / inpaint carries the seed")
+    send_size: bool = Field(True, description="Send to img2img / inpaint carries the width and height")
+    img2img_fix_steps: bool = Field(False, description="img2img runs exactly the steps asked (normally fewer with less denoising)")
     outdir_txt2img_samples: str = "txt2img-images"
     outdir_img2img_samples: str = "img2img-images"
+    outdir_txt2img_grids: str = "txt2img-grids"
+    outdir_img2img_grids: str = "img2img-grids"
+    grid_save: bool = Field(True, description="Save the X/Y/Z plot's grid (when its cells are saved)")
     save_images_default: bool = True
     ui_updates_per_second: float = Field(5.0, gt=0, le=30)
     extensions_disabled: list[str] = Field(default_factory=list)

@@ -13,12 +13,12 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modules.diffusion import conditioning, hires, img2img, prompts, results, tiling, txt2img
+from modules.diffusion import conditioning, hires, img2img, prompts, results, tiling, txt2img, xyz
 from modules.diffusion.params import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.diffusion.sampling import Run
 from modules.diffusion.seeds import SeedPlan
 from modules.diffusion.styles import StyledPrompts
-from modules.errors import InvalidRequest
+from modules.errors import AtelierError, InvalidRequest
 from modules.jobs import JobContext
 
 if TYPE_CHECKING:
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from modules.diffusion.styles import StyleStore
     from modules.extensions.hooks import HookRegistry
     from modules.models.manager import ModelManager
+    from modules.models.registry import ModelRegistry
     from modules.outputs import OutputWriter
     from modules.settings import SettingsStore
 
@@ -42,31 +43,63 @@ class DiffusionServices:
     styles: "StyleStore"
 
 
-def validator(samplers: "SamplerRegistry", styles: "StyleStore"):
-    """The job kinds' submit-time check: what the request types cannot see alone (sampler, upscaler
-    and style names live in registries), refused before the request waits in the queue. Everything
-    else (LoRA tags, the mask's shape) the request types check themselves (params.py)."""
-    def validate(req) -> None:
-        if not isinstance(req, GenerationRequest):
-            raise InvalidRequest("send a txt2img or img2img request", "request")
+def validator(samplers: "SamplerRegistry", styles: "StyleStore", registry: "ModelRegistry"):
+    """The job kinds' submit-time check: what the request types cannot see alone (sampler, upscaler,
+    style and, for an X/Y/Z plot's cells, checkpoint names live in registries), refused before the
+    request waits in the queue. Everything else (LoRA tags, the mask's shape, the plot's arguments) the
+    request types check themselves (params.py)."""
+    def check(req) -> None:
         samplers.resolve(req.sampler_name, req.scheduler)
         hires.check(samplers, req)
         styles.resolve(req.styles)
+
+    def validate(req) -> None:
+        if not isinstance(req, GenerationRequest):
+            raise InvalidRequest("send a txt2img or img2img request", "request")
+        if not xyz.requested(req):
+            check(req)
+            return
+        names_seen = set()
+        for cell in xyz.plan(req).cells:
+            try:
+                check(cell.request)
+                name = cell.request.checkpoint_override
+                if name and name not in names_seen:
+                    registry.get("checkpoint", name)
+                    names_seen.add(name)
+            except AtelierError as exc:
+                raise type(exc)(f"an X/Y/Z cell: {exc.field}: {exc.message}", xyz.FIELD) from None
     return validate
 
 
 def run_txt2img(ctx: JobContext, req) -> GenerationResult:
-    return _run(ctx, req, txt2img.batch, ctx.services.settings.get().outdir_txt2img_samples)
+    settings = ctx.services.settings.get()
+    return _run_or_plot(ctx, req, txt2img.batch, settings.outdir_txt2img_samples, settings.outdir_txt2img_grids)
 
 
 def run_img2img(ctx: JobContext, req) -> GenerationResult:
-    return _run(ctx, req, img2img.batch, ctx.services.settings.get().outdir_img2img_samples)
+    settings = ctx.services.settings.get()
+    return _run_or_plot(ctx, req, img2img.batch, settings.outdir_img2img_samples, settings.outdir_img2img_grids)
+
+
+def _run_or_plot(ctx: JobContext, req, make_batch, outdir: str, grid_dir: str) -> GenerationResult:
+    """One generation, or an X/Y/Z plot: a generation per cell (each saved as usual), then the grid."""
+    if not xyz.requested(req):
+        return _run(ctx, req, make_batch, outdir)
+    services: DiffusionServices = ctx.services
+
+    def save_grid(generated) -> None:
+        if req.save_images and services.settings.get().grid_save:
+            generated.path = services.outputs.save_png(generated.image, grid_dir, generated.seed, generated.infotext)
+            services.hooks.image_saved(generated)
+
+    return xyz.run(ctx, req, lambda cell_ctx, cell_req: _run(cell_ctx, cell_req, make_batch, outdir), save_grid)
 
 
 def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
     services: DiffusionServices = ctx.services
     req = services.hooks.before_generate(req)
-    validator(services.samplers, services.styles)(req)  # a hook may have changed the request
+    validator(services.samplers, services.styles, services.models.registry)(req)  # a hook may have changed it
     texts = StyledPrompts.of(req, services.styles.resolve(req.styles))  # A1111 applies styles as the job starts
     spec, schedule = services.samplers.resolve(req.sampler_name, req.scheduler)
     plan = SeedPlan.for_request(req.seed, req.subseed, req.subseed_strength, req.n_iter * req.batch_size)
@@ -79,6 +112,7 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
             tiling.maybe(ckpt.pipe, req.tiling):
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
                   schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
+                  fix_steps=settings.img2img_fix_steps,
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
         ctx.set_parts(req.n_iter * run.passes)
         for iteration in range(req.n_iter):
@@ -96,8 +130,8 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
             batch = services.hooks.after_generate(batch)  # extensions post-process before the save
             for generated in batch.images:
                 if req.save_images:  # each batch is on disk before the next starts
-                    generated.path = services.outputs.save_png(generated.image, outdir, generated.seed,
-                                                               generated.infotext)
+                    generated.path = services.outputs.save(generated.image, outdir, generated.seed, generated.infotext,
+                                                           settings.samples_format, settings.jpeg_quality)
                     services.hooks.image_saved(generated)
                 images.append(generated)
             ctx.take_skip()  # a skip finished this batch early; the next one starts fresh

@@ -19,6 +19,7 @@ LATENT_MODES = {
 PIXEL_MODES = {"Lanczos": "LANCZOS", "Nearest": "NEAREST", "None": "LANCZOS"}
 HR_UPSCALERS = tuple(LATENT_MODES) + tuple(PIXEL_MODES)
 DEFAULT_DENOISING = 0.7  # A1111's default for the hires pass
+MAX_TIMESTEPS = 1000  # SD's num_train_timesteps: diffusers refuses more inference steps
 
 
 def check(samplers, req) -> None:
@@ -56,11 +57,24 @@ def steps(req) -> int:
     return req.hr_second_pass_steps or req.steps
 
 
-def img2img_steps(steps: int, strength: float) -> int:
-    """diffusers runs int(steps * strength) steps; keep it at least one."""
+def img2img_steps(steps: int, strength: float, fix: bool = False) -> int:
+    """The num_inference_steps to give diffusers' img2img, which runs about steps x strength of them; at least
+    one. `fix` (A1111's img2img_fix_steps): enough that exactly `steps` run (at most the 1000 the model knows)."""
     import math
 
-    return max(steps, math.ceil(1 / strength)) if strength > 0 else steps
+    if strength <= 0:
+        return steps
+    if not fix:
+        return max(steps, math.ceil(1 / strength))
+    n = steps
+    while n < MAX_TIMESTEPS and min(int(n * strength), n) < steps:  # diffusers' get_timesteps runs that many
+        n += 1
+    return n
+
+
+def steps_run(steps: int, strength: float, fix: bool = False) -> int:
+    """How many steps an img2img pass runs (the progress total)."""
+    return steps if fix else int(steps * strength)
 
 
 def second_pass(run: Run, latents, iteration: int) -> list:
@@ -90,9 +104,9 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         cond = conditioning.for_pass(run, pipe, [positive] * size, [negative] * size, n,
                                      sampler=sampler(run.samplers, req), hires=True)
     out = sampling.call(
-        run, run.ckpt.pipeline("img2img"), part=iteration * run.passes + 1, steps_hint=int(n * strength),
-        sampler=sampler(run.samplers, req), conditioning=cond,
-        image=image, strength=strength, num_inference_steps=img2img_steps(n, strength),
+        run, run.ckpt.pipeline("img2img"), part=iteration * run.passes + 1,
+        steps_hint=steps_run(n, strength, run.fix_steps), sampler=sampler(run.samplers, req), conditioning=cond,
+        image=image, strength=strength, num_inference_steps=img2img_steps(n, strength, run.fix_steps),
         guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
     )
     return out.images

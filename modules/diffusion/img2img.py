@@ -36,8 +36,8 @@ def batch(run: Run, iteration: int) -> list:
         image = F.interpolate(latents, size=(req.height // f, req.width // f), mode="bilinear")
         gens = seeds.generators(run.plan, run.batch_indices(iteration))
     out = sampling.call(
-        run, run.ckpt.pipeline("img2img"), part=iteration, steps_hint=int(req.steps * strength),
-        image=image, strength=strength, num_inference_steps=hires.img2img_steps(req.steps, strength),
-        guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
+        run, run.ckpt.pipeline("img2img"), part=iteration, steps_hint=hires.steps_run(req.steps, strength, run.fix_steps),
+        image=image, strength=strength, num_inference_steps=hires.img2img_steps(req.steps, strength, run.fix_steps),
+        guidance_scale=req.cfg_scale, generator=gens, output_type="pil", noise_for=run.batch_indices(iteration),
     )
     return out.images

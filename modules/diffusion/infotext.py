@@ -39,6 +39,14 @@ def build(prompt: str, negative_prompt: str, params: dict) -> str:
     return f"{text}\n{line}"
 
 
+def with_params(text: str, extra: dict) -> str:
+    """The infotext with more key: value pairs at the end of its parameter line (A1111's extra params)."""
+    pairs = ", ".join(f"{k}: {quote(v)}" for k, v in extra.items() if v is not None and v != "")
+    if not pairs:
+        return text
+    return f"{text.rstrip()}, {pairs}" if text.strip() else pairs
+
+
 def parse(text: str) -> dict:
     """Parse infotext into {"Prompt", "Negative prompt", "Steps", …, "Size-1", "Size-2"} like A1111."""
     lines = text.strip().split("\n")

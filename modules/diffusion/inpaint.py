@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modules.diffusion import hires, sampling, seeds
+from modules.diffusion import hires, sampling, seeds, variation
 from modules.diffusion.resize import resize_image
 from modules.diffusion.sampling import Run
 
@@ -154,10 +154,18 @@ def batch(run: Run, iteration: int, inits: list) -> list:
         image = [fill(p.work_image, p.work_mask) for p in preps]
     else:
         image = [p.work_image for p in preps]
+    noise_for = indices  # the variation seeds blend into the noise the pipeline adds …
+    if strength >= 1 and variation.wanted(run.plan):
+        # at full strength inpaint starts from the noise itself (no add_noise): hand it the blended noise
+        channels, factor = pipe.vae.config.latent_channels, pipe.vae_scale_factor
+        dtype = pipe.unet.dtype
+        extra["latents"], gens = seeds.make_noise(run.plan, indices, (channels, req.height // factor,
+                                                                     req.width // factor), dtype)
+        noise_for = None  # … or, at full strength, it is that noise already
     out = sampling.call(
-        run, pipe, part=iteration, steps_hint=int(req.steps * strength),
+        run, pipe, part=iteration, steps_hint=hires.steps_run(req.steps, strength, run.fix_steps),
         image=image, mask_image=[p.work_mask for p in preps], strength=strength,
-        num_inference_steps=hires.img2img_steps(req.steps, strength), guidance_scale=req.cfg_scale,
-        generator=gens, width=req.width, height=req.height, output_type="pil", **extra,
+        num_inference_steps=hires.img2img_steps(req.steps, strength, run.fix_steps), guidance_scale=req.cfg_scale,
+        generator=gens, width=req.width, height=req.height, output_type="pil", noise_for=noise_for, **extra,
     )
     return [composite(p, im) for p, im in zip(preps, out.images)]

@@ -64,6 +64,8 @@ class GenerationRequest(BaseModel):
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass prompt; empty: the same")
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass negative prompt; empty: the same")
     tiling: bool = Field(False, description="seamless: the picture wraps around (circular padding in UNet and VAE)")
+    script_name: str = Field("", max_length=80, description='"x/y/z plot" (A1111\'s script); no other script exists')
+    script_args: list[Any] = Field(default_factory=list, max_length=64, description="the script's arguments, A1111's order")
     override_settings: dict[str, Any] = Field(default_factory=dict)
     override_settings_restore_afterwards: bool = True
     send_images: bool = True
@@ -120,14 +122,29 @@ class GenerationRequest(BaseModel):
                 raise ValueError(f"hires fix would make {w}x{h}; the largest side is {MAX_SIDE}: lower hr_scale")
         return self
 
+    @model_validator(mode="after")
+    def _check_script(self):
+        """The X/Y/Z plot's arguments, and every cell they make, are checked with the request."""
+        if self.script_name.strip():
+            from modules.diffusion import xyz  # it builds requests of these types
+
+            xyz.plan(self)
+        elif self.script_args:
+            raise InvalidRequest("script_args without a script_name; send script_name \"x/y/z plot\" or no "
+                                 "script_args", "script_args")
+        return self
+
+
+XYZ_SCRIPT = "x/y/z plot"  # the one A1111 script Atelier runs (xyz.py); A1111 matches titles case-insensitively
+
 
 def _refuse_scripts(data: dict) -> None:
-    """A1111's script_name / alwayson_scripts: Atelier has no A1111 scripts, and one skipped silently would
-    make wrong pictures (A1111 answers 422 too). Not fields: they are refused, never kept."""
+    """A1111's script_name / alwayson_scripts: Atelier runs the X/Y/Z plot and no other script, and one skipped
+    silently would make wrong pictures (A1111 answers 422 too)."""
     name = data.get("script_name")
-    if isinstance(name, str) and name.strip():
-        raise InvalidRequest(f"script {name[:80]!r} is not available in Atelier; leave script_name empty",
-                             "script_name")
+    if isinstance(name, str) and name.strip() and name.strip().lower() != XYZ_SCRIPT:
+        raise InvalidRequest(f"script {name[:80]!r} is not available in Atelier; the one script is "
+                             f"\"x/y/z plot\" — or leave script_name empty", "script_name")
     scripts = data.get("alwayson_scripts")
     if isinstance(scripts, dict) and scripts:
         first = str(next(iter(scripts)))[:80]

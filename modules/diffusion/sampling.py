@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from modules.diffusion import preview
+from modules.diffusion import preview, variation
 from modules.diffusion.seeds import SeedPlan
 
 
@@ -30,6 +30,7 @@ class Run:
     passes: int = 1  # 2 with hires fix
     preview_every: int = 0
     texts: Any = None  # styles.StyledPrompts: the prompts with the request's styles applied
+    fix_steps: bool = False  # A1111's img2img_fix_steps: img2img runs exactly the steps asked
     conditioning: Any = None  # conditioning.StepConditioning of the batch being made
 
     @property
@@ -57,11 +58,12 @@ def using_scheduler(pipe, scheduler):
 
 
 def call(run: Run, pipe, part: int, steps_hint: int, sampler: tuple[str, str] | None = None,
-         conditioning=None, **kwargs):
+         conditioning=None, noise_for: range | None = None, **kwargs):
     """Call `pipe` with progress every step, a preview every N steps, and stop on interrupt/skip.
 
     `sampler` (name, schedule) and `conditioning` (a StepConditioning) override the run's (the hires
     pass may differ). A prompt that changes during sampling is swapped in here, step by step.
+    `noise_for`: the images of an img2img / inpaint batch, whose added noise takes the variation seeds.
     """
     ctx = run.ctx
     cond = conditioning or run.conditioning
@@ -82,7 +84,10 @@ def call(run: Run, pipe, part: int, steps_hint: int, sampler: tuple[str, str] | 
 
     seed = run.plan.seeds[run.batch_indices(part // run.passes)[0]]
     pipe.set_progress_bar_config(disable=True)  # img2img/inpaint pipes made by from_pipe start with tqdm on
-    with using_scheduler(pipe, run.scheduler_for(pipe, seed, sampler)):
+    scheduler = run.scheduler_for(pipe, seed, sampler)
+    if noise_for is not None and variation.wanted(run.plan):
+        scheduler = variation.varied(scheduler, run.plan, noise_for)
+    with using_scheduler(pipe, scheduler):
         return pipe(**cond.initial, **kwargs, callback_on_step_end=on_step,
                     callback_on_step_end_tensor_inputs=["latents", *cond.tensor_inputs])
 

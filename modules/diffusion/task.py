@@ -15,6 +15,6 @@ def register(reg: "Registrar") -> None:
     from modules.diffusion.generate import DiffusionServices, run_img2img, run_txt2img, validator
 
     services = DiffusionServices(reg.models, reg.samplers, reg.hooks, reg.outputs, reg.settings, reg.styles)
-    validate = validator(reg.samplers, reg.styles)
+    validate = validator(reg.samplers, reg.styles, reg.registry)
     reg.add_job_kind(JobKind("txt2img", run_txt2img, queue=QUEUE, validate=validate), services)
     reg.add_job_kind(JobKind("img2img", run_img2img, queue=QUEUE, validate=validate), services)

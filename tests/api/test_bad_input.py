@@ -53,7 +53,9 @@ TXT2IMG_BAD = [
     ({"subseed_strength": -1}, "subseed_strength"), ({"enable_hr": True, "hr_scale": 4, "width": 2048}, None),
     ({"enable_hr": "maybe"}, "enable_hr"), ({"sampler_name": 7}, "sampler_name"),
     ({"sampler_name": "no such sampler"}, "sampler_name"), ({"scheduler": "no such schedule"}, "scheduler"),
-    ({"script_name": "x/y/z plot"}, "script_name"), ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts"),
+    ({"script_name": "Loopback"}, "script_name"), ({"script_name": "x/y/z plot"}, "script_args[1]"),
+    ({"script_name": "x/y/z plot", "script_args": [4, "1, 500"]}, "script_args"),
+    ({"script_args": [4, "1, 2"]}, "script_args"), ({"alwayson_scripts": {"ControlNet": {"args": []}}}, "alwayson_scripts"),
 ] + [({"sampler_name": t}, "sampler_name") for t in TRAVERSALS] + [
     ({"override_settings": {"sd_model_checkpoint": t}}, "override_settings.sd_model_checkpoint")
     for t in TRAVERSALS + ["no-such-model"] if t] + [  # "" means no override, as in A1111

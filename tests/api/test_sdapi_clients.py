@@ -141,7 +141,7 @@ def test_listings_have_a1111_shapes(server, api):
     assert {"free", "used", "total"} <= set(mem["ram"]) and ("error" in mem["cuda"] or "system" in mem["cuda"])
     progress = api.get_progress()
     assert progress["progress"] == 0 and progress["state"]["job_count"] == 0
-    assert c.get("/scripts").json() == {"txt2img": [], "img2img": []}
+    assert c.get("/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
 
 
 def test_refresh_picks_up_new_checkpoints_and_loras(server, demo_checkpoint):

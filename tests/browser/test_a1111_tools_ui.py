@@ -80,3 +80,35 @@ def test_tiling_checkbox(page):
     page.click("#txt2img_generate")
     wait_info(page, "Tiling: True")
     page.locator("#txt2img_tiling input[type=checkbox]").uncheck()
+
+
+def choose(page, elem_id: str, value: str) -> None:
+    page.click(f"#{elem_id} input")
+    page.locator(f"#{elem_id}").get_by_role("option", name=value, exact=True).click()
+    page.keyboard.press("Escape")
+
+
+def test_xyz_plot_section_makes_a_labelled_grid(page, live_server):
+    page.fill("#txt2img_prompt textarea", "a red fox")
+    small_run(page, "txt2img", steps=3, size=64)
+    page.locator("#txt2img_xyz").get_by_text("X/Y/Z plot", exact=True).click()  # open the accordion
+    page.locator("#txt2img_xyz_enable input[type=checkbox]").check()
+    choose(page, "txt2img_xyz_x_type", "Steps")
+    page.fill("#txt2img_xyz_x_values input, #txt2img_xyz_x_values textarea", "2, 3")
+    choose(page, "txt2img_xyz_y_type", "Sampler")
+    page.click("#txt2img_xyz_y_fill")  # 📒 fills every sampler; keep two
+    page.wait_for_function("() => (document.querySelector('#txt2img_xyz_y_values input, #txt2img_xyz_y_values textarea')"
+                           ".value || '').includes('Euler a')")
+    page.fill("#txt2img_xyz_y_values input, #txt2img_xyz_y_values textarea", "Euler, DDIM")
+    page.click("#txt2img_generate")
+    wait_info(page, "Script: X/Y/Z plot")
+    text = info_text(page)
+    assert "X Type: Steps" in text and "Y Type: Sampler" in text
+    page.wait_for_selector("#txt2img_gallery img")
+    grids = list((live_server.data_dir / "outputs" / "txt2img-grids").rglob("*.png"))
+    assert grids, "the grid is saved under outputs/txt2img-grids"
+    from PIL import Image
+
+    with Image.open(sorted(grids)[-1]) as grid:
+        assert grid.width > 2 * 64 and grid.height > 2 * 64 and "X/Y/Z plot" in grid.info["parameters"]
+    page.locator("#txt2img_xyz_enable input[type=checkbox]").uncheck()

@@ -93,6 +93,15 @@ def b64_png(image, infotext: str | None = None) -> str:
     return encode_png_base64(image, infotext)
 
 
+def b64_image(image, infotext: str | None, fmt: str = "png", quality: int = 80) -> str:
+    """An image as A1111's API sends it: base64 in the samples_format, the infotext inside."""
+    import base64
+
+    from modules.images import encode_image
+
+    return base64.b64encode(encode_image(image, infotext, fmt, quality)).decode("ascii")
+
+
 def request_schema(cls) -> dict:
     """OpenAPI `requestBody` for an endpoint that reads its own body (so /docs shows the fields)."""
     schema = cls.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -19,7 +19,7 @@ from modules.requests import parse_request
 from modules.errors import InvalidRequest
 from modules.jobs import JobState
 from webui.api import sdapi_models
-from webui.api.common import Waiter, b64_png, ensure_ready, read_json_object, request_schema
+from webui.api.common import Waiter, b64_image, b64_png, ensure_ready, read_json_object, request_schema
 from webui.checkpoints import find_checkpoint
 
 # A1111 request fields that carry images: never echoed back unless include_init_images.
@@ -44,7 +44,9 @@ def router(studio):
         job = studio.submit(kind, req)  # validates samplers and upscalers first
         await waiter.job(job)
         job.raise_for_error()
-        return await run_in_threadpool(_generation_response, job, req, body)
+        settings = studio.settings.get()
+        return await run_in_threadpool(_generation_response, job, req, body, settings.samples_format,
+                                       settings.jpeg_quality)
 
     @r.post("/txt2img", openapi_extra=request_schema(Txt2ImgRequest))
     async def txt2img(request: Request):
@@ -94,10 +96,11 @@ def _a1111_defaults(body: dict) -> dict:
 
 
 # -- responses ------------------------------------------------------------------
-def _generation_response(job, req, body: dict) -> dict:
+def _generation_response(job, req, body: dict, fmt: str = "png", quality: int = 80) -> dict:
+    """A1111's answer; images in the samples_format, as A1111 encodes them."""
     result = job.result
     images = list(result.images) if result is not None else []
-    encoded = [b64_png(g.image, g.infotext) for g in images] if req.send_images else []
+    encoded = [b64_image(g.image, g.infotext, fmt, quality) for g in images] if req.send_images else []
     return {"images": encoded, "parameters": _echo_parameters(req, body), "info": json.dumps(_info(job, req, images))}
 
 
@@ -170,7 +173,7 @@ def _progress(studio, skip_current_image: bool) -> dict:
 
 # -- png-info -------------------------------------------------------------------
 def _png_info(body: dict, styles) -> dict:
-    from modules.images import decode_image
+    from modules.images import decode_image, read_infotext
 
     value = body.get("image")
     if not isinstance(value, str) or not value.strip():
@@ -184,5 +187,5 @@ def _png_info(body: dict, styles) -> dict:
         if isinstance(key, str) and isinstance(val, (str, int, float, bool)):
             items[key] = val
     geninfo = items.pop("parameters", "")
-    geninfo = geninfo if isinstance(geninfo, str) else ""
+    geninfo = geninfo if isinstance(geninfo, str) and geninfo else read_infotext(image)  # JPEG / WebP: EXIF
     return {"info": geninfo, "items": items, "parameters": infotext.parse_with_styles(geninfo, styles) if geninfo else {}}

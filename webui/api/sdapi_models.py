@@ -17,7 +17,8 @@ from webui.checkpoints import find_checkpoint, switch_checkpoint
 
 _SECRET_FLAGS = ("gradio_auth", "api_auth", "api_key")
 # Settings whose value becomes a path under outputs/: refused if they would leave it.
-_OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples")
+_OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_txt2img_grids",
+                        "outdir_img2img_grids")
 
 
 def add_routes(r, studio, waiter: Waiter) -> None:
@@ -136,14 +137,18 @@ def add_routes(r, studio, waiter: Waiter) -> None:
                     "reserved": {"current": c["reserved"], "peak": c["reserved"]}}
         return {"ram": ram, "cuda": cuda}
 
-    # Listings A1111 clients ask for at start (webuiapi calls /scripts); Atelier has none of these yet.
+    # Listings A1111 clients ask for at start (webuiapi calls /scripts).
     @r.get("/scripts")
     def scripts():
-        return {"txt2img": [], "img2img": []}
+        """The scripts a request can name in script_name: the X/Y/Z plot."""
+        from modules.diffusion import xyz
+
+        return {"txt2img": [xyz.SCRIPT_NAME], "img2img": [xyz.SCRIPT_NAME]}
 
     @r.get("/script-info")
     def script_info():
-        return []
+        """A1111's ScriptInfo of each script: its script_args, in order, with defaults and choices."""
+        return _script_info()
 
     @r.get("/prompt-styles")
     def prompt_styles():
@@ -157,6 +162,23 @@ def add_routes(r, studio, waiter: Waiter) -> None:
     @r.get("/face-restorers")
     def face_restorers():
         return []
+
+
+def _script_info() -> list[dict]:
+    from modules.diffusion import xyz
+    from modules.diffusion.xyz_axes import axes_for
+
+    out = []
+    for kind in ("txt2img", "img2img"):
+        labels = [a.label for a in axes_for(kind)]
+        args = []
+        for name in xyz.ARGS:
+            value = xyz.DEFAULTS[name]
+            choices = labels if name.endswith("_type") else None
+            args.append({"label": name, "value": value, "minimum": 0 if name == "margin_size" else None,
+                         "maximum": 500 if name == "margin_size" else None, "step": None, "choices": choices})
+        out.append({"name": xyz.SCRIPT_NAME, "is_alwayson": False, "is_img2img": kind == "img2img", "args": args})
+    return out
 
 
 def _model_item(e) -> dict:

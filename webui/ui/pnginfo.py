@@ -15,12 +15,15 @@ def read_parameters(path: str | None) -> tuple[str, dict]:
 
     if not path:
         return "", {}
+    from modules.images import read_infotext
+
     try:
         with Image.open(path) as im:
             info = {k: v for k, v in (im.info or {}).items() if isinstance(v, str)}
+            text = info.pop("parameters", "") or read_infotext(im)  # JPEG / WebP keep it in EXIF UserComment
     except (UnidentifiedImageError, OSError):
         return "", {"error": "not a readable image"}
-    return info.pop("parameters", ""), info
+    return text, info
 
 
 def parameters_html(text: str, other: dict) -> str:

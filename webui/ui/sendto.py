@@ -1,5 +1,7 @@
 """Cross-tab wiring, done once every tab is built: "Send to img2img / inpaint / txt2img" and
-"Reuse parameters". A source gives an image and its infotext; the target tab gets both and is opened."""
+"Reuse parameters". A source gives an image and its infotext; the target tab gets both and is opened.
+A1111's send_seed / send_size settings decide whether a send from a results panel or the gallery carries
+the seed and the size; PNG Info and Reuse parameters carry everything, as in A1111."""
 from __future__ import annotations
 
 from modules.errors import AtelierError
@@ -11,6 +13,16 @@ IMAGE_SLOT = {"tab_img2img": "image", "tab_inpaint": "editor"}
 FILLABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed", "subseed",
             "subseed_strength", "width", "height", "clip_skip", "denoising_strength", "enable_hr", "hr_scale",
             "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra", "styles", "tiling")
+
+
+def without_unsent(fields: dict, settings) -> dict:
+    """The fields a tab-to-tab send carries under A1111's send_seed and send_size settings."""
+    drop = set()
+    if not settings.send_seed:
+        drop |= {"seed", "subseed", "subseed_strength"}
+    if not settings.send_size:
+        drop |= {"width", "height"}
+    return {k: v for k, v in fields.items() if k not in drop}
 
 
 def _open(path: str | None):
@@ -33,7 +45,7 @@ def wire(studio, ui: dict, tabs) -> None:
             outs.append(comps[IMAGE_SLOT[tab_id]])
         return outs
 
-    def sender(tab_id: str, source, with_image: bool, switch: bool = True):
+    def sender(tab_id: str, source, with_image: bool, switch: bool = True, send_options: bool = False):
         comps = ui.get(tab_id) or {}
 
         def handler(*args):
@@ -45,6 +57,8 @@ def wire(studio, ui: dict, tabs) -> None:
                 gr.Warning("Nothing to send yet: generate or select an image first")
                 return {}
             fields = fields_from_infotext(text, studio.styles) if text else {}
+            if send_options:
+                fields = without_unsent(fields, studio.settings.get())
             updates = updates_for_fields({k: v for k, v in fields.items() if k in FILLABLE}, comps)
             if with_image and image is not None and tab_id in IMAGE_SLOT:
                 updates[comps[IMAGE_SLOT[tab_id]]] = image
@@ -54,10 +68,10 @@ def wire(studio, ui: dict, tabs) -> None:
 
         return handler, target_outputs(tab_id) + ([tabs] if switch else [])
 
-    def connect(button, tab_id, source, inputs, with_image=True, switch=True):
+    def connect(button, tab_id, source, inputs, with_image=True, switch=True, send_options=False):
         if button is None or tab_id not in ui:
             return
-        fn, outputs = sender(tab_id, source, with_image, switch)
+        fn, outputs = sender(tab_id, source, with_image, switch, send_options)
         button.click(fn, inputs, outputs, queue=False)
 
     # Results of the three generation tabs.
@@ -70,8 +84,8 @@ def wire(studio, ui: dict, tabs) -> None:
         if not comps or "results" not in comps:
             continue
         inputs = [comps["results"], comps["selected"]]
-        connect(comps.get("send_img2img"), "tab_img2img", from_results, inputs)
-        connect(comps.get("send_inpaint"), "tab_inpaint", from_results, inputs)
+        connect(comps.get("send_img2img"), "tab_img2img", from_results, inputs, send_options=True)
+        connect(comps.get("send_inpaint"), "tab_inpaint", from_results, inputs, send_options=True)
         connect(comps.get("reuse"), tab_id, from_results, inputs, with_image=False, switch=False)
 
     # PNG Info: the dropped file and its parameters.
@@ -107,6 +121,6 @@ def wire(studio, ui: dict, tabs) -> None:
             return (_open(str(resolve_image(studio, rel))) if rel else None), text
 
         inputs = [gal["path"], gal["info"]]
-        connect(gal.get("send_txt2img"), "tab_txt2img", from_gallery, inputs, with_image=False)
-        connect(gal.get("send_img2img"), "tab_img2img", from_gallery, inputs)
-        connect(gal.get("send_inpaint"), "tab_inpaint", from_gallery, inputs)
+        connect(gal.get("send_txt2img"), "tab_txt2img", from_gallery, inputs, with_image=False, send_options=True)
+        connect(gal.get("send_img2img"), "tab_img2img", from_gallery, inputs, send_options=True)
+        connect(gal.get("send_inpaint"), "tab_inpaint", from_gallery, inputs, send_options=True)

@@ -14,6 +14,8 @@ LABELS = {
     "samples_format": "File format for images",
     "outdir_txt2img_samples": "Output folder for txt2img images (inside outputs/)",
     "outdir_img2img_samples": "Output folder for img2img / inpaint images (inside outputs/)",
+    "outdir_txt2img_grids": "Output folder for txt2img X/Y/Z grids (inside outputs/)",
+    "outdir_img2img_grids": "Output folder for img2img X/Y/Z grids (inside outputs/)",
     "save_images_default": "Save every generated image",
     "ui_updates_per_second": "Progress updates per second in the browser while generating",
 }

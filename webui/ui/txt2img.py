@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from modules.extensions.tabs import TabSpec
-from webui.ui import components, generation, gradio_api
+from webui.ui import components, generation, gradio_api, xyz_ui
 
 TAB = "txt2img"
 
@@ -16,12 +16,14 @@ def build(studio) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, elem_id=f"{TAB}_settings"):
             p = components.params_block(studio, TAB, hires=True)
+            p.update(xyz_ui.build(studio, TAB, "txt2img"))
         with gr.Column(scale=5, elem_id=f"{TAB}_results"):
             r = components.results_panel(TAB)
     c.update(p)
     c.update(r)
-    fields = {k: c[k] for k in request_field_names(c)}
-    generation.wire_generation(studio, TAB, "txt2img", Txt2ImgRequest, fields, {"_seed_extra": c["seed_extra"]}, c)
+    fields = {k: c[k] for k in request_field_names(c)} | xyz_ui.inputs(c)
+    generation.wire_generation(studio, TAB, "txt2img", Txt2ImgRequest, fields, {"_seed_extra": c["seed_extra"]}, c,
+                               prepare=xyz_ui.prepare)
     gradio_api.generation_endpoint(studio, "txt2img", "txt2img", Txt2ImgRequest, c, {})
     return c
 
