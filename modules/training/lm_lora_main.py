@@ -137,7 +137,6 @@ def save_adapter(model, base: dict, output: Path) -> None:
 
 
 def train(ctx, payload: dict) -> dict:
-    from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
     from torch.utils.data import DataLoader
 
@@ -146,14 +145,7 @@ def train(ctx, payload: dict) -> dict:
     from modules.training.lm_dataset import read_examples
     from modules.training.optimizers import build_optimizer
 
-    started_at = time.time()
-    req = LmLoraRequest.model_validate(payload["request"])
-    run = RunFolder(Path(payload["run_dir"]))
-    accelerator = tl.make_accelerator(req, run)
-    report = tl.Reporter(ctx, run, accelerator.is_main_process)
-    report.log(f"training process: {accelerator.num_processes} process(es) on {accelerator.device}, "
-               f"mixed precision {accelerator.mixed_precision}")
-    set_seed(req.seed)
+    req, run, accelerator, report, started_at = tl.begin(ctx, payload, LmLoraRequest)
     model, tokenizer = load_model(payload["base"], req, accelerator)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     report.log(f"loaded {payload['base']['name']}{' in nf4 (QLoRA)' if req.quantization == 'nf4' else ''}; "

@@ -77,6 +77,22 @@ class Reporter:
             self._log_file.close()
 
 
+def begin(ctx, payload: dict, request_cls):
+    """The start every training's child shares: the request, its run folder, the Accelerator, the reporter
+    (rank 0 speaks), a first log line and the seed. Returns (request, run, accelerator, report, started_at)."""
+    from accelerate.utils import set_seed
+
+    started_at = time.time()
+    req = request_cls.model_validate(payload["request"])
+    run = RunFolder(Path(payload["run_dir"]))
+    accelerator = make_accelerator(req, run)
+    report = Reporter(ctx, run, accelerator.is_main_process)
+    report.log(f"training process: {accelerator.num_processes} process(es) on {accelerator.device}, "
+               f"mixed precision {accelerator.mixed_precision}")
+    set_seed(req.seed)
+    return req, run, accelerator, report, started_at
+
+
 def make_accelerator(request, run: RunFolder):
     """The Accelerator: its device and process count come from `accelerate launch`'s environment."""
     import importlib.util

@@ -13,12 +13,10 @@ from modules.training import loop as tl
 from modules.training.dataset import scan_dataset
 from modules.training.params import SdLoraRequest
 from modules.training.plan import step_math
-from modules.training.runfolder import RunFolder
 
 
 def train(ctx, payload: dict) -> dict:
     import torch
-    from accelerate.utils import set_seed
     from diffusers.optimization import get_scheduler
 
     from modules.training import kohya
@@ -28,14 +26,7 @@ def train(ctx, payload: dict) -> dict:
     from modules.training.sd_model import add_loras, load_parts, training_loss
     from modules.training.sd_sample import sample_images
 
-    started_at = time.time()
-    req = SdLoraRequest.model_validate(payload["request"])
-    run = RunFolder(Path(payload["run_dir"]))
-    accelerator = tl.make_accelerator(req, run)
-    report = tl.Reporter(ctx, run, accelerator.is_main_process)
-    report.log(f"training process: {accelerator.num_processes} process(es) on {accelerator.device}, "
-               f"mixed precision {accelerator.mixed_precision}")
-    set_seed(req.seed)
+    req, run, accelerator, report, started_at = tl.begin(ctx, payload, SdLoraRequest)
     dtype = tl.weight_dtype(accelerator)
     device = accelerator.device
 
