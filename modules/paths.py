@@ -54,6 +54,11 @@ class DataPaths:
         return self.root / "styles.csv"
 
     @property
+    def login_file(self) -> Path:
+        """The login made up for --listen / --share without auth flags (mode 0600)."""
+        return self.root / "login.json"
+
+    @property
     def jobs(self) -> Path:
         """Records of long jobs (training), kept across restarts."""
         return self.root / "jobs"

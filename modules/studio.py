@@ -44,6 +44,7 @@ class StudioOptions:
     api_key: str | None = None  # --api-key: Bearer keys accepted on every API route
     root_path: str = ""
     enable_insecure_extension_access: bool = False
+    insecure_no_auth: bool = False  # --insecure-no-auth: exposed without any login (no password is made up)
     build_demo: bool = True
     extra: dict = field(default_factory=dict)
 

@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root-path", default="", help="public path prefix when served behind a reverse proxy, e.g. /sd")
     p.add_argument("--enable-insecure-extension-access", action="store_true",
                    help="allow installing extensions even when listening beyond localhost")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="with --listen/--share and no auth flags, do not require the made-up login (anyone can use it)")
     p.add_argument("--no-demo", action="store_true", help="do not build the random-weights demo model")
     return p
 
@@ -85,5 +87,6 @@ def options_from_args(args: argparse.Namespace, repo_root: Path) -> StudioOption
         api_key=args.api_key,
         root_path=args.root_path,
         enable_insecure_extension_access=args.enable_insecure_extension_access,
+        insecure_no_auth=args.insecure_no_auth,
         build_demo=not args.no_demo,
     )

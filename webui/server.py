@@ -5,19 +5,20 @@ import json
 import logging
 import re
 import secrets
+import signal
 import threading
 
 from modules.errors import AtelierError, NotFound
 from modules.studio import Studio
-from webui.flags import parse_auth, parse_keys
+from webui.access import Access, decide_access, start_messages
 
 log = logging.getLogger("atelier.server")
 
 
-def api_credentials(studio: Studio) -> list[tuple[str, str]]:
-    """--api-auth; without it, --gradio-auth guards the API too (here the API is always on,
-    unlike A1111's opt-in --api, so a UI password must not leave a back door open)."""
-    return parse_auth(studio.options.api_auth, "--api-auth") or parse_auth(studio.options.gradio_auth, "--gradio-auth")
+def studio_access(studio: Studio) -> Access:
+    """The logins (webui/access.py). Without --api-auth, --gradio-auth guards the API too (here the API is
+    always on, unlike A1111's opt-in --api, so a UI password must not leave a back door open)."""
+    return decide_access(studio.options, studio.paths.login_file)
 
 
 class ErrorShield:
@@ -133,9 +134,10 @@ def _install_error_handlers(app) -> None:
                             status_code=exc.status_code, headers=exc.headers)
 
 
-def create_app(studio: Studio):
+def create_app(studio: Studio, access: Access | None = None):
     from fastapi import FastAPI
 
+    access = access or studio_access(studio)
     app = FastAPI(title="Atelier", version="1", docs_url="/docs", openapi_url="/openapi.json",
                   description="AUTOMATIC1111-compatible REST API (/sdapi/v1) and Atelier's own routes. See docs/api.md.")
     _install_error_handlers(app)
@@ -155,12 +157,15 @@ def create_app(studio: Studio):
         raise NotFound(f"no such endpoint /sdapi/{rest[:100]} for this method; /docs lists them", "path")
 
     from webui.api.auth import ApiAuth
+    from webui.login_limit import LoginLimiter
 
     api_app = app  # the name `app` is rebound below; auth must read this app's routes
-    app.add_middleware(ApiAuth, pairs=api_credentials(studio), routes_of=lambda: api_app.router.routes,
-                       keys=parse_keys(studio.options.api_key))
-    if studio.options.gradio_auth:
+    app.add_middleware(ApiAuth, pairs=list(access.api_pairs), routes_of=lambda: api_app.router.routes,
+                       keys=list(access.api_keys))
+    if access.ui_pairs:
         app.add_middleware(HideApiInfoBeforeLogin)
+    if access.ui_pairs or access.api_pairs or access.api_keys:
+        app.add_middleware(LoginLimiter)
     app.add_middleware(ErrorShield)
 
     import gradio as gr
@@ -168,33 +173,21 @@ def create_app(studio: Studio):
     from webui.ui import CSS, build_ui
 
     blocks = build_ui(studio)
-    gradio_auth = parse_auth(studio.options.gradio_auth, "--gradio-auth") or None
+    gradio_auth = list(access.ui_pairs) or None
     root = studio.options.root_path.strip("/")
     app = gr.mount_gradio_app(app, blocks, path="/", auth=gradio_auth, root_path=("/" + root) if root else None,
                               css=CSS)
     return RootPath(app, studio.options.root_path) if root else app
 
 
-def start_warnings(studio: Studio) -> list[str]:
-    """What is open to others: printed at start when --listen/--share leave the UI or API without auth."""
-    opts = studio.options
-    if not opts.exposed:
-        return []
-    how = " and ".join(x for x, on in (("--listen", opts.listen), ("--share", opts.share)) if on)
-    out = []
-    if not opts.gradio_auth:
-        out.append(f"{how} without --gradio-auth: anyone who can reach this server can use the web UI")
-    if not api_credentials(studio) and not parse_keys(opts.api_key):
-        out.append(f"{how} without --api-auth or --api-key: anyone who can reach this server can use the REST API")
-    return out
-
-
 def serve(studio: Studio) -> None:
     import uvicorn
 
-    for warning in start_warnings(studio):
+    access = studio_access(studio)
+    printed, warnings = start_messages(studio.options, access)
+    for warning in warnings:
         log.warning(warning)
-    app = create_app(studio)
+    app = create_app(studio, access)
     host = "0.0.0.0" if studio.options.listen else "127.0.0.1"
     config = uvicorn.Config(app, host=host, port=studio.options.port, log_level="warning", timeout_keep_alive=30)
     server = uvicorn.Server(config)
@@ -206,18 +199,30 @@ def serve(studio: Studio) -> None:
         prefix = studio.options.root_path.strip("/")
         print(f"Running on local URL:  http://{'127.0.0.1' if host == '0.0.0.0' else host}:{studio.options.port}"
               f"{'/' + prefix if prefix else ''}", flush=True)
-        if studio.options.share:
-            threading.Thread(target=_start_share, args=(studio,), name="atelier-share", daemon=True).start()
+        if studio.options.share:  # the public URL and then the login come last (what a Colab user reads)
+            threading.Thread(target=_start_share, args=(studio, printed), name="atelier-share", daemon=True).start()
+        else:
+            for line in printed:
+                print(line, flush=True)
         studio.load_in_background()
 
     threading.Thread(target=after_start, daemon=True).start()
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn stops gracefully on SIGTERM and then raises the signal again, which would end the process
+        # before `finally`; leave through SystemExit instead, so running jobs are interrupted (a training saves).
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         server.run()
     finally:
         studio.shutdown()
+        print("Atelier stopped.", flush=True)
 
 
-def _start_share(studio: Studio) -> None:
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+def _start_share(studio: Studio, then_print: list[str]) -> None:
     """Ask Gradio's tunnel for a public link; offline, warn and keep serving locally."""
     try:
         from gradio import networking
@@ -227,3 +232,5 @@ def _start_share(studio: Studio) -> None:
     except Exception as exc:
         log.warning("--share: no public link could be made (%s: %s); the local server keeps serving",
                     type(exc).__name__, exc)
+    for line in then_print:
+        print(line, flush=True)

@@ -8,7 +8,7 @@ import io
 import httpx
 import pytest
 
-from tests.conftest import LiveServer, make_data_dir, start_live_server
+from tests.conftest import make_data_dir, start_live_server
 from tests.unit.test_extensions_support import git_repo, mark_main, write_extension
 
 PRELOADED = mark_main("LIVEMARK") + '''
@@ -124,16 +124,3 @@ def test_install_from_local_git_repo_over_http_adds_routes_at_once(server, tmp_p
     r = httpx.delete(server.url + "/atelier/extensions/http-ext", timeout=30)
     assert r.status_code == 200
     assert httpx.get(server.url + "/ext/http-ext/hello", timeout=10).status_code == 404
-
-
-def test_install_refused_over_http_when_listening(tmp_path, demo_checkpoint):
-    data = make_data_dir(tmp_path / "listen-data", demo_checkpoint)
-    srv = LiveServer(data, "--listen", "--no-demo")
-    try:
-        srv.wait_ready()
-        repo = git_repo(tmp_path / "nope-ext", mark_main("NOPE"), name="nope-ext")
-        r = httpx.post(srv.url + "/atelier/extensions/install", json={"source": str(repo)}, timeout=30)
-        assert r.status_code == 403 and "--enable-insecure-extension-access" in r.json()["detail"]
-        assert not (data / "extensions" / "nope-ext").exists()
-    finally:
-        srv.stop()

@@ -39,7 +39,8 @@ def test_bad_flags_are_usage_errors(args, message):
 def exposed_server(tmp_path_factory, demo_checkpoint):
     env = {k: DEAD_PROXY for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
     env.update(NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    s = start_server(tmp_path_factory, demo_checkpoint, "--listen", "--share", "--root-path", "/proxy", env=env)
+    s = start_server(tmp_path_factory, demo_checkpoint, "--listen", "--share", "--root-path", "/proxy",
+                     "--insecure-no-auth", env=env)
     yield s
     s.stop()
 
@@ -54,9 +55,9 @@ def wait_for_log(server, text: str, timeout: float = 60) -> str:
     raise AssertionError(f"{text!r} not in the server log:\n{server.log()}")
 
 
-def test_listen_binds_every_interface_and_warns_without_auth(exposed_server):
-    log = wait_for_log(exposed_server, "without --api-auth")
-    assert "without --gradio-auth" in log
+def test_listen_binds_every_interface_and_warns_with_insecure_no_auth(exposed_server):
+    log = wait_for_log(exposed_server, "no --api-auth")
+    assert "--insecure-no-auth and no --gradio-auth" in log
     ports = [c.laddr for c in psutil.Process(exposed_server.proc.pid).net_connections() if c.status == "LISTEN"]
     assert ("0.0.0.0", exposed_server.port) in [(a.ip, a.port) for a in ports]
 
@@ -82,3 +83,16 @@ def test_root_path_serves_ui_and_api_behind_a_reverse_proxy(exposed_server, pref
     docs = httpx.get(base + "/docs", timeout=30)
     assert docs.status_code == 200 and "/proxy/openapi.json" in docs.text
     assert httpx.get(base + "/openapi.json", timeout=30).json()["paths"]
+
+
+def test_sigterm_stops_the_studio_through_its_shutdown(tmp_path, demo_checkpoint):
+    """A host stopping the machine sends SIGTERM: the studio's shutdown runs (jobs interrupted) before it exits."""
+    from tests.conftest import make_data_dir, start_live_server
+
+    server = start_live_server(make_data_dir(tmp_path / "term-data", demo_checkpoint), "--no-demo")
+    try:
+        server.proc.terminate()
+        assert server.proc.wait(30) == 128 + 15
+        assert "Atelier stopped." in server.log_path.read_text()
+    finally:
+        server.stop()
