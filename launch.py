@@ -4,6 +4,7 @@ changed, then start the studio (`python -m webui …`) or run the tests (`--test
 
     python3 launch.py            # serve the UI at http://127.0.0.1:7860
     python3 launch.py --test     # the whole test suite; exit status is pytest's
+    python3 launch.py --install-only   # make the venv and install, then stop (notebooks, Dockerfile)
 """
 from __future__ import annotations
 
@@ -62,9 +63,12 @@ def main(argv: list[str]) -> int:
     ensure_venv(argv)
     skip_install = "--skip-install" in argv
     test = "--test" in argv
-    rest = [a for a in argv if a not in ("--skip-install", "--test")]
+    rest = [a for a in argv if a not in ("--skip-install", "--test", "--install-only")]
     if not skip_install:
         install_requirements()
+    if "--install-only" in argv:
+        print(f"Installed into {sys.prefix}", flush=True)
+        return 0
     env = dict(os.environ)
     env.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -59,29 +60,49 @@ def _target_name(name: str) -> str:
     return base
 
 
+@dataclass(frozen=True)
+class DownloadPlan:
+    """Where a download comes from and lands: checked before anything is fetched."""
+
+    how: str  # "url", "snapshot" (a whole repo) or "file" (one file of a repo)
+    folder: Path  # the kind's models/ folder
+    final: Path  # the file or folder it becomes
+    repo: str | None = None
+    filename: str | None = None
+
+
+def plan_download(req: DownloadRequest, paths) -> DownloadPlan:
+    """Every check that needs no network: the kind, the source's shape, the target name inside the folder."""
+    folder = paths.model_dir(req.kind)  # an unknown kind is refused here, naming the field
+    if urlparse(req.source).scheme in ("http", "https"):
+        name = _target_name(req.filename or urlparse(req.source).path)
+        return DownloadPlan("url", folder, resolve_inside(folder, name, field_name="filename", must_exist=False))
+    if "/" in req.source and not req.filename and len(req.source.split("/")) == 2:
+        repo = _repo_and_file(req, need_file=False)[0]
+        final = resolve_inside(folder, repo.split("/")[1], field_name="source", must_exist=False)
+        return DownloadPlan("snapshot", folder, final, repo)  # a diffusers or transformers folder
+    repo, filename = _repo_and_file(req)
+    final = resolve_inside(folder, _target_name(filename), field_name="filename", must_exist=False)
+    return DownloadPlan("file", folder, final, repo, filename)
+
+
 def run_download_job(services, ctx, request) -> dict:
     req = parse(request)
-    folder = services.paths.model_dir(req.kind)  # an unknown kind is refused here, naming the field
+    plan = plan_download(req, services.paths)
+    folder, final, name = plan.folder, plan.final, plan.final.name
     folder.mkdir(parents=True, exist_ok=True)
     staging = folder / ".downloads"
     staging.mkdir(exist_ok=True)
     try:
-        if urlparse(req.source).scheme in ("http", "https"):
-            name = _target_name(req.filename or urlparse(req.source).path)
-            final = resolve_inside(folder, name, field_name="filename", must_exist=False)
+        if plan.how == "url":
             # The part file is tied to its URL, so a resume never appends another file's bytes.
             url_id = hashlib.sha1(req.source.encode()).hexdigest()[:8]
             done = _download_url(req.source, staging / f"{name}.{url_id}.part", ctx, name)
-        elif "/" in req.source and not req.filename and len(req.source.split("/")) == 2:
-            repo = _repo_and_file(req, need_file=False)[0]
-            name = repo.split("/")[1]  # a whole repo (a diffusers or transformers folder)
-            final = resolve_inside(folder, name, field_name="source", must_exist=False)
-            done = _download_snapshot(repo, req.revision, staging / re.sub(r"[^\w.-]", "--", repo), ctx, name)
+        elif plan.how == "snapshot":
+            done = _download_snapshot(plan.repo, req.revision, staging / re.sub(r"[^\w.-]", "--", plan.repo), ctx, name)
         else:
-            repo, filename = _repo_and_file(req)
-            name = _target_name(filename)
-            final = resolve_inside(folder, name, field_name="filename", must_exist=False)
-            done = _download_hub(repo, filename, req.revision, staging / re.sub(r"[^\w.-]", "--", repo), ctx, name)
+            done = _download_hub(plan.repo, plan.filename, req.revision, staging / re.sub(r"[^\w.-]", "--", plan.repo),
+                                 ctx, name)
     except _Stopped:
         return {"interrupted": True, "resumable": True}
     if final.exists():

@@ -42,9 +42,18 @@ def register(reg: "Registrar") -> None:
         reg.add_model_kind(kind, TransformersAdapter())
     reg.add_job_kind(JobKind("load_checkpoint", run_load_checkpoint, queue=QUEUE), services)
     reg.add_job_kind(JobKind("load_model", run_load_model, queue=QUEUE), services)
-    reg.add_job_kind(JobKind("download", run_download, queue=QUEUE), services)
+    reg.add_job_kind(JobKind("download", run_download, queue=QUEUE, validate=download_validator(services)), services)
     if reg.build_demo:
         reg.on_load(lambda: _ensure_demos(reg.paths))
+
+
+def download_validator(services: ModelServices):
+    """Refuse a malformed download at submit (a 4xx naming the field), before it waits behind a load."""
+    def validate(request) -> None:
+        from modules.models.download import parse, plan_download
+
+        plan_download(parse(request), services.paths)
+    return validate
 
 
 def _ensure_demos(paths: "DataPaths") -> None:

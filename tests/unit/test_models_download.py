@@ -186,16 +186,23 @@ def test_interrupted_download_keeps_its_part_and_resumes(studio, hub):
     assert (folder / "tiny.safetensors").read_bytes() == PAYLOAD
 
 
+def test_a_file_the_hub_does_not_have_fails_the_job_naming_the_source(studio):
+    job = _run(studio, {"source": "someone/tiny-lora", "filename": "missing.safetensors"})
+    assert job.state.value == "failed" and job.error_status < 500 and job.error_field == "source", job.error
+
+
 @pytest.mark.parametrize("request_body,field", [
-    ({"source": "someone/tiny-lora", "filename": "missing.safetensors"}, "source"),
     ({"source": "someone/tiny-lora", "filename": "readme.md"}, "filename"),
     ({"source": "someone/tiny-lora", "filename": "../../etc/x.safetensors"}, "filename"),
     ({"source": "not a repo"}, "source"),
     ({"source": "someone/tiny-lora", "filename": "tiny.safetensors", "kind": "nonsense"}, "kind"),
 ])
-def test_bad_downloads_are_refused_naming_the_field(studio, request_body, field):
-    job = _run(studio, request_body)
-    assert job.state.value == "failed" and job.error_status < 500, job.error
-    assert job.error_field == field, (job.error_field, job.error)
+def test_bad_downloads_are_refused_at_submit_naming_the_field(studio, request_body, field):
+    """Refused before the job waits in the queue (nothing to fetch decides these)."""
+    from modules.errors import AtelierError
+
+    with pytest.raises(AtelierError) as refused:
+        studio.jobs.submit("download", request_body)
+    assert refused.value.status < 500 and refused.value.field == field, (refused.value.field, str(refused.value))
     assert not any(p.is_file() and not p.name.startswith(".") for p in studio.paths.models.rglob("*")
                    if ".downloads" not in p.parts)

@@ -1,12 +1,13 @@
 """REST for the model manager, every kind: /atelier/v1/models (list with where each model lives and
 its footprint, the memory budget per device), load with options, unload. Loads are jobs on the
-models queue, like the Models tab's."""
+models queue, like the Models tab's; so are downloads (/download → a job id)."""
 from __future__ import annotations
 
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
+from modules.models.download import DownloadRequest
 from webui.api.common import Waiter, ensure_ready, read_json_object
 
 
@@ -69,6 +70,16 @@ def router(studio):
         name = None if body.name is None else studio.registry.get(body.kind, body.name, field="name").name
         await run_in_threadpool(studio.models.unload, name, body.kind)
         return {"budgets": studio.models.budgets()}
+
+    @r.post("/download", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+        "schema": DownloadRequest.model_json_schema()}}}})
+    async def download(request: Request) -> dict:
+        """Download into the kind's models/ folder (a hub repo, a file in one, or an http(s) URL) as a job:
+        follow it at /atelier/v1/jobs/{id}; an interrupted or failed download resumes when asked again."""
+        body = await read_json_object(request)
+        await ensure_ready(studio, waiter)
+        job = await run_in_threadpool(studio.submit, "download", body)
+        return {"id": job.id, "kind": job.kind}
 
     return r
 
