@@ -1,9 +1,13 @@
-"""LoRAs on a loaded checkpoint, through diffusers' own adapters (peft), never a weight edit.
+"""LoRAs on a loaded checkpoint, through diffusers' own adapters (peft).
 
 Each LoRA file is loaded once per checkpoint as a named adapter (`load_lora_weights`) and kept
-loaded, so a changed weight between generations is one `set_adapters` call. Outside a job the
-adapters are disabled (`disable_lora`), which gives the base output bit-exactly. A LoRA that
-cannot apply (unknown, another architecture, keys that match nothing) is refused by name.
+loaded. The active set is **fused** into the weights (`fuse_lora`), so a step costs what it costs
+without LoRAs (peft's unfused layers add work to every step); the touched base tensors are backed
+up first (in RAM) and copied back exactly when the set or a weight changes, or a job has no LoRA —
+so weight 0 and removal give the base output bit-exactly. The fused set stays between jobs: the
+same LoRAs again cost nothing. A quantized or offloaded checkpoint keeps the unfused adapters
+(bnb weights cannot take a delta; offload hooks own the weights). A LoRA that cannot apply
+(unknown, another architecture, keys that match nothing) is refused by name.
 """
 from __future__ import annotations
 
@@ -84,10 +88,41 @@ def _load(pipe, entry: ModelEntry, name: str) -> None:
 
 
 class LoraState:
-    """The adapters loaded into one checkpoint's pipeline, most recently used last."""
+    """The adapters loaded into one checkpoint's pipeline, most recently used last, and the set fused now."""
 
     def __init__(self):
         self.order: list[str] = []
+        self.fused: tuple[tuple[str, float], ...] = ()  # (adapter, weight) fused into the weights now
+        self.backup: dict = {}  # peft layer -> its base weight before fusing (on the CPU)
+
+    def fuse(self, pipe, names: list[str], weights: list[float]) -> None:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        pipe.enable_lora()
+        pipe.set_adapters(names, adapter_weights=weights)
+        for component in _lora_components(pipe):
+            for module in component.modules():
+                if isinstance(module, BaseTunerLayer) and any(n in module.lora_A for n in names):
+                    self.backup[module] = module.get_base_layer().weight.detach().to("cpu", copy=True)
+        pipe.fuse_lora(components=list(pipe._lora_loadable_modules), lora_scale=1.0, adapter_names=names)
+        self.fused = tuple(zip(names, weights))
+
+    def unfuse(self, pipe) -> None:
+        """Back to the base weights, bit-exactly (unmerging alone leaves rounding behind)."""
+        if not self.fused:
+            return
+        import warnings
+
+        import torch
+
+        with warnings.catch_warnings():  # diffusers unmerges every LoRA layer, also the ones never merged
+            warnings.filterwarnings("ignore", message="Already unmerged")
+            pipe.unfuse_lora(components=list(pipe._lora_loadable_modules))
+        with torch.no_grad():
+            for module, weight in self.backup.items():
+                module.get_base_layer().weight.copy_(weight)
+        self.backup, self.fused = {}, ()
+        pipe.disable_lora()  # unmerged adapters would otherwise act, unfused, on the next step
 
     def ensure(self, pipe, entry: ModelEntry) -> str:
         name = adapter_name(entry)
@@ -108,39 +143,64 @@ class LoraState:
                 pipe.delete_adapters([victim])
 
 
+def _lora_components(pipe) -> list:
+    return [c for c in (pipe.components.get(n) for n in pipe._lora_loadable_modules) if c is not None]
+
+
+def unfuse_keeping_active(ckpt) -> None:
+    """Before the weights move under an offload policy (the OOM retry): the same LoRAs, as unfused adapters."""
+    state: LoraState = ckpt.loras
+    if state.fused:
+        names, weights = (list(x) for x in zip(*state.fused))
+        state.unfuse(ckpt.pipe)
+        ckpt.pipe.enable_lora()
+        ckpt.pipe.set_adapters(names, adapter_weights=weights)
+
+
+def can_fuse(ckpt) -> bool:
+    return ckpt.quantization is None and "offload" not in ckpt.policy
+
+
 @contextlib.contextmanager
 def applied(registry, ckpt, wanted: list[tuple[str, float]]):
-    """Activate `wanted` [(name, weight)] on `ckpt` for the body; disable all adapters afterwards."""
+    """Activate `wanted` [(name, weight)] on `ckpt` for the body (fused when it can be, see above)."""
     entries = []
     for name, weight in wanted:
         entry = _lookup(registry, name)
         _check_arch(entry, ckpt.arch)
         registry.ensure_hash(entry)  # the infotext's "Lora hashes" needs it; cached after the first use
         entries.append((entry, float(weight)))
-    if not entries:
-        yield []
-        return
     pipe = ckpt.pipe
     state: LoraState = ckpt.loras
+    if not entries:
+        state.unfuse(pipe)
+        yield []
+        return
     names, weights = [], []
     for entry, weight in entries:
         adapter = state.ensure(pipe, entry)
         if weight != 0.0 and adapter not in names:  # weight 0 is left out: the base output, bit-exact
             names.append(adapter)
             weights.append(weight)
+    fuse = can_fuse(ckpt)
+    if state.fused != tuple(zip(names, weights)) or not fuse:
+        state.unfuse(pipe)
     state.evict(pipe, set(names))
     try:
         try:
-            if names:
+            if not names:
+                pipe.disable_lora()
+            elif fuse and not state.fused:
+                state.fuse(pipe, names, weights)
+            elif not fuse:
                 pipe.enable_lora()
                 pipe.set_adapters(names, adapter_weights=weights)
-            else:
-                pipe.disable_lora()
         except Exception as exc:  # the adapters loaded but cannot be combined: name them, not a 500
+            state.unfuse(pipe)
             listed = ", ".join(e.stem for e, _ in entries)
             raise InvalidRequest(f"LoRAs {listed} could not be activated together: {type(exc).__name__}: "
                                  f"{str(exc)[:300]}", "prompt") from None
         yield [AppliedLora(entry, weight) for entry, weight in entries]
     finally:
-        if state.order:
-            pipe.disable_lora()
+        if state.order and not state.fused:
+            pipe.disable_lora()  # unfused adapters stay off outside the job: the base output, bit-exact

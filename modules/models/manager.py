@@ -419,6 +419,9 @@ class ModelManager:
         nxt = memory.lighter(ckpt.policy) if self.device.name == "cuda" else None
         slot = self._slots.get(("checkpoint", str(ckpt.entry.path)))
         if nxt is not None and not ckpt.quantization and slot is not None:
+            from modules.models import lora
+
+            lora.unfuse_keeping_active(ckpt)  # offload hooks take the weights over: no fused deltas under them
             self._adapters["checkpoint"].apply_policy(slot.loaded, nxt, self.device.name)
         memory.lightest_vae(ckpt.pipe)
         try:

@@ -127,3 +127,42 @@ def test_kohya_sdxl_lora_applies_to_sdxl_and_is_refused_on_sd1(studio):
     assert np.array_equal(xl(), base)
     with pytest.raises(InvalidRequest, match="xl-kohya.*SDXL"):
         _image(studio, [("xl-kohya", 1.0)])
+
+
+def test_active_loras_are_fused_for_the_job_and_match_plain_diffusers_unfused_adapters(studio, demo_checkpoint):
+    """Fused (no per-step adapter cost) and the same image as diffusers' own unfused adapters."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    fused, _ = _image(studio, [("kohya", 0.8)])
+    with studio.models.checkpoint(None) as ckpt:
+        layers = [m for m in ckpt.pipe.unet.modules() if isinstance(m, BaseTunerLayer) and m.merged_adapters]
+        assert layers and ckpt.loras.fused, "the active LoRA is fused into the UNet's weights"
+    plain = StableDiffusionPipeline.from_pretrained(str(demo_checkpoint), safety_checker=None,
+                                                    requires_safety_checker=False)
+    plain.set_progress_bar_config(disable=True)
+    plain.load_lora_weights(str(studio.paths.model_dir("lora") / "kohya.safetensors"), adapter_name="k")
+    plain.set_adapters(["k"], adapter_weights=[0.8])
+    reference = plain(prompt="a red cat", num_inference_steps=3, height=64, width=64, output_type="np",
+                      generator=torch.Generator().manual_seed(7)).images
+    assert np.abs(fused - reference).max() < 2e-3, "fusing changes the image beyond rounding"
+
+
+def test_switching_fused_sets_restores_the_base_weights_exactly(studio):
+    base, _ = _image(studio)
+    with studio.models.checkpoint(None) as ckpt:
+        before = {k: v.clone() for k, v in ckpt.pipe.unet.state_dict().items() if "lora" not in k}
+    for wanted in ([("kohya", 1.0)], [("kohya", 0.3), ("sub/peft-style", 0.7)], [("sub/peft-style", 0.7)], []):
+        _image(studio, wanted)
+    with studio.models.checkpoint(None) as ckpt:
+        after = {k: v for k, v in ckpt.pipe.unet.state_dict().items() if "lora" not in k}
+        assert not ckpt.loras.fused and all(torch_equal(before[k], after[k]) for k in before)
+    again, _ = _image(studio)
+    assert np.array_equal(again, base)
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
