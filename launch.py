@@ -59,6 +59,25 @@ def install_requirements() -> None:
     stamp.write_text(wanted + "\n")
 
 
+def missing_requirements() -> tuple[list[str], list[str]]:
+    """(pins not installed, pins installed at another version) in this environment, from requirements.txt."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    missing, other = [], []
+    for line in REQUIREMENTS.read_text().splitlines():
+        name, sep, wanted = line.split("#")[0].strip().partition("==")
+        if not sep:
+            continue
+        try:
+            have = version(name)
+        except PackageNotFoundError:
+            missing.append(line.strip())
+            continue
+        if have.split("+")[0] != wanted.strip():
+            other.append(f"{name} {have} (wanted {wanted.strip()})")
+    return missing, other
+
+
 def main(argv: list[str]) -> int:
     ensure_venv(argv)
     skip_install = "--skip-install" in argv
@@ -66,6 +85,15 @@ def main(argv: list[str]) -> int:
     rest = [a for a in argv if a not in ("--skip-install", "--test", "--install-only")]
     if not skip_install:
         install_requirements()
+    else:
+        missing, other = missing_requirements()
+        if missing:
+            print(f"--skip-install, but {sys.prefix} lacks {len(missing)} of requirements.txt: {', '.join(missing[:8])}"
+                  f"{' …' if len(missing) > 8 else ''}. Run `python3 launch.py` once without --skip-install "
+                  "(it installs them), or `pip install -r requirements.txt` in this environment.", file=sys.stderr)
+            return 2
+        if other:
+            print(f"warning: installed versions differ from requirements.txt: {', '.join(other[:8])}", file=sys.stderr)
     if "--install-only" in argv:
         print(f"Installed into {sys.prefix}", flush=True)
         return 0

@@ -19,9 +19,9 @@ TARGET_UI = "<= 1.5x import gradio"
 
 
 def _launcher() -> list[str]:
-    # What the README tells a user to type; launch.py re-executes itself inside ./venv.
-    python3 = shutil.which("python3") or sys.executable
-    return [python3, str(REPO / "launch.py"), "--skip-install"]
+    # The README's command, run by the interpreter the bench runs in: a python3 from PATH may be another
+    # environment (a user's activated venv, a CI runner, a notebook), where launch.py would make an empty ./venv.
+    return [sys.executable, str(REPO / "launch.py"), "--skip-install"]
 
 
 def _import_gradio() -> float:

@@ -55,3 +55,12 @@ def test_launch_serves_the_ui_and_sigterm_stops_it(tmp_path):
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(10)
+
+
+def test_skip_install_in_an_environment_without_the_requirements_says_what_is_missing(tmp_path):
+    """A user's own activated venv, a CI runner: --skip-install names what is missing instead of a bare crash."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
+    out = subprocess.run([str(tmp_path / "bare" / "bin" / "python"), "launch.py", "--skip-install", "--no-demo"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "lacks" in out.stderr and "torch==" in out.stderr and "without --skip-install" in out.stderr
