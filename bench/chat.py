@@ -8,6 +8,9 @@
    process) vs the same reply generated in-process: that job's own time inside the server.
 4. 8 concurrent API chats: all complete, throughput reported.
 
+--quick (about a minute on a quiet 2-core machine, two when it is busy) measures the same four things with
+fewer and shorter replies: the same history for the time to first token, fewer repetitions of each pair.
+
 The model has google/gemma-3-270m's sizes (bench/llm_load.py) and a byte-level BPE tokenizer
 filling its whole 262,144-token vocabulary, so every generated id decodes and streams as text.
 """
@@ -167,7 +170,7 @@ def _decode(studio, device: str, quick: bool, log) -> Figure:
     from modules.chat.params import ChatMessage
     from modules.chat.prompt import render_chat
 
-    n, reps = (24, 4) if quick else (128, 7)  # many short pairs: a busy machine's drift cancels in the median
+    n, reps = (16, 3) if quick else (128, 7)  # many short pairs: a busy machine's drift cancels in the median
     messages = [{"role": "user", "content": "Write a long story: " + _text(30, 1)}]
     lm = studio.models.load(_model_name(studio), kind="llm")
     ids = torch.tensor([render_chat(lm, [ChatMessage(**messages[0])]).input_ids], device=lm.model.device)
@@ -221,7 +224,7 @@ def _ttft(studio, device: str, quick: bool, log) -> Figure:
     key = "bench-ttft"
     history = _history(8) + [{"role": "user", "content": "Turn 8: " + _text(40, 18)}]  # ~2,000 tokens in all
     log("  chat TTFT: turn 9 once to fill the prefix cache …")
-    ninth = _submit(studio, messages=history, temperature=0, max_new_tokens=8 if quick else 32, cache_key=key)
+    ninth = _submit(studio, messages=history, temperature=0, max_new_tokens=4 if quick else 32, cache_key=key)
     history += [{"role": "assistant", "content": ninth.text}]
     log(f"  chat TTFT: {reps} x (turn 10 with the cache, turn 10 recomputed), {ninth.usage.prompt_tokens} "
         "tokens of history …")
@@ -290,11 +293,11 @@ def _sse(server, studio, quick: bool, log) -> Figure:
     what HTTP + SSE add. Both clocks cover the same request, so the machine's load cancels out; a
     comparison with a second studio in the bench process would mostly measure how the OS shares the
     CPUs between two processes."""
-    n, reps = (32, 2) if quick else (128, 5)
+    n, reps = (12, 2) if quick else (128, 5)
     messages = [{"role": "user", "content": "Tell me everything: " + _text(30, 2)}]
     body = {"model": _model_name(studio), "messages": messages, "max_tokens": n, "temperature": 0}
     log(f"  chat SSE: {reps} x {n} tokens streamed over the API, timed by the client and by the server's job …")
-    _stream_over_api(server.url, {**body, "max_tokens": 4})  # warm-up: the server loads the model
+    _stream_over_api(server.url, {**body, "max_tokens": 2})  # warm-up: the server loads the model
     client, job, chunks = [], [], 0
     for _ in range(reps):
         seconds, chunks, _text_out, timings = _stream_over_api(server.url, body)
@@ -311,7 +314,7 @@ def _sse(server, studio, quick: bool, log) -> Figure:
 def _concurrent(server, studio, quick: bool, log) -> Figure:
     import httpx
 
-    n = 8 if quick else 48
+    n = 4 if quick else 48
     log(f"  chat concurrency: 8 API chats of {n} tokens at once …")
     results: list = [None] * 8
 
