@@ -1,7 +1,8 @@
 """Chat tab: a model picker (models/LLM and models/VLM), a streamed gr.Chatbot, Stop that keeps the
 partial reply, saved conversations (new, open, rename, delete, export, import), the system prompt,
-sampling settings, Regenerate / Continue / Remove last, images for image+text models, and the last
-reply's numbers under the chat. Every reply is a "chat" job with the conversation's id: the job saves
+sampling settings, Regenerate / Continue / Remove last, edit a past message and resend (chat_edit.py),
+system prompt presets (chat_presets.py), images for image+text models (attached, dropped or pasted), and
+the last reply's numbers under the chat. Every reply is a "chat" job with the conversation's id: the job saves
 the messages and the reply (modules/chat/conversations.py), so the tab keeps no history of its own.
 
 Enter sends, Shift+Enter is a new line: Gradio 6's textboxes submit on Enter only when `lines=1`
