@@ -8,6 +8,9 @@
    process) vs the same reply generated in-process: that job's own time inside the server.
 4. 8 concurrent API chats: all complete, throughput reported.
 
+--quick measures the same four things with fewer, shorter prompts and replies and half the history for
+the time to first token (prefills of the long history are most of the time on a CPU).
+
 The model has google/gemma-3-270m's sizes (bench/llm_load.py) and a byte-level BPE tokenizer
 filling its whole 262,144-token vocabulary, so every generated id decodes and streams as text.
 """
@@ -28,8 +31,8 @@ WORDS = ("fox river stone lantern quiet market winter copper garden signal harbo
          "engine violet ladder thunder pocket mirror").split()
 ROWS = {
     "chat_decode": ("chat decode tokens/s: Atelier chat job vs plain generate (270M size)", ">= 0.95x"),
-    "chat_ttft_turn10": ("time to first token, turn 10, ~2,000 tokens of history: prefix cache vs recompute",
-                         "<= 0.3x"),
+    "chat_ttft_turn10": ("time to first token, turn 10, ~2,000 tokens of history (--quick: turn 6, ~1,000): prefix "
+                         "cache vs recompute", "<= 0.3x"),
     "chat_sse": ("streamed reply over the API (SSE, client-side) vs the same job in the server", "<= 1.05x"),
     "chat_concurrent": ("8 concurrent API chats: tokens/s, all complete", "8 of 8 complete"),
 }
@@ -167,31 +170,33 @@ def _decode(studio, device: str, quick: bool, log) -> Figure:
     from modules.chat.params import ChatMessage
     from modules.chat.prompt import render_chat
 
-    n, reps = (24, 4) if quick else (128, 7)  # many short pairs: a busy machine's drift cancels in the median
-    messages = [{"role": "user", "content": "Write a long story: " + _text(30, 1)}]
+    n, reps = (24, 3) if quick else (128, 7)  # many short pairs: a busy machine's drift cancels in the median
+    warm = 4 if quick else n  # the warm-up only has to run every code path once
+    messages = [{"role": "user", "content": "Write a long story: " + _text(10 if quick else 30, 1)}]
     lm = studio.models.load(_model_name(studio), kind="llm")
     ids = torch.tensor([render_chat(lm, [ChatMessage(**messages[0])]).input_ids], device=lm.model.device)
     log(f"  chat decode: {reps} x ({n} tokens through the chat job, {n} through plain generate) …")
     counts: dict = {}
 
-    def atelier() -> float:
+    def atelier(tokens: int = n) -> float:
         t = time.perf_counter()
-        r = _submit(studio, messages=messages, temperature=0, max_new_tokens=n, reuse_cache=False)
+        r = _submit(studio, messages=messages, temperature=0, max_new_tokens=tokens, reuse_cache=False)
         counts["atelier"] = r.usage.completion_tokens
         counts.setdefault("atelier_decode", []).append(r.tokens_per_second)
         return time.perf_counter() - t
 
-    def plain() -> float:
+    def plain(tokens: int = n) -> float:
         sync(device)
         t = time.perf_counter()
         with torch.inference_mode():
-            out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
+            out = lm.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens,
                                     do_sample=False)
         sync(device)
         counts["plain"] = out.shape[1] - ids.shape[1]
         return time.perf_counter() - t
 
-    atelier(), plain()  # warm-up
+    atelier(warm), plain(warm)  # warm-up
+    counts.clear()
     ta, tb = [], []
     for i in range(reps):
         for fn, out in (((atelier, ta), (plain, tb)) if i % 2 == 0 else ((plain, tb), (atelier, ta))):
@@ -217,17 +222,19 @@ def _history(turns: int) -> list[dict]:
 
 
 def _ttft(studio, device: str, quick: bool, log) -> Figure:
-    reps = 2 if quick else 4
+    # The prefills of the long history are most of the group's time: --quick halves the history (the cached
+    # side still computes only the last reply and the new question, asked shorter so that stays small).
+    reps, turns, asked = (2, 4, 12) if quick else (4, 8, 40)
     key = "bench-ttft"
-    history = _history(8) + [{"role": "user", "content": "Turn 8: " + _text(40, 18)}]  # ~2,000 tokens in all
-    log("  chat TTFT: turn 9 once to fill the prefix cache …")
-    ninth = _submit(studio, messages=history, temperature=0, max_new_tokens=8 if quick else 32, cache_key=key)
+    history = _history(turns) + [{"role": "user", "content": f"Turn {turns}: " + _text(40, 10 + turns)}]
+    log(f"  chat TTFT: turn {turns + 1} once to fill the prefix cache …")
+    ninth = _submit(studio, messages=history, temperature=0, max_new_tokens=4 if quick else 32, cache_key=key)
     history += [{"role": "assistant", "content": ninth.text}]
-    log(f"  chat TTFT: {reps} x (turn 10 with the cache, turn 10 recomputed), {ninth.usage.prompt_tokens} "
+    log(f"  chat TTFT: {reps} x (turn {turns + 2} with the cache, recomputed), {ninth.usage.prompt_tokens} "
         "tokens of history …")
     ta, tb, cached, prompt = [], [], [], []
     for i in range(reps):
-        tenth = history + [{"role": "user", "content": f"Turn 9, take {i}: " + _text(40, 200 + i)}]
+        tenth = history + [{"role": "user", "content": f"Turn {turns + 1}, take {i}: " + _text(asked, 200 + i)}]
         for reuse in ((True, False) if i % 2 == 0 else (False, True)):
             r = _submit(studio, messages=tenth, temperature=0, max_new_tokens=2, cache_key=key, reuse_cache=reuse)
             (ta if reuse else tb).append(r.time_to_first_token)
@@ -290,11 +297,11 @@ def _sse(server, studio, quick: bool, log) -> Figure:
     what HTTP + SSE add. Both clocks cover the same request, so the machine's load cancels out; a
     comparison with a second studio in the bench process would mostly measure how the OS shares the
     CPUs between two processes."""
-    n, reps = (32, 2) if quick else (128, 5)
-    messages = [{"role": "user", "content": "Tell me everything: " + _text(30, 2)}]
+    n, reps = (12, 2) if quick else (128, 5)
+    messages = [{"role": "user", "content": "Tell me everything: " + _text(10 if quick else 30, 2)}]
     body = {"model": _model_name(studio), "messages": messages, "max_tokens": n, "temperature": 0}
     log(f"  chat SSE: {reps} x {n} tokens streamed over the API, timed by the client and by the server's job …")
-    _stream_over_api(server.url, {**body, "max_tokens": 4})  # warm-up: the server loads the model
+    _stream_over_api(server.url, {**body, "max_tokens": 2})  # warm-up: the server loads the model
     client, job, chunks = [], [], 0
     for _ in range(reps):
         seconds, chunks, _text_out, timings = _stream_over_api(server.url, body)
@@ -311,13 +318,13 @@ def _sse(server, studio, quick: bool, log) -> Figure:
 def _concurrent(server, studio, quick: bool, log) -> Figure:
     import httpx
 
-    n = 8 if quick else 48
+    n = 4 if quick else 48
     log(f"  chat concurrency: 8 API chats of {n} tokens at once …")
     results: list = [None] * 8
 
     def one(i: int) -> None:
         body = {"model": _model_name(studio), "max_tokens": n, "temperature": 0.8, "seed": i,
-                "messages": [{"role": "user", "content": f"Chat {i}: " + _text(20, 300 + i)}]}
+                "messages": [{"role": "user", "content": f"Chat {i}: " + _text(6 if quick else 20, 300 + i)}]}
         try:
             r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=600)
             results[i] = r.json() if r.status_code == 200 else {"error": r.status_code}

@@ -56,6 +56,15 @@ class Registrar:
     def paths(self) -> "DataPaths":
         return self.registry.paths  # swapped when an extension adds a model kind
 
+    @property
+    def chat_answer(self) -> Callable[..., str]:
+        """The chat engine's one greedy reply on a model the caller holds — (lm, messages, max_new_tokens,
+        interrupted) → text: how another task asks a chat model (vision's free question to Gemma 3) with the
+        chat job's own template and generation, without importing the chat task."""
+        from modules.chat.run import answer_once
+
+        return answer_once
+
     def add_job_kind(self, kind: JobKind, services: Any) -> None:
         self.jobs.add_kind(kind, services)
 

@@ -10,10 +10,10 @@ The stream's first piece is {"prompt": {…}} (tokens, context, dropped turns), 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from modules.chat import choose, prompt as prompts, structured
-from modules.chat.params import ChatRequest, ChatResult, ChatStreamPiece, CompletionRequest, Usage
+from modules.chat.params import ChatRequest, ChatResult, ChatStreamPiece, CompletionRequest, Usage, parse
 from modules.errors import InvalidRequest
 
 if TYPE_CHECKING:
@@ -64,6 +64,21 @@ def run_completion(ctx: "JobContext", req: CompletionRequest) -> ChatResult:
     with services.models.use(entry.kind, entry.name) as lm:
         prompt = prompts.render_completion(lm, req.prompt, req.context_tokens, req.max_new_tokens)
         return _generate(ctx, services, req, entry, lm, prompt, started)
+
+
+def answer_once(lm, messages: list[dict], max_new_tokens: int,
+                interrupted: Callable[[], bool] | None = None) -> str:
+    """One greedy reply on a model the caller already holds: the chat job's own template rendering and
+    generation, without a conversation, hooks or prefix cache. Another task reaches it through the
+    registrar (modules/tasks.py), never by import: the vision task's free question to Gemma 3."""
+    from modules.chat.generate import run_generation
+
+    req = parse(ChatRequest, {"messages": messages, "temperature": 0, "max_new_tokens": max_new_tokens,
+                              "reuse_cache": False})
+    prompt = prompts.render_chat(lm, req.messages, False, None, req.max_new_tokens)
+    gen = run_generation(lm, prompt, req, emit=lambda _piece: None, interrupted=interrupted or (lambda: False),
+                         started=time.perf_counter(), prefix=None, cache_key=(), grammars=None)
+    return gen.text.strip()
 
 
 def _generate(ctx, services: "ChatServices", req, entry, lm, prompt, started: float) -> ChatResult:

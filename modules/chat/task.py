@@ -11,6 +11,7 @@ from modules.jobs import JobKind
 if TYPE_CHECKING:
     from modules.chat.cache import PrefixCache
     from modules.chat.conversations import ConversationStore
+    from modules.chat.presets import SystemPromptPresets
     from modules.chat.structured import GrammarTokenizers
     from modules.extensions.hooks import HookRegistry
     from modules.models.manager import ModelManager
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
 
 QUEUE = "chat"
 CHATS_FOLDER = "chats"  # <data-dir>/chats/<id>.json
+PRESETS_FILE = "system_prompts.json"  # <data-dir>/system_prompts.json: the Chat tab's system prompt presets
 
 
 @dataclass(frozen=True)
@@ -32,12 +34,14 @@ class ChatServices:
     settings: "SettingsStore"
     conversations: "ConversationStore"
     prefix_cache: "PrefixCache"
+    presets: "SystemPromptPresets"
     grammars: "GrammarTokenizers" = field(repr=False, default=None)
 
 
 def build_services(reg: "Registrar") -> ChatServices:
     from modules.chat.cache import PrefixCache
     from modules.chat.conversations import ConversationStore
+    from modules.chat.presets import SystemPromptPresets
     from modules.chat.structured import GrammarTokenizers
 
     prefix = PrefixCache()
@@ -45,7 +49,7 @@ def build_services(reg: "Registrar") -> ChatServices:
     reg.models.add_release_listener(lambda loaded: prefix.forget_model(getattr(loaded.handle, "model", None)))
     return ChatServices(models=reg.models, registry=reg.registry, hooks=reg.hooks, settings=reg.settings,
                         conversations=ConversationStore(reg.paths.root / CHATS_FOLDER), prefix_cache=prefix,
-                        grammars=GrammarTokenizers())
+                        presets=SystemPromptPresets(reg.paths.root / PRESETS_FILE), grammars=GrammarTokenizers())
 
 
 def register(reg: "Registrar") -> None:

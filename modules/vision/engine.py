@@ -2,7 +2,8 @@
 
 One image (job kind "vision") or a batch (batch.py) run the same `run_one`: the task from the
 studio's VisionTaskRegistry; a built-in task gets its model from the model manager
-(`with services.models.use("vlm", name) as lm:`) and PaliGemma's or the chat template's prompt; an
+(`with services.models.use("vlm", name) as lm:`) and PaliGemma's prompt, or — a free question to a chat
+model (Gemma 3) — the chat engine's own template and generation (services.chat_answer); an
 extension's task gets `run(image, options)`. Runners see `ctx.services` (VisionServices), never the Studio.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ class VisionServices:
     registry: "ModelRegistry"
     outputs: "OutputWriter"
     tasks: "VisionTaskRegistry"
+    chat_answer: Callable[..., str]  # the chat engine's one reply (Registrar.chat_answer): the free question
     decoders: DecoderCache = field(default_factory=DecoderCache)
 
     @property
@@ -107,14 +109,16 @@ def run_one(services: VisionServices, req: VisionOptions, image, stop: Callable[
 
 
 def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -> results.VisionResult:
-    from modules.vision import chat_turn, decode, paligemma
+    from modules.vision import decode, paligemma
 
     segment = req.task == "segment"
     decoder = services.decoders.get(catalog.decoder_path(services)) if segment else None
     with services.models.use(catalog.VLM_KIND, entry.name) as lm:
         if req.task == "question":
             prompt = (req.question or req.prompt).strip()
-            text = chat_turn.ask(lm, image, prompt, req.new_tokens, stop)
+            question = [{"role": "user", "content": [{"type": "image", "image": image.convert("RGB")},
+                                                     {"type": "text", "text": prompt}]}]
+            text = services.chat_answer(lm, question, req.new_tokens, stop)
         else:
             prompt = paligemma.prefix(req)
             text = paligemma.generate(lm, image, prompt, req.new_tokens, stop)

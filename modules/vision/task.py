@@ -17,7 +17,7 @@ def register(reg: "Registrar") -> None:
     from modules.vision.batch import run_vision_batch
     from modules.vision.engine import VisionServices, builtin_specs, run_vision, validator
 
-    services = VisionServices(reg.models, reg.registry, reg.outputs, reg.vision_tasks)
+    services = VisionServices(reg.models, reg.registry, reg.outputs, reg.vision_tasks, reg.chat_answer)
     for spec in builtin_specs(services):
         reg.vision_tasks.add(spec)
     validate = validator(services)

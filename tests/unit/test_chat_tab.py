@@ -113,7 +113,8 @@ def _events(studio) -> dict:
 
     blocks = build_ui(studio)
     fns = {f.fn.__name__: f.fn for f in blocks.fns.values()
-           if f.fn is not None and getattr(f.fn, "__module__", "") == "webui.ui.chat"}
+           if f.fn is not None and getattr(f.fn, "__module__", "") in ("webui.ui.chat", "webui.ui.chat_edit",
+                                                                       "webui.ui.chat_presets")}
     return fns | {"_handlers": blocks.atelier_components["tab_chat"]["_handlers"]}
 
 
@@ -161,3 +162,92 @@ def test_load_options_load_the_chosen_chat_model(studio):
                for d in studio.models.describe()), studio.models.describe()
     with pytest.raises(gr.Error):
         ev["load_model"]("", "auto", "none")
+
+
+def _edit(index, value, previous=""):
+    import gradio as gr
+
+    return gr.EditData(None, {"index": index, "value": value, "previous_value": previous})
+
+
+def test_editing_a_past_message_cuts_there_and_resends_from_it(studio):
+    """The Chatbot's edit event on the first of two turns: the saved file holds the edited message and a
+    new reply after it, the second turn is gone; the chat shown is the saved one."""
+    ev = _events(studio)
+    h = ev["_handlers"]
+    store = studio.jobs.services_of("chat").conversations
+    _, conv_id, _, _ = _drain(h.run(None, DEMO_LLM_NAME, "Be brief.", SAMPLING, [{"role": "user", "content": "One"}]))
+    _drain(h.run(conv_id, DEMO_LLM_NAME, "Be brief.", SAMPLING, [{"role": "user", "content": "Two"}]))
+    assert [m.content for m in store.get(conv_id).messages if m.role == "user"] == ["One", "Two"]
+    chatbot, cid, job_id, stats = _drain(ev["edit_message"](_edit(0, "One, edited", "One"), conv_id, DEMO_LLM_NAME,
+                                                            "Be brief.", *SAMPLING))
+    conv = store.get(conv_id)
+    assert [m.role for m in conv.messages] == ["system", "user", "assistant"]
+    assert conv.messages[1].content == "One, edited" and conv.messages[2].meta["completion_tokens"] >= 1
+    assert cid == conv_id and job_id is None and "Tokens:" in stats
+    assert chatbot == [{"role": "user", "content": "One, edited"}, {"role": "assistant", "content": conv.messages[2].content}]
+    assert conv.messages[2].versions == []  # a reply to another question is not a version of this one
+
+    # The assistant's text cannot be edited (editable="user"); a stale index is refused with a message.
+    import gradio as gr
+    import pytest
+
+    for index in (1, 9):
+        with pytest.raises(gr.Error):
+            _drain(ev["edit_message"](_edit(index, "x"), conv_id, DEMO_LLM_NAME, "", *SAMPLING))
+    assert store.get(conv_id).messages[1].content == "One, edited"  # untouched by the refusals
+
+
+def test_editing_the_text_beside_an_image_keeps_the_image(studio):
+    from PIL import Image
+
+    from modules.models.demo_lm import DEMO_VLM_NAME
+
+    ev = _events(studio)
+    store = studio.jobs.services_of("chat").conversations
+    image = {"role": "user", "content": [{"type": "image", "image": Image.new("RGB", (16, 12), (200, 0, 0))},
+                                         {"type": "text", "text": "what is it?"}]}
+    _, conv_id, _, _ = _drain(ev["_handlers"].run(None, DEMO_VLM_NAME, "", SAMPLING, [image]))
+    sent_image = store.get(conv_id).messages[0].content[0]["image"]
+    chatbot, _, _, _ = _drain(ev["edit_message"](_edit(1, "what colour is it?"), conv_id, DEMO_VLM_NAME, "",
+                                                 *SAMPLING))
+    saved = store.get(conv_id).messages
+    assert [m.role for m in saved] == ["user", "assistant"]
+    assert [p["type"] for p in saved[0].content] == ["image", "text"] and saved[0].content[1]["text"] == "what colour is it?"
+    assert saved[0].content[0]["image"] == sent_image
+    assert isinstance(chatbot[0]["content"], dict) and chatbot[1]["content"] == "what colour is it?"
+
+
+def test_system_prompt_presets_save_pick_delete_and_survive_a_restart(data_dir):
+    import gradio as gr
+    import pytest
+
+    from modules.studio import Studio, StudioOptions
+
+    studio = Studio(StudioOptions(data_dir=data_dir, device="cpu"))
+    studio.load()
+    try:
+        ev = _events(studio)
+        listed, name = ev["save_preset"]("  Pirate  ", "Answer like a pirate.")
+        assert name == "Pirate" and "Pirate" in [c[0] if isinstance(c, tuple) else c for c in listed.choices]
+        ev["save_preset"]("Terse", "One sentence.")
+        with pytest.raises(gr.Error, match="name"):
+            ev["save_preset"]("", "text")
+        with pytest.raises(gr.Error, match="empty"):
+            ev["save_preset"]("Blank", "  ")
+        ev["delete_preset"]("Terse")
+    finally:
+        studio.shutdown()
+    saved = json.loads((data_dir / "system_prompts.json").read_text(encoding="utf-8"))
+    assert saved["presets"] == {"Pirate": "Answer like a pirate."}
+
+    again = Studio(StudioOptions(data_dir=data_dir, device="cpu"))
+    again.load()
+    try:
+        ev = _events(again)
+        system, name = ev["pick_preset"]("Pirate")
+        assert _value(system) == "Answer like a pirate." and name == "Pirate"
+        with pytest.raises(gr.Error):
+            ev["delete_preset"]("Terse")
+    finally:
+        again.shutdown()

@@ -184,10 +184,8 @@ def test_segment_without_the_vq_vae_file_is_refused_with_where_to_put_it(studio)
 
 def test_tasks_are_listed_with_the_models_that_run_them(studio):
     from modules.vision.catalog import listing
-    from modules.vision.engine import VisionServices
 
-    rows = {r["name"]: r for r in listing(VisionServices(studio.models, studio.registry, studio.outputs,
-                                                         studio.vision_tasks))}
+    rows = {r["name"]: r for r in listing(studio.jobs.services_of("vision"))}
     assert set(rows) >= {"caption", "describe", "ocr", "answer", "detect", "segment", "raw", "question"}
     assert rows["caption"]["models"] == [DEMO_PALIGEMMA_NAME] and rows["question"]["models"] == [DEMO_VLM_NAME]
     assert rows["segment"]["ready"] and rows["detect"]["fields"] == ["objects"]
@@ -201,3 +199,19 @@ def test_a_builtin_task_runs_through_its_registry_entry_too(studio):
     spec = studio.vision_tasks.get("caption")
     out = spec.run(picture(), {"max_new_tokens": 3})
     assert KEYS <= set(out) and out["model"] == DEMO_PALIGEMMA_NAME
+
+
+def test_the_free_question_is_the_chat_engines_reply(studio):
+    """Gemma 3's free question runs the chat job's own template and generation: the vision answer is the
+    text a greedy "chat" job gives for the same image and question."""
+    from modules.chat.params import ChatRequest, parse
+
+    image, question = picture(), "What is in this image?"
+    answer = run(studio, task="question", question=question, max_new_tokens=12).result.text
+    chat = studio.jobs.run("chat", parse(ChatRequest, {
+        "model": DEMO_VLM_NAME, "kind": "vlm", "temperature": 0, "max_new_tokens": 12, "reuse_cache": False,
+        "messages": [{"role": "user", "content": [{"type": "image", "image": image},
+                                                  {"type": "text", "text": question}]}]}), timeout=TIMEOUT)
+    chat.raise_for_error()
+    assert chat.result.usage.completion_tokens >= 1
+    assert answer == chat.result.text.strip()

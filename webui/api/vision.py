@@ -16,9 +16,7 @@ def router(studio):
     waiter = Waiter()
 
     def services():
-        from modules.vision.engine import VisionServices
-
-        return VisionServices(studio.models, studio.registry, studio.outputs, studio.vision_tasks)
+        return studio.jobs.services_of("vision")  # what the vision jobs see (VisionServices)
 
     def parse(body: dict) -> VisionRequest:
         # "overlay" here asks for the overlay in the answer (default off); the job draws it only then.

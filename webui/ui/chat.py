@@ -1,7 +1,8 @@
 """Chat tab: a model picker (models/LLM and models/VLM), a streamed gr.Chatbot, Stop that keeps the
 partial reply, saved conversations (new, open, rename, delete, export, import), the system prompt,
-sampling settings, Regenerate / Continue / Remove last, images for image+text models, and the last
-reply's numbers under the chat. Every reply is a "chat" job with the conversation's id: the job saves
+sampling settings, Regenerate / Continue / Remove last, edit a past message and resend (chat_edit.py),
+system prompt presets (chat_presets.py), images for image+text models (attached, dropped or pasted), and
+the last reply's numbers under the chat. Every reply is a "chat" job with the conversation's id: the job saves
 the messages and the reply (modules/chat/conversations.py), so the tab keeps no history of its own.
 
 Enter sends, Shift+Enter is a new line: Gradio 6's textboxes submit on Enter only when `lines=1`
@@ -11,8 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modules.chat.params import MAX_TEXT_CHARS
 from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
+from webui.ui.chat_edit import wire_edit
+from webui.ui.chat_presets import build_presets
 from webui.ui.gradio_api import endpoint
 from webui.ui.chat_turn import (SAMPLING, ChatHandlers, chatbot_messages, conversation_choices, conversation_store,
                                 files_dir, gr_error, model_choices, stats_text)
@@ -45,6 +49,7 @@ def build(studio) -> dict:
             c["import_file"] = gr.File(label="Import a conversation (JSON)", file_types=[".json"], type="filepath",
                                        elem_id="chat_import")
             c["system"] = gr.Textbox(label="System prompt", lines=3, elem_id="chat_system")
+            c.update(build_presets(studio, c["system"]))
             with gr.Accordion("Sampling", open=False, elem_id="chat_sampling"):
                 c["temperature"] = gr.Slider(0.0, 2.0, 0.7, step=0.05, label="Temperature (0: greedy)",
                                              elem_id="chat_temperature")
@@ -58,12 +63,15 @@ def build(studio) -> dict:
                 c["seed"] = gr.Number(-1, label="Seed (-1: random)", precision=0, elem_id="chat_seed")
                 c["stop"] = gr.Textbox(label="Stop strings (one per line)", lines=2, elem_id="chat_stop_strings")
         with gr.Column(scale=4):
-            c["chatbot"] = gr.Chatbot([], label="Chat", height=520, elem_id="chat_chatbot", feedback_options=None)
+            # editable="user": a past message of the person's can be edited and resent (chat_edit.py); one bubble
+            # per message, so the text beside an image is edited on its own.
+            c["chatbot"] = gr.Chatbot([], label="Chat", height=520, elem_id="chat_chatbot", feedback_options=None,
+                                      editable="user", group_consecutive_messages=False)
             c["stats"] = gr.Markdown("", elem_id="chat_stats")
             c["message"] = gr.MultimodalTextbox(
                 placeholder="Message… (Enter sends, Shift+Enter: new line; attach images for image+text models)",
                 lines=1, max_lines=12, file_types=["image"], file_count="multiple", show_label=False,
-                elem_id="chat_message", submit_btn=True)
+                elem_id="chat_message", submit_btn=True, max_plain_text_length=MAX_TEXT_CHARS)
             with gr.Row():
                 c["stop_btn"] = gr.Button("⏹ Stop", elem_id="chat_stop", size="sm")
                 c["regenerate"] = gr.Button("🔄 Regenerate", elem_id="chat_regenerate", size="sm")
@@ -135,6 +143,9 @@ def build(studio) -> dict:
                 studio.jobs.interrupt(job_id)
             except AtelierError:
                 pass  # already finished and forgotten: nothing to stop
+
+    wire_edit(studio, h, c["chatbot"], [c["conv_id"], c["model"], c["system"], *sampling], reply_outs
+              ).then(after_reply, [c["conv_id"]], after_outs, queue=False, api_visibility="private")
 
     c["stop_btn"].click(stop, [c["job_id"]], None, queue=False, api_visibility="private")
 
@@ -247,7 +258,10 @@ def build(studio) -> dict:
         chosen = model if model in names else (names[0] if names else None)
         return gr.Dropdown(choices=models, value=chosen), conv_list(conv_id)
 
-    c["_on_show"] = (show, [c["model"], c["conv_id"]], [c["model"], c["conversations"]])
+    def show_tab(model, conv_id, preset):
+        return (*show(model, conv_id), c["_preset_list"](preset))
+
+    c["_on_show"] = (show_tab, [c["model"], c["conv_id"], c["preset"]], [c["model"], c["conversations"], c["preset"]])
     return c
 
 

@@ -42,21 +42,32 @@ def _image_file(url: str) -> str | None:
 
 def chatbot_messages(conv) -> list[dict]:
     """A saved conversation → gr.Chatbot's messages (the system prompt is in its own box)."""
-    out: list[dict] = []
+    return [shown for _, shown in shown_with_origins(conv)]
+
+
+def shown_with_origins(conv) -> list[tuple[tuple[int, int | None], dict]]:
+    """Each Chatbot message with where it comes from: (the saved message's index, the part's index or None
+    for plain text) — what an edit of the n-th shown message changes."""
+    out: list = []
     if conv is None:
         return out
-    for m in conv.messages:
-        if m.role == "system":
-            continue
-        if isinstance(m.content, str):
-            out.append({"role": m.role, "content": m.content})
-            continue
-        for part in m.content:
-            if part.get("type") == "image":
-                path = _image_file(part.get("image"))
-                out.append({"role": m.role, "content": {"path": path} if path else "(image)"})
-            elif part.get("text"):
-                out.append({"role": m.role, "content": part["text"]})
+    for i, m in enumerate(conv.messages):
+        if m.role != "system":
+            out += [((i, j), shown) for j, shown in shown_parts(m)]
+    return out
+
+
+def shown_parts(m) -> list[tuple[int | None, dict]]:
+    """One saved message → its Chatbot messages: the text, or one per image and text part."""
+    if isinstance(m.content, str):
+        return [(None, {"role": m.role, "content": m.content})]
+    out = []
+    for j, part in enumerate(m.content):
+        if part.get("type") == "image":
+            path = _image_file(part.get("image"))
+            out.append((j, {"role": m.role, "content": {"path": path} if path else "(image)"}))
+        elif part.get("text"):
+            out.append((j, {"role": m.role, "content": part["text"]}))
     return out
 
 
@@ -152,8 +163,11 @@ class ChatHandlers:
 
     # -- one reply, streamed ----------------------------------------------------------------
     def run(self, conv_id, model, system, sampling_values, extra_messages=(), *, drop_last_reply=False,
-            continue_final=False, new_seed=False, shown_user=None):
-        """Submit the chat job and yield (chatbot, conv_id, job_id, stats) as the reply streams."""
+            continue_final=False, new_seed=False, shown_user=None, keep: int | None = None):
+        """Submit the chat job and yield (chatbot, conv_id, job_id, stats) as the reply streams.
+
+        `keep`: send only the saved conversation's first `keep` messages (then `extra_messages`): an edited
+        message resent from there; the job saves the cut conversation before its reply."""
         import gradio as gr
 
         from modules.chat.params import ChatRequest, parse
@@ -165,6 +179,8 @@ class ChatHandlers:
             sampling["seed"] = -1
         try:
             cid, conv = self._conversation(conv_id)
+            if keep is not None and conv is not None:
+                conv = conv.model_copy(update={"messages": conv.messages[:keep]})
             messages = self._history(conv, system)
             if drop_last_reply:
                 if not messages or messages[-1]["role"] != "assistant":

@@ -17,9 +17,7 @@ STARTING = "The studio is still starting; try again in a moment."
 
 
 def _services(studio):
-    from modules.vision.engine import VisionServices
-
-    return VisionServices(studio.models, studio.registry, studio.outputs, studio.vision_tasks)
+    return studio.jobs.services_of("vision")  # what the vision jobs see (VisionServices)
 
 
 def task_rows(studio) -> list[dict]:
