@@ -191,9 +191,9 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
         log(f"  LoRA: {greps} generations with the LoRA alternating with {greps} without …")
         ta, tb = [], []
         for i in range(greps):  # ABBA; before each timed run a 1-step run of the same kind does the switch
-            for fn, out in ((with_lora, ta), (without, tb)) if i % 2 == 0 else ((without, tb), (with_lora, ta)):
+            for fn, times in ((with_lora, ta), (without, tb)) if i % 2 == 0 else ((without, tb), (with_lora, ta)):
                 fn(1)  # fusing / restoring happens here (lora_apply_remove measures it); timed: the steps
-                out.append(timed(fn, device))
+                times.append(timed(fn, device))
         changed = not np.array_equal(images[True], images[False])
         fig = Figure.from_samples("lora_generation", title_g, ratios(ta, tb), target=T_LORA_GEN,
                                   ok=lambda r: r <= 1.05, with_lora_s=_spread(ta), without_s=_spread(tb),
