@@ -121,7 +121,9 @@ def build(studio) -> dict:
                         c["resume"] = gr.Button("▶ Resume", elem_id="train_resume", size="sm", scale=0, min_width=100)
         with gr.Tab("Dataset captions", id="train_captions", elem_id="train_captions_tab"):
             c["captions"] = train_captions.build(studio)
-    c["job_id"] = gr.State(None)
+    # The job this page shows. A (hidden) textbox, not a gr.State: its change event fires for every update,
+    # the tab-show one after a page reload included, and starts the watch.
+    c["job_id"] = gr.Textbox("", visible="hidden", elem_id="train_job_id")
     flat = forms.flat()
     live = [c["progress"], c["metrics"], c["loss_plot"], c["lr_plot"], c["samples"], c["log"], c["result"]]
 
@@ -187,7 +189,7 @@ def build(studio) -> dict:
         if job_id:
             return job_id
         job = studio.jobs.last(QUEUE)
-        return job.id if job is not None else None
+        return job.id if job is not None else ""
 
     def show(kind, job_id, *flat_values):
         return (*refreshed(kind, *flat_values), runs_choices(), gr.Dropdown(choices=presets.names()),

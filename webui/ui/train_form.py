@@ -66,11 +66,15 @@ class FieldSpec:
     required: bool
     choices: tuple = ()
     group: str = DEFAULT_GROUP
+    zero_is_none: bool = False  # an optional number that cannot be 0: the number box shows None as 0
+
 
     def to_value(self, raw: Any) -> Any:
         """The form's value → the request's (None when left empty and the field allows it)."""
         if self.widget == "bool":
             return bool(raw)
+        if self.zero_is_none and raw == 0:
+            return None
         if isinstance(raw, str):
             raw = raw.strip()
         if raw is None or raw == "":
@@ -100,6 +104,8 @@ class FieldSpec:
 
     def to_form(self, value: Any) -> Any:
         """The request's value → what the widget shows."""
+        if value is None and self.zero_is_none:
+            return 0
         if value is None:
             return "" if self.widget in ("text", "lines", "words", "json", "model", "dataset") else None
         if self.widget == "lines":
@@ -177,6 +183,10 @@ def _bounds(constraints: list) -> str:
     return ", ".join(words)
 
 
+def _allows_zero(constraints: list) -> bool:
+    return not any((isinstance(c, Ge) and c.ge > 0) or (isinstance(c, Gt) and c.gt >= 0) for c in constraints)
+
+
 def label_of(name: str) -> str:
     return LABELS.get(name) or name.replace("_", " ").capitalize()
 
@@ -212,9 +222,11 @@ def form_fields(kind: str, model: type[BaseModel]) -> list[FieldSpec]:
             default = info.default_factory()
         else:
             default = None if info.default is PydanticUndefined else info.default
-        described = "; ".join(x for x in (info.description or "", _bounds(constraints)) if x)
+        zero_is_none = optional and widget in ("int", "float") and not _allows_zero(constraints)
+        described = "; ".join(x for x in (info.description or "", _bounds(constraints),
+                                          "0: none" if zero_is_none else "") if x)
         spec = FieldSpec(name, widget, label_of(name), f"{name}: {described}" if described else name, None,
-                         optional or widget == "model", required, choices, group_of(tables, name))
+                         optional or widget == "model", required, choices, group_of(tables, name), zero_is_none)
         specs.append(FieldSpec(**{**spec.__dict__, "default": spec.to_form(default)}))
     placed = {g: [n for t in reversed(tables) for n in t.get(g, ())] for g in GROUPS}
 
