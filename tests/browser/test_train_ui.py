@@ -1,6 +1,7 @@
 """Train tab in a real browser: pick the demo checkpoint's kind (SD LoRA), a small dataset and enough
 steps to watch; the plan shows the step math; Start; the step counter moves and the loss plot gets
-points; Stop; the job ends stopped with a checkpoint saved on disk."""
+points; after a page reload the tab shows the running training again; Stop; the job ends stopped with
+a checkpoint saved on disk."""
 from __future__ import annotations
 
 import re
@@ -46,12 +47,18 @@ def test_start_watch_the_loss_curve_and_stop_with_a_checkpoint(page, live_server
     page.click("#train_start")
     try:
         wait_until(lambda: _step(page) >= 1, START_DEADLINE_S, "the first training step", interval=0.5)
-        job_id = page.locator("#train_job_id textarea, #train_job_id input").first.input_value()
         first = wait_until(lambda: _loss_points(page), 60, "a point on the loss plot", interval=0.25)
         step = _step(page)
         wait_until(lambda: _step(page) > step, 120, "the step counter to move", interval=0.25)
         wait_until(lambda: _loss_points(page) > first, 60, "more points on the loss plot", interval=0.25)
         assert "loss points" in page.locator("#train_metrics").inner_text()
+        # A page reload (as kohya / OneTrainer users do): the tab finds the running training again.
+        seen = _step(page)
+        page.reload()
+        page.wait_for_selector("#txt2img_prompt textarea")
+        open_tab(page, "Train")
+        wait_until(lambda: _step(page) >= seen and _loss_points(page) >= first, 60, "the training shown again",
+                   interval=0.25)
         page.click("#train_stop")
         page.wait_for_function("() => document.querySelector('#train_result').innerText.includes('Stopped at step')",
                                timeout=120_000)
@@ -60,7 +67,8 @@ def test_start_watch_the_loss_curve_and_stop_with_a_checkpoint(page, live_server
         saved = re.search(r"Stopped at step (\d+)", result).group(1)
         checkpoint = live_server.data_dir / "training" / name / "checkpoints" / f"step-{int(saved):06d}"
         assert checkpoint.is_dir() and (checkpoint / "trainer_state.json").is_file(), result
-        job = httpx.get(f"{live_server.url}/atelier/v1/jobs/{job_id}", timeout=30).json()
+        rows = httpx.get(f"{live_server.url}/atelier/v1/jobs", params={"kind": "train_sd_lora"}, timeout=30).json()
+        job = next(r for r in rows if r["request"]["output_name"] == name)
         assert job["state"] == "interrupted" and job["result"]["outcome"] == "stopped", job
     finally:  # a failed test must not leave a 400-step training holding the shared server's device
         for job_id in _running(live_server, name):

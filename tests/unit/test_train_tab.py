@@ -4,6 +4,8 @@ valid request; a bad value is refused naming the field, in the plan panel and at
 the caption editor writes .txt captions inside datasets/ and refuses paths outside it."""
 from __future__ import annotations
 
+import time
+
 import gradio as gr
 import pytest
 
@@ -197,3 +199,31 @@ def test_the_caption_editor_adds_images_and_writes_captions_inside_datasets(tmp_
     with pytest.raises(AtelierError):
         captions.add_images(folder, [str(tmp_path / "notes.exe")])
     assert not (tmp_path / "outside").exists() and not (root / "outside").exists()
+
+
+def test_start_runs_the_training_job_and_the_live_panel_shows_curves_samples_and_the_result(trained_studio):
+    from modules.jobs import JobState
+    from webui.ui.train_live import watch
+
+    tab = _tab(trained_studio)
+    h = tab["_handlers"]
+    job_id, _ = h["start"]("sd_lora", *_values(tab, "sd_lora", output_name="tab-run", dataset="datasets/cats",
+                                                 resolution=64, max_steps=2, sample_every=1, sample_steps=1,
+                                                 sample_prompts="a red cat"))
+    job = trained_studio.jobs.get(job_id)
+    assert job.kind == "train_sd_lora" and job.request.output_name == "tab-run"
+    deadline = time.monotonic() + 600
+    panels = []
+    for panel in watch(job, 5.0, gr.skip):
+        panels.append(panel)
+        assert time.monotonic() < deadline, "the training did not end in time"
+    assert job.state == JobState.DONE, job.error
+    progress, metrics, loss, lr, samples, log, result = panels[-1]
+    assert "Step 2/2" in progress and "loss points" in metrics
+    sent_loss = [p[2] for p in panels if not isinstance(p[2], type(gr.skip()))]
+    assert list(sent_loss[-1]["step"]) == [1, 2], "the loss plot has every step"
+    sent_samples = [p[4] for p in panels if isinstance(p[4], list) and p[4]]
+    assert [path.rsplit("/", 1)[-1] for path in sent_samples[-1]] == ["step-000001-0.png", "step-000002-0.png"]
+    assert "step math" in log and result.startswith("✅ Done: 2 steps") and "tab-run.safetensors" in result
+    shown_job = h["show"]("sd_lora", "", *_values(tab, "sd_lora"))[-1]
+    assert shown_job == job_id, "a page opened now shows the studio's last training job"
