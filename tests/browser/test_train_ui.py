@@ -80,3 +80,26 @@ def _running(server, name: str) -> list[str]:
     rows = httpx.get(f"{server.url}/atelier/v1/jobs", params={"kind": "train_sd_lora"}, timeout=30).json()
     return [r["id"] for r in rows if (r.get("request") or {}).get("output_name") == name
             and r["state"] in ("queued", "running")]
+
+
+def test_caption_editor_uploads_images_and_saves_a_caption(page, live_server, tmp_path):
+    uploads = make_dataset(tmp_path / "uploads") / "2_red cat"
+    folder = f"browser-captions-{int(time.time())}/3_dog"
+    open_tab(page, "Train")
+    page.get_by_role("tab", name="Dataset captions", exact=True).click()
+    box = page.locator("#train_captions_folder input")
+    box.fill(folder)
+    box.press("Enter")
+    page.locator("#train_captions_upload input[type=file]").set_input_files([str(uploads / "0.png"),
+                                                                            str(uploads / "2.png")])
+    page.wait_for_function("() => document.querySelector('#train_captions_status').innerText.includes('Added 2')",
+                           timeout=60_000)
+    page.locator("#train_captions_gallery button.thumbnail-item, #train_captions_gallery .thumbnail-item").nth(1).click()
+    page.wait_for_function("() => document.querySelector('#train_captions_image textarea, "
+                           "#train_captions_image input').value === '2.png'")
+    page.locator("#train_captions_caption textarea").fill("a sleepy dog,\nin the sun")
+    page.click("#train_captions_save")
+    page.wait_for_function("() => document.querySelector('#train_captions_status').innerText.includes('Saved 2.txt')")
+    written = live_server.data_dir / "datasets" / folder / "2.txt"
+    assert written.read_text(encoding="utf-8") == "a sleepy dog, in the sun\n"
+    assert sorted(p.name for p in written.parent.iterdir()) == ["0.png", "2.png", "2.txt"]
