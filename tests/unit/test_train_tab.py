@@ -201,29 +201,46 @@ def test_the_caption_editor_adds_images_and_writes_captions_inside_datasets(tmp_
     assert not (tmp_path / "outside").exists() and not (root / "outside").exists()
 
 
-def test_start_runs_the_training_job_and_the_live_panel_shows_curves_samples_and_the_result(trained_studio):
-    from modules.jobs import JobState
+def _drain(job, deadline_s: float = 600) -> list:
     from webui.ui.train_live import watch
 
-    tab = _tab(trained_studio)
-    h = tab["_handlers"]
-    job_id, _ = h["start"]("sd_lora", *_values(tab, "sd_lora", output_name="tab-run", dataset="datasets/cats",
-                                                 resolution=64, max_steps=2, sample_every=1, sample_steps=1,
-                                                 sample_prompts="a red cat"))
-    job = trained_studio.jobs.get(job_id)
-    assert job.kind == "train_sd_lora" and job.request.output_name == "tab-run"
-    deadline = time.monotonic() + 600
+    deadline = time.monotonic() + deadline_s
     panels = []
     for panel in watch(job, 5.0, gr.skip):
         panels.append(panel)
         assert time.monotonic() < deadline, "the training did not end in time"
-    assert job.state == JobState.DONE, job.error
+    return panels
+
+
+def _sent(panels, index: int) -> list:
+    """What the panel sent at output `index` (the plots and the gallery are skipped when unchanged)."""
+    return [p[index] for p in panels if not isinstance(p[index], type(gr.skip()))]
+
+
+def test_start_stop_and_resume_through_the_tab_with_the_live_panel(trained_studio):
+    from modules.jobs import JobState
+    from tests.conftest import wait_until
+
+    tab = _tab(trained_studio)
+    h = tab["_handlers"]
+    job_id, _ = h["start"]("sd_lora", *_values(tab, "sd_lora", output_name="tab-run", dataset="datasets/cats",
+                                                 resolution=64, max_steps=8, sample_every=4, sample_steps=1,
+                                                 sample_prompts="a red cat"))
+    job = trained_studio.jobs.get(job_id)
+    assert job.kind == "train_sd_lora" and job.request.output_name == "tab-run"
+    wait_until(lambda: job.metrics.get("loss") or job.state.finished, 600, "the first step", interval=0.05)
+    h["stop"](job_id)
+    *_, result = _drain(job)[-1]
+    assert job.state == JobState.INTERRUPTED and result.startswith("⏹ Stopped at step"), result
+    assert "Checkpoint saved" in result and "tab-run/checkpoints/step-" in result
+    stopped = job.result["steps"]
+    assert h["show"]("sd_lora", "", *_values(tab, "sd_lora"))[-1] == job_id, "a page opened now shows it"
+
+    again = trained_studio.jobs.get(h["resume"]("tab-run"))
+    panels = _drain(again)
+    assert again.state == JobState.DONE, again.error
     progress, metrics, loss, lr, samples, log, result = panels[-1]
-    assert "Step 2/2" in progress and "loss points" in metrics
-    sent_loss = [p[2] for p in panels if not isinstance(p[2], type(gr.skip()))]
-    assert list(sent_loss[-1]["step"]) == [1, 2], "the loss plot has every step"
-    sent_samples = [p[4] for p in panels if isinstance(p[4], list) and p[4]]
-    assert [path.rsplit("/", 1)[-1] for path in sent_samples[-1]] == ["step-000001-0.png", "step-000002-0.png"]
-    assert "step math" in log and result.startswith("✅ Done: 2 steps") and "tab-run.safetensors" in result
-    shown_job = h["show"]("sd_lora", "", *_values(tab, "sd_lora"))[-1]
-    assert shown_job == job_id, "a page opened now shows the studio's last training job"
+    assert "Step 8/8" in progress and "loss points" in metrics
+    assert list(_sent(panels, 2)[-1]["step"]) == list(range(stopped + 1, 9)), "the loss plot has every step"
+    assert _sent(panels, 4)[-1][-1].endswith("samples/step-000008-0.png")
+    assert "step math" in log and result.startswith("✅ Done: 8 steps") and "tab-run.safetensors" in result
