@@ -53,7 +53,7 @@ def plan_markdown(plan: dict) -> str:
              f"**Memory**: about {memory['total_gib']} GiB (weights {memory['weights_bytes'] / _GIB:.2f}, "
              f"trainable {memory['trainable_bytes'] / _GIB:.2f}, activations {memory['activations_bytes'] / _GIB:.2f} GiB)"
              f" — {memory['note']}",
-             f"Base model: `{plan['base_model']}` · {plan['images']} images or examples"
+             f"Base model: `{plan['base_model']}` · {steps['images']} images or examples"
              + (f" · {plan['processes']} processes" if plan["processes"] > 1 else "")]
     if plan["skipped"]:
         shown = "; ".join(f"{path}: {why}" for path, why in plan["skipped"][:5])
@@ -61,6 +61,16 @@ def plan_markdown(plan: dict) -> str:
     if plan["run_exists"] or plan["output_exists"]:
         lines.append("⚠️ A result or run of this name exists: Start refuses it unless *Overwrite* or *Resume* is set.")
     return "\n\n".join(lines)
+
+
+def _edit_ends(gr, widget) -> list:
+    """The events that end an edit — a choice made, a box ticked, a box left or submitted — not every keystroke
+    (a plan reads the dataset: the LM kinds load a tokenizer)."""
+    if isinstance(widget, gr.Dropdown):
+        return [widget.select, widget.blur] if widget.allow_custom_value else [widget.select]
+    if isinstance(widget, gr.Checkbox):
+        return [widget.input]
+    return [widget.blur, widget.submit]
 
 
 def build(studio) -> dict:
@@ -139,8 +149,9 @@ def build(studio) -> dict:
         def on_edit(*values, kind=kind):
             return plan_text(kind, values)
 
-        gr.on([w.input for w in widgets.values()], on_edit, list(widgets.values()), [c["plan"]],
-              trigger_mode="always_last", concurrency_id="train_plan", concurrency_limit=2,
+        # One plan at a time, the newest edit last: a slow earlier plan never lands after a newer one.
+        gr.on([t for w in widgets.values() for t in _edit_ends(gr, w)], on_edit, list(widgets.values()), [c["plan"]],
+              trigger_mode="always_last", concurrency_id="train_plan", concurrency_limit=1,
               show_progress="hidden", api_visibility="private")
 
     def pickers(kind: str) -> tuple:
