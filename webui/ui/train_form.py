@@ -17,6 +17,7 @@ from typing import Any, Literal, Union
 
 from annotated_types import Ge, Gt, Le, Lt, MultipleOf
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from modules.errors import AtelierError, InvalidRequest
@@ -128,8 +129,8 @@ def _unwrap(annotation) -> tuple[Any, bool, list]:
         if origin is typing.Annotated:
             args = typing.get_args(annotation)
             annotation = args[0]
-            for meta in args[1:]:
-                constraints.extend(getattr(meta, "metadata", None) or [meta])
+            for meta in args[1:]:  # Field(gt=0) carries its constraints in .metadata; a bare Gt(0) is one
+                constraints.extend(meta.metadata if isinstance(meta, FieldInfo) else [meta])
             continue
         if origin in (Union, types.UnionType):
             args = [a for a in typing.get_args(annotation) if a is not type(None)]
