@@ -68,6 +68,10 @@ class TrainingRequest(BaseModel):
 
     # Fields a resume may change: they do not alter the training's state or schedule.
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("resume", "overwrite", "save_every", "keep_checkpoints", "stop_after_steps", "gpus")
+    # What `base_model` names and `dataset` may be, for the check and the Train tab's pickers: the model kind
+    # (models/<its folder>), and the files that can be a dataset besides a folder of images.
+    BASE_MODEL_KIND: ClassVar[str] = "checkpoint"
+    DATASET_FILES: ClassVar[tuple[str, ...]] = ()
 
 
 class SdLoraRequest(TrainingRequest):
@@ -100,6 +104,8 @@ class LmLoraRequest(TrainingRequest):
     """A LoRA / QLoRA adapter for a causal LM of models/LLM (a PEFT adapter folder in models/LLM-loras)."""
 
     kind: Literal["lm_lora"] = "lm_lora"
+    BASE_MODEL_KIND: ClassVar[str] = "llm"
+    DATASET_FILES: ClassVar[tuple[str, ...]] = (".jsonl", ".txt")
     format: Literal["auto", "chat", "text"] = Field("auto", description="chat: JSONL messages; text: raw text")
     cutoff_len: int = Field(512, ge=16, le=32_768, description="tokens per example; longer ones are cut")
     packing: bool = Field(False, description="join examples into rows of cutoff_len tokens")
@@ -282,7 +288,7 @@ def _check_sd_lora(request: SdLoraRequest, services: "TrainingServices", outputs
     from modules.training.plan import step_math
 
     paths = services.registry.paths
-    base = _base_entry(request, services, "checkpoint", SD_ARCHS)
+    base = _base_entry(request, services, request.BASE_MODEL_KIND, SD_ARCHS)
     _check_device(request, services.device_name())
     dataset_dir = resolve_dataset(request.dataset, paths.root)
     try:
@@ -328,7 +334,7 @@ def _check_lm_lora(request: LmLoraRequest, services: "TrainingServices", outputs
     from modules.training.plan import step_math
 
     paths = services.registry.paths
-    base = _base_entry(request, services, "llm", ())
+    base = _base_entry(request, services, request.BASE_MODEL_KIND, ())
     if base.format != "hf":
         raise InvalidRequest(f"{base.name} is a {base.format} file; LoRA training needs a transformers folder "
                              "(config.json + safetensors)", "base_model")

@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.api.conftest import start_server
 
-PUBLIC = {"/txt2img", "/img2img", "/inpaint", "/png_info", "/interrupt", "/skip", "/chat", "/vision", "/vision_batch"}
+PUBLIC = {"/txt2img", "/img2img", "/inpaint", "/png_info", "/interrupt", "/skip", "/chat", "/vision", "/vision_batch",
+          "/train_start", "/train_plan"}
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,18 @@ def test_bad_input_is_an_error_naming_the_field_and_controls_answer(client):
     assert "styles" in str(err.value) and "no such style" in str(err.value)
     assert client.predict(api_name="/interrupt") == "nothing was running"
     assert client.predict(api_name="/skip") == "nothing was running"
+
+
+def test_train_plan_and_train_start_take_the_rest_request(client, server):
+    """A script plans and starts a training with the JSON body of POST /atelier/v1/train; a bad field is named."""
+    from gradio_client.exceptions import AppError
+
+    from tests.training_support import make_dataset, sd_request
+
+    make_dataset(server.data_dir / "datasets" / "cats")
+    plan = client.predict(request=sd_request("gc-lora", resolution=128), api_name="/train_plan")
+    assert plan["steps"]["total_steps"] == 6 and plan["base_model"] == "atelier-demo-sd15"
+    with pytest.raises(AppError, match="rank"):
+        client.predict(request=sd_request("gc-lora", rank=0), api_name="/train_start")
+    with pytest.raises(AppError, match="dataset"):
+        client.predict(request=sd_request("gc-lora", dataset="datasets/none"), api_name="/train_plan")

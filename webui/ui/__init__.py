@@ -29,9 +29,10 @@ table.atelier-params th { text-align: left; padding-right: 12px; white-space: no
 
 
 def builtin_tab_modules():
-    from webui.ui import chat, extensions_tab, gallery, img2img, inpaint, models, pnginfo, settings, txt2img, vision
+    from webui.ui import (chat, extensions_tab, gallery, img2img, inpaint, models, pnginfo, settings, train, txt2img,
+                          vision)
 
-    return (txt2img, img2img, inpaint, pnginfo, chat, vision, gallery, models, settings, extensions_tab)
+    return (txt2img, img2img, inpaint, pnginfo, chat, vision, gallery, train, models, settings, extensions_tab)
 
 
 def register_builtin(studio) -> None:
@@ -45,8 +46,11 @@ def build_ui(studio):
     from webui.ui import gradio_api, sendto, topbar
 
     register_builtin(studio)
-    # Outputs are served straight from disk (no copy into Gradio's cache), so the gallery stays fast.
-    gr.set_static_paths([str(studio.paths.outputs)])
+    # Outputs are served straight from disk (no copy into Gradio's cache), so the gallery stays fast; so are
+    # training samples and dataset images (the Train tab's galleries).
+    from modules.training.captions import datasets_root
+
+    gr.set_static_paths([str(studio.paths.outputs), str(studio.paths.training), str(datasets_root(studio.paths.root))])
     ui: dict[str, dict] = {}
     with gr.Blocks(title="Atelier") as blocks:
         top = topbar.build(studio)
