@@ -154,9 +154,9 @@ def realesrgan_state_dict(seed: int = 0, num_feat: int = 8, num_block: int = 1, 
     gen = torch.Generator().manual_seed(seed)
     sd: dict = {}
 
-    def conv(name: str, cin: int, cout: int) -> None:
-        sd[f"{name}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) * 0.05
-        sd[f"{name}.bias"] = torch.zeros(cout)
+    def conv(name: str, cin: int, cout: int, bias: float = 0.0) -> None:
+        sd[f"{name}.weight"] = torch.randn(cout, cin, 3, 3, generator=gen) / (cin * 9) ** 0.5  # keeps the scale
+        sd[f"{name}.bias"] = torch.full((cout,), bias)
 
     conv("conv_first", 3, num_feat)
     for b in range(num_block):
@@ -166,7 +166,7 @@ def realesrgan_state_dict(seed: int = 0, num_feat: int = 8, num_block: int = 1, 
                 conv(f"body.{b}.rdb{r}.conv{m}", cin, num_feat if m == 5 else num_grow_ch)
     for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
         conv(name, num_feat, num_feat)
-    conv("conv_last", num_feat, 3)
+    conv("conv_last", num_feat, 3, bias=0.5)  # mid-grey plus what the network makes: not clamped to black
     return sd
 
 

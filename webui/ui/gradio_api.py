@@ -16,7 +16,8 @@ from typing import Callable
 
 from modules.errors import AtelierError
 
-PUBLIC = ("txt2img", "img2img", "inpaint", "png_info", "interrupt", "skip", "chat", "vision", "vision_batch")
+PUBLIC = ("txt2img", "img2img", "inpaint", "png_info", "interrupt", "skip", "chat", "vision", "vision_batch",
+          "interrogate")
 GPU = "gpu"  # the generation events' concurrency group (generation.py)
 # Request fields a script may set, in A1111's order; a tab offers those it has components for.
 GENERATION_FIELDS = (
