@@ -13,9 +13,13 @@ SOURCES = ("single", "batch", "folder")  # the three sub-tabs, as A1111's extras
 STARTING = "The studio is still starting; try again in a moment."
 
 
-def upscaler_choices(studio) -> list[str]:
+def upscaler_choices(studio, rescan: bool = False) -> list[str]:
+    """None, Lanczos, Nearest and the upscaler models; `rescan` reads the folders again (the tab opening)."""
     from modules.models import upscalers
 
+    if rescan:
+        for kind in upscalers.KINDS:
+            studio.registry.refresh(kind)
     return upscalers.names(studio.registry)
 
 
@@ -113,7 +117,7 @@ def build(studio) -> dict:
     c["run"].click(run, [c[f] for f in fields], [c["progress"], c["gallery"], c["info"]], concurrency_id=GPU)
 
     def refresh():
-        names = upscaler_choices(studio) if studio.ready.is_set() else choices
+        names = upscaler_choices(studio, rescan=True) if studio.ready.is_set() else choices
         return gr.update(choices=names), gr.update(choices=names)
 
     c["_on_show"] = (refresh, [], [c["upscaler_1"], c["upscaler_2"]])
