@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 KINDS = ("esrgan", "realesrgan", "swinir", "dat", "hat")
 BUILTIN = ("None", "Lanczos", "Nearest")  # A1111's upscalers without a model
+# Face restoration (GFPGAN, CodeFormer) is not built yet: every field that asks for it is refused with this.
+FACE_RESTORATION_MISSING = ("face restoration (GFPGAN / CodeFormer) is not available in Atelier yet; nothing would "
+                            "restore the faces")
 MAX_PASSES = 3  # A1111 runs a model again while the image is smaller than asked (a 4x model for 8x: twice)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modules.errors import FieldError
+from modules.models.upscalers import FACE_RESTORATION_MISSING
 from modules.requests import ImageInput
 
 MAX_BATCH_IMAGES = 256
@@ -55,8 +56,7 @@ class ExtrasRequest(BaseModel):
             raise FieldError("names", f"{len(self.names)} names for {len(self.images)} images")
         for field in ("gfpgan_visibility", "codeformer_visibility"):
             if getattr(self, field) > 0:
-                raise FieldError(field, "face restoration is not available: no GFPGAN / CodeFormer restorer is "
-                                        "installed; set it to 0")
+                raise FieldError(field, f"{FACE_RESTORATION_MISSING}; set it to 0")
         if self.upscaler_1 == "None":
             if self.upscaler_2 != "None" and self.extras_upscaler_2_visibility > 0:
                 raise FieldError("upscaler_1", "upscaler 2 is blended over upscaler 1: choose upscaler_1 too")

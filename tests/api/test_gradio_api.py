@@ -9,7 +9,8 @@ from PIL import Image
 
 from tests.api.conftest import start_server
 
-PUBLIC = {"/txt2img", "/img2img", "/inpaint", "/png_info", "/interrupt", "/skip", "/chat", "/vision", "/vision_batch"}
+PUBLIC = {"/txt2img", "/img2img", "/inpaint", "/png_info", "/interrupt", "/skip", "/chat", "/vision", "/vision_batch",
+          "/interrogate"}
 
 
 @pytest.fixture(scope="module")

@@ -111,3 +111,11 @@ def test_img2img_interrogate_button_puts_the_caption_in_the_prompt(server, tmp_p
     prompt = client.predict(handle_file(str(path)), api_name="/interrogate")
     direct = httpx.post(server.url + "/sdapi/v1/interrogate", json={"image": b64_of(image)}, timeout=120).json()
     assert prompt == direct["caption"]
+
+
+def test_restore_faces_is_refused_not_ignored(api, server):
+    assert httpx.get(server.url + "/sdapi/v1/face-restorers", timeout=30).json() == []
+    r = httpx.post(server.url + "/sdapi/v1/txt2img", json={"prompt": "a face", "steps": 1, "width": 64, "height": 64,
+                                                            "restore_faces": True}, timeout=60)
+    assert assert_json_error(r)["field"] == "restore_faces"
+    assert api.txt2img(prompt="a face", steps=1, width=64, height=64, restore_faces=False).image.size == (64, 64)
