@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modules.errors import FieldError
 from modules.models.upscalers import FACE_RESTORATION_MISSING
-from modules.requests import ImageInput
+from modules.requests import ImageInput, check_image_source
 
 MAX_BATCH_IMAGES = 256
 MAX_OUTPUT_SIDE = 8192  # a 4x of a 2048 image
@@ -50,10 +50,7 @@ class ExtrasRequest(BaseModel):
 
     @model_validator(mode="after")
     def _what_to_do(self):
-        if bool(self.images) == bool(self.folder):
-            raise FieldError("images", "send either images or a folder under the data dir (one of them)")
-        if self.names and len(self.names) != len(self.images):
-            raise FieldError("names", f"{len(self.names)} names for {len(self.images)} images")
+        check_image_source(self.images, self.names, self.folder)
         for field in ("gfpgan_visibility", "codeformer_visibility"):
             if getattr(self, field) > 0:
                 raise FieldError(field, f"{FACE_RESTORATION_MISSING}; set it to 0")
