@@ -91,13 +91,12 @@ class UpscalerModel:
         tensor = torch.from_numpy(rgb).permute(2, 0, 1)[None]
         dtype = next(self.descriptor.model.parameters()).dtype
 
-        def run(piece):
-            with torch.inference_mode():
-                return self.descriptor(piece.to(self.device, dtype))
-
-        out = run_tiled(run, tensor, self.scale, tile, overlap, on_tile)
-        # In place, then bytes: an 8192² result is 800 MB as float32, 200 MB as uint8.
-        array = out[0].clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+        with torch.inference_mode():
+            out = run_tiled(lambda piece: self.descriptor(piece.to(self.device, dtype)), tensor, self.scale, tile,
+                            overlap, on_tile)
+            # In place, then bytes: an 8192² result is 800 MB as float32, 200 MB as uint8.
+            array = out[0].float().cpu().clamp_(0, 1).mul_(255.0).round_().to(torch.uint8).permute(1, 2, 0)
+            array = array.contiguous().numpy()
         from PIL import Image
 
         return Image.fromarray(array)
