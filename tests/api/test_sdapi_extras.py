@@ -67,6 +67,8 @@ def test_upscaler_listings_have_a1111s_shape(server):
     ({"upscaler_1": "tiny-x4", "gfpgan_visibility": 0.5}, "gfpgan_visibility"),
     ({"upscaler_1": "tiny-x4", "codeformer_visibility": 1}, "codeformer_visibility"),
     ({"upscaler_1": "None"}, "upscaler_1"),
+    ({"upscaler_1": "None", "upscaler_2": "tiny-x4", "extras_upscaler_2_visibility": 1}, "upscaler_1"),
+    ({"upscaler_1": "tiny-x4", "show_extras_results": False}, "show_extras_results"),
     ({"upscaler_1": "tiny-x4", "image": "bm90IGFuIGltYWdl"}, "image"),
     ({"upscaler_1": "tiny-x4", "upscaling_resize": 8, "image": "big"}, "upscaling_resize"),
 ])
