@@ -16,6 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 REQUIREMENTS = ROOT / "requirements.txt"
+# Packages installed without their declared dependencies (each file line says why); their real ones are in
+# requirements.txt.
+REQUIREMENTS_NO_DEPS = ROOT / "requirements-nodeps.txt"
 STAMP_NAME = ".atelier-requirements.sha256"
 
 
@@ -40,7 +43,7 @@ def ensure_venv(argv: list[str]) -> None:
 
 
 def requirements_hash() -> str:
-    return hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
+    return hashlib.sha256(REQUIREMENTS.read_bytes() + REQUIREMENTS_NO_DEPS.read_bytes()).hexdigest()
 
 
 def install_requirements() -> None:
@@ -56,6 +59,7 @@ def install_requirements() -> None:
     if torch_pin:
         subprocess.check_call(pip + [torch_pin])
     subprocess.check_call(pip + ["-r", str(REQUIREMENTS)])
+    subprocess.check_call(pip + ["--no-deps", "-r", str(REQUIREMENTS_NO_DEPS)])
     stamp.write_text(wanted + "\n")
 
 

@@ -7,6 +7,8 @@ import io
 
 MAX_INPUT_PIXELS = 4096 * 4096
 MAX_INPUT_BYTES = 64 * 1024 * 1024
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_FOLDER_IMAGES = 10_000
 
 
 def decode_image(value):
@@ -120,3 +122,20 @@ def read_infotext(image) -> str:
             except UnicodeDecodeError:
                 continue
     return body.decode("utf-8", errors="replace") if prefix.startswith(b"ASCII") else raw.decode("utf-8", "replace")
+
+
+def folder_images(root, folder: str, field: str = "folder") -> list:
+    """The images directly in `folder` (a path under `root`, the data dir), sorted by name; refusals name `field`."""
+    from modules.errors import InvalidRequest
+    from modules.paths import resolve_inside
+
+    path = resolve_inside(root, folder, field_name=field)
+    if not path.is_dir():
+        raise InvalidRequest(f"{folder!r} is not a folder", field)
+    found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise InvalidRequest(f"{folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})", field)
+    if len(found) > MAX_FOLDER_IMAGES:
+        raise InvalidRequest(f"{folder!r} holds {len(found)} images; a batch takes at most {MAX_FOLDER_IMAGES}", field)
+    return found

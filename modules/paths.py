@@ -23,6 +23,12 @@ MODEL_FOLDERS = {
     # text-generation-webui's loras/ holds them; each is listed under the base model its config
     # names. Not "loras": on a case-insensitive disk that is the SD "Lora" folder.
     "lm_adapter": "LLM-loras",
+    # Upscaler models (spandrel loads every one of them), in AUTOMATIC1111's folders: one kind per folder.
+    "esrgan": "ESRGAN",
+    "realesrgan": "RealESRGAN",
+    "swinir": "SwinIR",
+    "dat": "DAT",
+    "hat": "HAT",
 }
 
 

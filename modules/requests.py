@@ -31,3 +31,13 @@ def parse_request(cls: type[BaseModel], data: Any) -> BaseModel:
         return cls.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest.from_validation(exc) from None
+
+
+def check_image_source(images: list, names: list, folder: str | None) -> None:
+    """A batch request's source: uploads (with a name each, when named) or a folder under the data dir, not both."""
+    from modules.errors import FieldError
+
+    if bool(images) == bool(folder):
+        raise FieldError("images", "send either images or a folder under the data dir (one of them)")
+    if names and len(names) != len(images):
+        raise FieldError("names", f"{len(names)} names for {len(images)} images")

@@ -46,6 +46,10 @@ class Settings(BaseModel):
     outdir_img2img_samples: str = "img2img-images"
     outdir_txt2img_grids: str = "txt2img-grids"
     outdir_img2img_grids: str = "img2img-grids"
+    outdir_extras_samples: str = "extras-images"
+    ESRGAN_tile: int = Field(192, ge=0, le=1024, description="Upscaler models run in tiles of this many pixels (0: the whole "
+                             "image at once); every spandrel upscaler (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT) uses it")
+    ESRGAN_tile_overlap: int = Field(8, ge=0, le=128, description="Overlap of the upscaler tiles, pixels (blended)")
     grid_save: bool = Field(True, description="Save the X/Y/Z plot's grid (when its cells are saved)")
     save_images_default: bool = True
     ui_updates_per_second: float = Field(5.0, gt=0, le=30)

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 BUILTIN_TASKS = (
     "modules.models.task",  # model loading and downloads; the demo models on first start
     "modules.diffusion.task",  # txt2img, img2img, inpaint
+    "modules.postprocess.task",  # Extras: upscaler models (spandrel), one image, a batch or a folder
     "modules.chat.task",  # chat replies and plain completions (Gemma 2 / 3, text and images)
     "modules.vision.task",  # captions, OCR, answers, boxes and masks; extensions' vision tasks
     "modules.training.task",  # LoRA training in a child process under accelerate

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from modules.models.demo import DEMO_NOTE, build_sd15_pipeline, write_clip_tokenizer
+from modules.models.demo_upscaler import realesrgan_state_dict
 from modules.models.singlefile import copy_configs, save_single_file, unet_key
 
 
@@ -142,4 +143,20 @@ def save_demo_sdxl_lora(path: Path, seed: int = 0, rank: int = 4, scale: float =
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path), metadata={"ss_network_dim": str(rank)})
+    return path
+
+
+def save_demo_upscaler(path: Path, fmt: str = "safetensors", seed: int = 0) -> Path:
+    """The tiny 4x Real-ESRGAN-layout upscaler as a .safetensors file, or as a .pth the way Real-ESRGAN
+    ships them: torch.save({"params_ema": state_dict})."""
+    import torch
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sd = realesrgan_state_dict(seed)
+    if fmt == "safetensors":
+        save_file(sd, str(path))
+    else:
+        torch.save({"params_ema": sd}, str(path))
     return path

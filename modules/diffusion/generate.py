@@ -50,7 +50,7 @@ def validator(samplers: "SamplerRegistry", styles: "StyleStore", registry: "Mode
     request types check themselves (params.py)."""
     def check(req) -> None:
         samplers.resolve(req.sampler_name, req.scheduler)
-        hires.check(samplers, req)
+        hires.check(samplers, req, registry)
         styles.resolve(req.styles)
 
     def validate(req) -> None:

@@ -2,13 +2,15 @@
 
 The img2img pipeline comes from `LoadedCheckpoint.pipeline("img2img")` (diffusers'
 `from_pipe`: the same weights, no copy). Latent upscalers resize the latents directly
-and hand them to img2img as latents; pixel upscalers decode, resize, and re-encode.
+and hand them to img2img as latents; pixel upscalers (Lanczos, Nearest, and upscaler models such
+as ESRGAN from the model manager, run tile-wise) decode, resize, and re-encode.
 """
 from __future__ import annotations
 
 from modules.diffusion import conditioning, sampling, seeds
 from modules.diffusion.sampling import Run
 from modules.errors import InvalidRequest
+from modules.models import upscalers
 
 # A1111's latent upscale modes: (torch interpolate mode, antialias)
 LATENT_MODES = {
@@ -17,17 +19,25 @@ LATENT_MODES = {
     "Latent (nearest)": ("nearest", False), "Latent (nearest-exact)": ("nearest-exact", False),
 }
 PIXEL_MODES = {"Lanczos": "LANCZOS", "Nearest": "NEAREST", "None": "LANCZOS"}
-HR_UPSCALERS = tuple(LATENT_MODES) + tuple(PIXEL_MODES)
+HR_UPSCALERS = tuple(LATENT_MODES) + tuple(PIXEL_MODES)  # and the upscaler models on disk (choices())
 DEFAULT_DENOISING = 0.7  # A1111's default for the hires pass
 MAX_TIMESTEPS = 1000  # SD's num_train_timesteps: diffusers refuses more inference steps
 
 
-def check(samplers, req) -> None:
+def choices(registry) -> list[str]:
+    """Hires fix's upscalers: the latent modes, Lanczos / Nearest / None, then the upscaler models on disk."""
+    return list(HR_UPSCALERS) + [n for n in upscalers.names(registry) if n not in PIXEL_MODES]
+
+
+def check(samplers, req, registry) -> None:
     if not req.enable_hr:
         return
     if req.hr_upscaler not in HR_UPSCALERS:
-        raise InvalidRequest(f"unknown hires upscaler {req.hr_upscaler!r} (upscaler models such as ESRGAN are not "
-                             f"supported yet); choose one of: {', '.join(HR_UPSCALERS)}", "hr_upscaler")
+        try:
+            upscalers.find(registry, req.hr_upscaler, "hr_upscaler")
+        except InvalidRequest:
+            raise InvalidRequest(f"unknown hires upscaler {req.hr_upscaler!r}; choose one of: "
+                                 f"{', '.join(choices(registry))}", "hr_upscaler") from None
     try:
         sampler(samplers, req)
     except InvalidRequest as exc:  # name the hires field, not the first pass's
@@ -90,9 +100,11 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         factor = pipe.vae_scale_factor
         mode, antialias = LATENT_MODES[req.hr_upscaler]
         image = F.interpolate(latents, size=(height // factor, width // factor), mode=mode, antialias=antialias)
-    else:
+    elif req.hr_upscaler in PIXEL_MODES:
         resample = getattr(Image.Resampling, PIXEL_MODES[req.hr_upscaler])
         image = [im.resize((width, height), resample) for im in sampling.decode(pipe, latents)]
+    else:
+        image = _model_upscale(run, sampling.decode(pipe, latents), width, height)
     if strength <= 0:
         return sampling.decode(pipe, image) if not isinstance(image, list) else image
     gens = seeds.generators(run.plan, run.batch_indices(iteration))  # A1111 re-seeds the hires noise
@@ -110,3 +122,12 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
     )
     return out.images
+
+
+def _model_upscale(run: Run, images: list, width: int, height: int) -> list:
+    """The first pass's images through an upscaler model (ESRGAN, …), tile-wise, to the hires size."""
+    services = run.ctx.services
+    entry = upscalers.find(services.models.registry, run.req.hr_upscaler, "hr_upscaler")
+    settings = services.settings.get()
+    with services.models.use(entry.kind, entry.name) as model:
+        return [model.resize(im, width, height, settings.ESRGAN_tile, settings.ESRGAN_tile_overlap) for im in images]

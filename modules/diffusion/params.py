@@ -21,6 +21,7 @@ from pydantic import (
 
 from modules.diffusion.prompts import extract_loras
 from modules.errors import InvalidRequest
+from modules.models.upscalers import FACE_RESTORATION_MISSING
 from modules.requests import ImageInput
 
 MAX_PROMPT_CHARS = 20_000
@@ -77,11 +78,13 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _a1111_conventions(cls, data: Any) -> Any:
         """A1111's: null means the default (an empty number box in the UI too); `sampler_index` is the old
-        name of `sampler_name`; scripts are refused, not skipped."""
+        name of `sampler_name`; scripts and restore_faces are refused, not skipped."""
         if not isinstance(data, dict):
             return data
         data = {k: v for k, v in data.items() if v is not None}
         _refuse_scripts(data)
+        if data.get("restore_faces") is True:  # accepted, it would be ignored
+            raise InvalidRequest(f"{FACE_RESTORATION_MISSING}; send restore_faces false", "restore_faces")
         index = data.get("sampler_index")
         if not data.get("sampler_name") and isinstance(index, str) and index:
             data["sampler_name"] = index

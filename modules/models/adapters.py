@@ -4,6 +4,7 @@ The manager (manager.py) decides what is resident where; an adapter only knows h
 load one kind, how big it is, how to move it and how to let it go. Kinds today:
   checkpoint   diffusers pipelines (SD1/SD2/SDXL)        — diffusion_adapter.py
   llm, vlm     transformers causal / image-text models   — hf.py
+  esrgan, realesrgan, swinir, dat, hat   upscaler models (spandrel) — upscalers.py
   (extensions) any kind an extension registers (a YOLO detector) through api.add_model_kind
 """
 from __future__ import annotations

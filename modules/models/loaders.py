@@ -86,12 +86,17 @@ def _arch_of_pipe(pipe) -> str:
 
 def check_pickle(path: Path) -> None:
     """Open a pickle checkpoint with weights_only=True; anything that needs code is refused unexecuted."""
+    read_pickle_weights(path)
+
+
+def read_pickle_weights(path: Path):
+    """torch.load(weights_only=True) of a pickle file (a payload needing code is refused, never run)."""
     import pickle
 
     import torch
 
     try:
-        torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as exc:
         raise ModelLoadError(
             f"{path.name} is a pickle that needs code to run to load (refused, nothing was executed: "
@@ -99,8 +104,7 @@ def check_pickle(path: Path) -> None:
     except RuntimeError as exc:
         if "mmap" in str(exc):  # the old (non-zip) format cannot be mapped: read it normally, still weights only
             try:
-                torch.load(str(path), map_location="cpu", weights_only=True)
-                return
+                return torch.load(str(path), map_location="cpu", weights_only=True)
             except pickle.UnpicklingError as exc2:
                 raise ModelLoadError(f"{path.name} needs code to run to load; refused (nothing was executed): "
                                      f"{str(exc2).splitlines()[0][:200]}", "file") from None

@@ -35,11 +35,16 @@ class ModelServices:
 def register(reg: "Registrar") -> None:
     from modules.models.diffusion_adapter import DiffusionAdapter
     from modules.models.hf import KINDS, TransformersAdapter
+    from modules.models.upscalers import KINDS as UPSCALER_KINDS
+    from modules.models.upscalers import SpandrelAdapter
 
     services = ModelServices(reg.models, reg.registry, reg.settings)
     reg.add_model_kind("checkpoint", DiffusionAdapter())
     for kind in KINDS:  # llm, vlm
         reg.add_model_kind(kind, TransformersAdapter())
+    upscalers = SpandrelAdapter()  # one for every upscaler folder: spandrel's registry is read once
+    for kind in UPSCALER_KINDS:  # esrgan, realesrgan, swinir, dat, hat
+        reg.add_model_kind(kind, upscalers)
     reg.add_job_kind(JobKind("load_checkpoint", run_load_checkpoint, queue=QUEUE), services)
     reg.add_job_kind(JobKind("load_model", run_load_model, queue=QUEUE), services)
     reg.add_job_kind(JobKind("download", run_download, queue=QUEUE, validate=download_validator(services)), services)

@@ -16,15 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from modules.errors import AtelierError, Busy, InvalidRequest, ModelLoadError, NotFound
-from modules.paths import resolve_inside
 from modules.vision.engine import OUTPUT_SUBDIR, VisionServices, run_one
 from modules.vision.params import VisionBatchRequest
 
 if TYPE_CHECKING:
     from modules.jobs import JobContext
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-MAX_FOLDER_IMAGES = 10_000
 # Errors of the model or the machine end the batch (every image would fail the same way); the rest
 # belong to one image.
 _FATAL = (ModelLoadError, Busy, NotFound, MemoryError)
@@ -32,17 +29,9 @@ _FATAL = (ModelLoadError, Busy, NotFound, MemoryError)
 
 def folder_images(services: VisionServices, folder: str) -> list[Path]:
     """The images directly in `folder` (under the data dir), sorted by name."""
-    path = resolve_inside(services.paths.root, folder, field_name="folder")
-    if not path.is_dir():
-        raise InvalidRequest(f"{folder!r} is not a folder", "folder")
-    found = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not found:
-        raise InvalidRequest(f"{folder!r} holds no images ({', '.join(IMAGE_SUFFIXES)})", "folder")
-    if len(found) > MAX_FOLDER_IMAGES:
-        raise InvalidRequest(f"{folder!r} holds {len(found)} images; a batch takes at most {MAX_FOLDER_IMAGES}",
-                             "folder")
-    return found
+    from modules.images import folder_images as images_in
+
+    return images_in(services.paths.root, folder)
 
 
 def _sources(services: VisionServices, req: VisionBatchRequest) -> list[tuple[str, Callable]]:

@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modules.errors import FieldError as _FieldError
-from modules.requests import ImageInput, parse_request
+from modules.requests import ImageInput, check_image_source, parse_request
 
 # PaliGemma's own prompt prefixes (big_vision), plus "question": one chat turn about the image for
 # image+text chat models such as Gemma 3. Extensions add tasks of their own by name (studio.vision_tasks).
@@ -130,10 +130,7 @@ class VisionBatchRequest(VisionOptions):
 
     @model_validator(mode="after")
     def _one_source(self):
-        if bool(self.images) == bool(self.folder):
-            raise _FieldError("images", "send either images or a folder under the data dir (one of them)")
-        if self.names and len(self.names) != len(self.images):
-            raise _FieldError("names", f"{len(self.names)} names for {len(self.images)} images")
+        check_image_source(self.images, self.names, self.folder)
         return self
 
 

@@ -18,7 +18,7 @@ from modules.diffusion.params import Img2ImgRequest, Txt2ImgRequest
 from modules.requests import parse_request
 from modules.errors import InvalidRequest
 from modules.jobs import JobState
-from webui.api import sdapi_models
+from webui.api import sdapi_extras, sdapi_models
 from webui.api.common import Waiter, b64_image, b64_png, ensure_ready, read_json_object, request_schema
 from webui.checkpoints import find_checkpoint
 
@@ -83,6 +83,7 @@ def router(studio):
         return await run_in_threadpool(_png_info, body, studio.styles)
 
     sdapi_models.add_routes(r, studio, waiter)
+    sdapi_extras.add_routes(r, studio, waiter)
     return r
 
 

@@ -18,7 +18,7 @@ from webui.checkpoints import find_checkpoint, switch_checkpoint
 _SECRET_FLAGS = ("gradio_auth", "api_auth", "api_key")
 # Settings whose value becomes a path under outputs/: refused if they would leave it.
 _OUTPUT_DIR_SETTINGS = ("outdir_txt2img_samples", "outdir_img2img_samples", "outdir_txt2img_grids",
-                        "outdir_img2img_grids")
+                        "outdir_img2img_grids", "outdir_extras_samples")
 
 
 def add_routes(r, studio, waiter: Waiter) -> None:
@@ -44,13 +44,6 @@ def add_routes(r, studio, waiter: Waiter) -> None:
     @r.get("/schedulers")
     def schedulers():
         return _schedulers()
-
-    @r.get("/upscalers")
-    def upscalers():
-        from modules.diffusion import hires
-
-        return [{"name": n, "model_name": None, "model_path": None, "model_url": None, "scale": 4.0}
-                for n in hires.PIXEL_MODES]
 
     @r.get("/latent-upscale-modes")
     def latent_upscale_modes():

@@ -29,10 +29,10 @@ table.atelier-params th { text-align: left; padding-right: 12px; white-space: no
 
 
 def builtin_tab_modules():
-    from webui.ui import (chat, extensions_tab, gallery, img2img, inpaint, models, pnginfo, settings, train, txt2img,
-                          vision)
+    from webui.ui import (chat, extensions_tab, extras, gallery, img2img, inpaint, models, pnginfo, settings, train,
+                          txt2img, vision)
 
-    return (txt2img, img2img, inpaint, pnginfo, chat, vision, gallery, train, models, settings, extensions_tab)
+    return (txt2img, img2img, inpaint, extras, pnginfo, chat, vision, gallery, train, models, settings, extensions_tab)
 
 
 def register_builtin(studio) -> None:

@@ -7,7 +7,7 @@ PNG Info) and the REST API all speak the same names.
 from __future__ import annotations
 
 from modules.diffusion import infotext as infotext_mod
-from modules.diffusion.hires import HR_UPSCALERS
+from modules.diffusion import hires as hires_fix
 from modules.diffusion.samplers import SCHEDULE_TYPES
 
 
@@ -144,8 +144,9 @@ def params_block(studio, tab: str, hires: bool) -> dict:
         with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires"):
             c["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}_enable_hr")
             with gr.Row():
-                c["hr_upscaler"] = gr.Dropdown(list(HR_UPSCALERS), value=HR_UPSCALERS[0], label="Upscaler",
-                                               elem_id=f"{tab}_hr_upscaler")
+                # The upscaler models on disk join the list when the studio has read the folders.
+                c["hr_upscaler"] = gr.Dropdown(hires_fix.choices(studio.registry), value=hires_fix.HR_UPSCALERS[0],
+                                               label="Upscaler", allow_custom_value=True, elem_id=f"{tab}_hr_upscaler")
                 c["hr_second_pass_steps"] = gr.Slider(0, 150, value=0, step=1, label="Hires steps (0: same)",
                                                       elem_id=f"{tab}_hires_steps")
                 c["denoising_strength"] = gr.Slider(0, 1, value=0.7, step=0.01, label="Denoising strength",

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from modules.diffusion.params import RESIZE_MODES
-from modules.errors import InvalidRequest
+from modules.errors import AtelierError, InvalidRequest
 from modules.extensions.tabs import TabSpec
 from webui.ui import components, generation, gradio_api
 
@@ -41,6 +41,7 @@ def build(studio) -> dict:
         with gr.Column(scale=5, elem_id=f"{TAB}_settings"):
             c["image"] = gr.Image(label="Image for img2img", type="pil", image_mode="RGB", height=360,
                                   sources=["upload", "clipboard"], elem_id=f"{TAB}_image")
+            c["interrogate"] = gr.Button("Interrogate", elem_id=f"{TAB}_interrogate", size="sm")
             c.update(image_controls(TAB))
             c.update(components.params_block(studio, TAB, hires=False))
         with gr.Column(scale=5, elem_id=f"{TAB}_results"):
@@ -54,12 +55,35 @@ def build(studio) -> dict:
         body["init_images"] = [image.convert("RGB")]
         return body
 
+    wire_interrogate(studio, c["interrogate"], c["image"], c["prompt"])
     fields = {k: c[k] for k in c if k in Img2ImgRequest.model_fields or k == "image"}
     generation.wire_generation(studio, TAB, "img2img", Img2ImgRequest, fields, {"_seed_extra": c["seed_extra"]}, c,
                                prepare=prepare)
     gradio_api.generation_endpoint(studio, "img2img", "img2img", Img2ImgRequest, c, {"image": c["image"]},
                                    prepare=prepare)
     return c
+
+
+def wire_interrogate(studio, button, image, prompt) -> None:
+    """Interrogate: a caption of the image (the studio's vision caption job) becomes the prompt, as in A1111."""
+    import gradio as gr
+
+    from webui.interrogate import caption_of, caption_request
+
+    def interrogate(image):
+        """A caption of the image, by the first captioning model in models/VLM (the vision job's caption task)."""
+        if image is None:
+            raise gr.Error("image: upload an image to caption")
+        try:
+            studio.wait_ready()
+            job = studio.submit("vision", caption_request(image.convert("RGB")))
+            job.wait()
+            return caption_of(job)
+        except AtelierError as exc:
+            raise gr.Error(generation.error_text(exc), title="Interrogate") from None
+
+    button.click(gradio_api.endpoint(interrogate, "interrogate"), [image], [prompt], api_name="interrogate",
+                 concurrency_id="vision")
 
 
 def register(studio) -> None:

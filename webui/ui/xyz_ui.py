@@ -14,7 +14,7 @@ LABELS = {"draw_legend": "Draw legend", "include_lone_images": "Include sub imag
 
 def choices_for(studio, label: str) -> list[str]:
     """The values an axis can take, for the 📒 button (empty where any value goes)."""
-    from modules.diffusion.hires import HR_UPSCALERS
+    from modules.diffusion import hires
     from modules.diffusion.samplers import SCHEDULE_TYPES
 
     source = next((a.choices for a in axes_for("txt2img") + axes_for("img2img") if a.label == label), None)
@@ -28,7 +28,7 @@ def choices_for(studio, label: str) -> list[str]:
         if source == "styles":
             return studio.styles.names()
         if source == "upscalers":
-            return list(HR_UPSCALERS)
+            return hires.choices(studio.registry)
     except Exception:  # a folder that cannot be read must not break the button
         return []
     return []
