@@ -64,11 +64,12 @@ def install_requirements() -> None:
 
 
 def missing_requirements() -> tuple[list[str], list[str]]:
-    """(pins not installed, pins installed at another version) in this environment, from requirements.txt."""
+    """(pins not installed, pins installed at another version) in this environment, from both requirements files."""
     from importlib.metadata import PackageNotFoundError, version
 
     missing, other = [], []
-    for line in REQUIREMENTS.read_text().splitlines():
+    lines = REQUIREMENTS.read_text().splitlines() + REQUIREMENTS_NO_DEPS.read_text().splitlines()
+    for line in lines:
         name, sep, wanted = line.split("#")[0].strip().partition("==")
         if not sep:
             continue
