@@ -96,31 +96,51 @@ class LoraState:
         self.backup: dict = {}  # peft layer -> its base weight before fusing (on the CPU)
 
     def fuse(self, pipe, names: list[str], weights: list[float]) -> None:
+        """Merge the active adapters into their layers' weights, keeping each original weight tensor.
+
+        Written here rather than diffusers' `fuse_lora` (which adds in place, so an exact restore needs a full
+        copy first and a second pass back): on the CPU the fused weight is a new tensor and the original is
+        kept as it is, so restoring is a pointer swap; on a GPU the original is copied to RAM (no second copy
+        of the weights in VRAM) and the delta added in place."""
+        import torch
         from peft.tuners.tuners_utils import BaseTunerLayer
 
         pipe.enable_lora()
-        pipe.set_adapters(names, adapter_weights=weights)
-        for component in _lora_components(pipe):
-            for module in component.modules():
-                if isinstance(module, BaseTunerLayer) and any(n in module.lora_A for n in names):
-                    self.backup[module] = module.get_base_layer().weight.detach().to("cpu", copy=True)
-        pipe.fuse_lora(components=list(pipe._lora_loadable_modules), lora_scale=1.0, adapter_names=names)
+        pipe.set_adapters(names, adapter_weights=weights)  # sets each adapter's scaling, read by get_delta_weight
+        with torch.no_grad():
+            for component in _lora_components(pipe):
+                for module in component.modules():
+                    active = [n for n in names if isinstance(module, BaseTunerLayer) and n in module.lora_A]
+                    if not active:
+                        continue
+                    weight = module.get_base_layer().weight
+                    delta = module.get_delta_weight(active[0])
+                    for more in active[1:]:
+                        delta += module.get_delta_weight(more)
+                    delta = delta.to(weight.dtype)
+                    if weight.device.type == "cpu":
+                        self.backup[module] = weight.data
+                        weight.data = weight.data + delta
+                    else:
+                        self.backup[module] = weight.data.to("cpu", copy=True)
+                        weight.data.add_(delta)
+                    module.merged_adapters.extend(active)  # peft's forward now uses the base layer alone
         self.fused = tuple(zip(names, weights))
 
     def unfuse(self, pipe) -> None:
-        """Back to the base weights, bit-exactly (unmerging alone leaves rounding behind)."""
+        """Back to the base weights, bit-exactly, and peft told that nothing is merged."""
         if not self.fused:
             return
-        import warnings
-
         import torch
 
-        with warnings.catch_warnings():  # diffusers unmerges every LoRA layer, also the ones never merged
-            warnings.filterwarnings("ignore", message="Already unmerged")
-            pipe.unfuse_lora(components=list(pipe._lora_loadable_modules))
         with torch.no_grad():
-            for module, weight in self.backup.items():
-                module.get_base_layer().weight.copy_(weight)
+            for module, original in self.backup.items():
+                weight = module.get_base_layer().weight
+                if original.device == weight.device and original.device.type == "cpu":
+                    weight.data = original
+                else:  # a GPU, or the model moved since fusing: copy back where the weight lives now
+                    weight.data.copy_(original.to(weight.device))
+                module.merged_adapters.clear()
         self.backup, self.fused = {}, ()
         pipe.disable_lora()  # unmerged adapters would otherwise act, unfused, on the next step
 
