@@ -26,3 +26,23 @@ def sd_request(name: str, **overrides) -> dict:
     base = {"kind": "sd_lora", "output_name": name, "dataset": "datasets/cats", "resolution": 128, "rank": 4,
             "unet_lr": 1e-2, "max_steps": 6, "seed": 7}
     return {**base, **overrides}
+
+
+def make_instance_images(folder: Path, sizes=SIZES, seed: int = 3) -> Path:
+    """DreamBooth's instance images: a flat folder, no captions (the instance prompt captions them)."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i, (w, h) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"sks-{i}.png")
+    return folder
+
+
+def dreambooth_request(name: str, **overrides) -> dict:
+    """DreamBooth on the demo model: 3 class images made in 2 sampling steps, a few training steps."""
+    base = {"kind": "dreambooth", "output_name": name, "dataset": "datasets/sks", "resolution": 128,
+            "instance_prompt": "a photo of sks cat", "class_prompt": "a photo of a cat", "num_class_images": 3,
+            "class_steps": 2, "unet_lr": 1e-2, "max_steps": 4, "seed": 7}
+    return {**base, **overrides}
