@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modules import atomic
+from modules.jobs import JobState
 from modules.training.params import DreamBoothRequest, check, parse
 
 if TYPE_CHECKING:
@@ -44,7 +45,9 @@ def prepare_class_images(ctx, request: Any) -> dict | None:
         job = services.run_job("txt2img", _txt2img_body(req, checked.base.name, first_seed, count),
                                _relay(ctx, made, missing, count, req.class_steps), JOB_TIMEOUT_S)
         job.raise_for_error()
-        for image in job.result.images if job.result is not None else []:  # None: cancelled while queued
+        if job.state != JobState.DONE:  # stopped: its images are not fully denoised, none is kept
+            break
+        for image in job.result.images:
             _save(folder / NAME.format(number, image.seed), image)
             number, made = number + 1, made + 1
         ctx.progress(made * req.class_steps, missing * req.class_steps,

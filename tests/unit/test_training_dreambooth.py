@@ -162,3 +162,24 @@ def test_bad_input_is_refused_naming_the_field(studio, straight):
     with pytest.raises(OutputExists) as info:
         studio.submit("train_dreambooth", parse(dreambooth_request("db-straight", rank=4)))
     assert info.value.field == "output_name" and info.value.status == 409
+
+
+def test_stop_while_class_images_are_made_keeps_the_finished_ones_and_trains_nothing(studio, straight):
+    import time
+
+    folder = studio.paths.root / "class_images" / "slow"
+    job = studio.submit("train_dreambooth", parse(dreambooth_request(
+        "db-stop-early", class_dataset="class_images/slow", num_class_images=12, class_steps=40)))
+    deadline = time.monotonic() + DEADLINE_S
+    while not (len(list(folder.glob("*.png"))) >= 4 or job.state.finished) and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first txt2img job's 4 images are in
+    assert job.progress.text.startswith("class images:"), job.progress.text
+    studio.jobs.interrupt(job.id)
+    job.wait(DEADLINE_S)
+    assert job.state == JobState.INTERRUPTED, job.error
+    kept = sorted(folder.glob("*.png"))
+    assert job.result == {"outcome": "stopped", "class_images": len(kept)} and 4 <= len(kept) < 12
+    assert len(kept) % 4 == 0, "an interrupted txt2img job's half-denoised images were kept"
+    slow = [j for j in txt2img_jobs(studio) if j.request.steps == 40]
+    assert slow[-1].state in (JobState.INTERRUPTED, JobState.DONE) and all(j.state.finished for j in slow)
+    assert not (studio.paths.training / "db-stop-early").exists(), "the training started after Stop"
