@@ -3,6 +3,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
+DEADLINE_S = 600
+
+
+def open_training_studio(data: Path):
+    """A loaded Studio on the CPU over `data` (made with conftest's make_data_dir), no demo building."""
+    from modules.studio import Studio, StudioOptions
+
+    studio = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
+    studio.load()
+    assert studio.load_error is None, studio.load_error
+    return studio
+
+
+def run_training(studio, kind: str, request: dict):
+    """A training job to its end (done or stopped), its log shown when it failed."""
+    from modules.jobs import JobState
+    from modules.training.params import parse
+
+    job = studio.jobs.run(f"train_{kind}", parse(request), timeout=DEADLINE_S)
+    assert job.state in (JobState.DONE, JobState.INTERRUPTED), f"{job.error}\n" + "\n".join(list(job.logs)[-30:])
+    return job
+
 SIZES = [(128, 128), (192, 96), (128, 128)]  # two buckets at resolution 128: 128x128 and 128x64
 
 

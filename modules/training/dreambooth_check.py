@@ -16,6 +16,7 @@ from modules.training.params import (
     _check_device,
     _check_output,
     resolve_dataset,
+    scan_images,
 )
 
 if TYPE_CHECKING:
@@ -58,7 +59,6 @@ def count_class_images(folder: Path, class_prompt: str) -> int:
 
 def check_dreambooth(request: DreamBoothRequest, services: "TrainingServices", outputs: bool) -> Checked:
     from modules.training.buckets import bucket_counts
-    from modules.training.dataset import scan_dataset
     from modules.training.plan import step_math
 
     paths = services.registry.paths
@@ -68,14 +68,7 @@ def check_dreambooth(request: DreamBoothRequest, services: "TrainingServices", o
                              '(the single-file layout of SD2 / SDXL is not written yet): use mode "lora"', "mode")
     _check_device(request, services.device_name())
     dataset_dir = resolve_dataset(request.dataset, paths.root)
-    try:
-        scan = scan_dataset(dataset_dir, request.instance_prompt)
-    except OSError as exc:
-        raise InvalidRequest(f"the dataset folder cannot be read: {exc.strerror or exc}", "dataset") from None
-    if not scan.items:
-        why = f" ({len(scan.skipped)} skipped: {scan.skipped_text()})" if scan.skipped else ""
-        raise InvalidRequest(f"{request.dataset!r} holds no readable instance images (.png, .jpg, .webp){why}",
-                             "dataset")
+    scan = scan_images(dataset_dir, request.instance_prompt, request.dataset)
     class_dir, class_images = None, 0
     if request.prior_preservation:
         class_dir = class_folder(request, paths.root, dataset_dir)

@@ -9,7 +9,6 @@ sees the same pairs; the result is a kohya LoRA or a new checkpoint (full_checkp
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 from modules.training import loop as tl
@@ -37,7 +36,6 @@ def train(ctx, payload: dict) -> dict:
     from modules.training.buckets import bucket_counts
     from modules.training.sd_data import BucketBatchSampler, make_loader
     from modules.training.sd_model import add_full, add_loras, load_parts, prior_preservation_loss, training_loss
-    from modules.training.sd_sample import sample_images
 
     req, run, accelerator, report, started_at = tl.begin(ctx, payload, DreamBoothRequest)
     dtype = tl.weight_dtype(accelerator)
@@ -92,31 +90,14 @@ def train(ctx, payload: dict) -> dict:
         classes = conditioning(prior, rotation(state.epoch, batch))
         return prior_preservation_loss(parts, unet, instance, classes, state.generator, req)
 
-    samples: list[str] = []
-
-    def after_step(step: int) -> None:
-        if req.sample_every and step % req.sample_every == 0 and step < steps.total_steps:
-            samples.extend(sample_images(parts, req, accelerator, step, run, report))
-
-    for module in models:
-        module.train()
-    trainer = tl.Loop(accelerator, ctx, run, state, report, models=models, params=prep.params,
-                      optimizer=prep.optimizer, lr_scheduler=prep.lr_scheduler, loader=prep.loader, sampler=sampler,
-                      total_steps=steps.total_steps, request=req)
-    loop_started = time.monotonic()
-    steps_before = state.step
-    outcome = trainer.run_steps(loss_of, after_step)
-    result = sd_train.result(run, req, state, steps.total_steps, trainer, time.monotonic() - loop_started,
-                             steps_before, samples, outcome)
-    if outcome == "done":
-        samples.extend(sample_images(parts, req, accelerator, state.step, run, report))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            result["output"] = payload["output"]
-            result["files"] = _write_output(accelerator, models, parts, req, payload, scan, state, started_at,
-                                            buckets, len(prior.data.items) if prior else 0)
-            report.log("wrote " + ", ".join(Path(f).name for f in result["files"]))
-    return sd_train.finish(accelerator, run, result, report)
+    result = sd_train.run_loop(ctx, accelerator, run, state, report, parts, req, prep, sampler, steps.total_steps,
+                               loss_of)
+    if result["outcome"] == "done" and accelerator.is_main_process:
+        result["output"] = payload["output"]
+        result["files"] = _write_output(accelerator, models, parts, req, payload, scan, state, started_at,
+                                        buckets, len(prior.data.items) if prior else 0)
+        report.log("wrote " + ", ".join(Path(f).name for f in result["files"]))
+    return tl.finish(accelerator, run, result, report)
 
 
 def _write_output(accelerator, models, parts, req: DreamBoothRequest, payload: dict, scan, state, started_at: float,

@@ -6,22 +6,10 @@ written under a dot name the registry skips and renamed into place; the single f
 the checkpoint list never shows it before its configs are there."""
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-
-def publish_folder(temp: Path, final: Path) -> Path:
-    """Rename a complete folder into place (an existing one, with overwrite, is replaced)."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(temp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temp, final)
-    return final
+from modules import atomic
 
 
 def write_checkpoint(pipe, single: Path, folder: Path, sidecar: Path, metadata: dict[str, str]) -> list[Path]:
@@ -33,9 +21,9 @@ def write_checkpoint(pipe, single: Path, folder: Path, sidecar: Path, metadata: 
     temp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(temp, ignore_errors=True)
     pipe.save_pretrained(str(temp), safe_serialization=True)
-    publish_folder(temp, folder)
+    atomic.replace_dir(temp, folder)
     configs = sidecar.with_name(f".{sidecar.name}.tmp")
     shutil.rmtree(configs, ignore_errors=True)
-    publish_folder(copy_configs(folder, configs), sidecar)
+    atomic.replace_dir(copy_configs(folder, configs), sidecar)
     save_single_file(pipe, single, metadata)
     return [single, folder, sidecar]

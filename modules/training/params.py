@@ -340,22 +340,29 @@ def _first_difference(saved: TrainingRequest, new: TrainingRequest) -> str | Non
     return None
 
 
+def scan_images(folder: Path, caption: str, shown: str) -> "DatasetScan":
+    """An image dataset's scan; refused (naming "dataset") when unreadable or without a usable image."""
+    from modules.training.dataset import scan_dataset
+
+    try:
+        scan = scan_dataset(folder, caption)
+    except OSError as exc:
+        raise InvalidRequest(f"the dataset folder cannot be read: {exc.strerror or exc}", "dataset") from None
+    if not scan.items:
+        why = f" ({len(scan.skipped)} skipped: {scan.skipped_text()})" if scan.skipped else ""
+        raise InvalidRequest(f"{shown!r} holds no readable images (.png, .jpg, .webp){why}", "dataset")
+    return scan
+
+
 def _check_sd_lora(request: SdLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
     from modules.training.buckets import bucket_counts
-    from modules.training.dataset import scan_dataset
     from modules.training.plan import step_math
 
     paths = services.registry.paths
     base = _base_entry(request, services, "checkpoint", SD_ARCHS)
     _check_device(request, services.device_name())
     dataset_dir = resolve_dataset(request.dataset, paths.root)
-    try:
-        scan = scan_dataset(dataset_dir, request.default_caption)
-    except OSError as exc:
-        raise InvalidRequest(f"the dataset folder cannot be read: {exc.strerror or exc}", "dataset") from None
-    if not scan.items:
-        why = f" ({len(scan.skipped)} skipped: {scan.skipped_text()})" if scan.skipped else ""
-        raise InvalidRequest(f"{request.dataset!r} holds no readable images (.png, .jpg, .webp){why}", "dataset")
+    scan = scan_images(dataset_dir, request.default_caption, request.dataset)
     output = resolve_inside(paths.model_dir("lora"), request.output_name + ".safetensors", "output_name",
                             must_exist=False)
     run_dir = resolve_inside(paths.training, request.run_name, "output_name", must_exist=False)

@@ -6,7 +6,6 @@ checkpoint to resume from, the loop (checkpoints, samples, Stop), the kohya-form
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 from modules.training import loop as tl
@@ -20,7 +19,6 @@ def train(ctx, payload: dict) -> dict:
     from modules.training.buckets import bucket_counts
     from modules.training.sd_data import BucketBatchSampler, make_loader
     from modules.training.sd_model import add_loras, load_parts, training_loss
-    from modules.training.sd_sample import sample_images
 
     req, run, accelerator, report, started_at = tl.begin(ctx, payload, SdLoraRequest)
     dtype = tl.weight_dtype(accelerator)
@@ -57,28 +55,11 @@ def train(ctx, payload: dict) -> dict:
         time_ids = latents.sizes(items, device, dtype) if parts.is_sdxl else None
         return training_loss(parts, unet, lat, hidden, pooled, time_ids, state.generator, req)
 
-    samples: list[str] = []
-
-    def after_step(step: int) -> None:
-        if req.sample_every and step % req.sample_every == 0 and step < steps.total_steps:
-            samples.extend(sample_images(parts, req, accelerator, step, run, report))
-
-    for module in models:
-        module.train()
-    trainer = tl.Loop(accelerator, ctx, run, state, report, models=models, params=prep.params,
-                      optimizer=prep.optimizer, lr_scheduler=prep.lr_scheduler, loader=prep.loader, sampler=sampler,
-                      total_steps=steps.total_steps, request=req)
-    loop_started = time.monotonic()
-    steps_before = state.step
-    outcome = trainer.run_steps(loss_of, after_step)
-    result = sd_train.result(run, req, state, steps.total_steps, trainer, time.monotonic() - loop_started,
-                             steps_before, samples, outcome)
-    if outcome == "done":
-        samples.extend(sample_images(parts, req, accelerator, state.step, run, report))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            count = sd_train.write_kohya_lora(accelerator, models, parts, req, payload, scan, state, started_at,
-                                              buckets)
-            result["output"] = payload["output"]
-            report.log(f"wrote {Path(payload['output']).name} ({count} tensors)")
-    return sd_train.finish(accelerator, run, result, report)
+    result = sd_train.run_loop(ctx, accelerator, run, state, report, parts, req, prep, sampler, steps.total_steps,
+                               loss_of)
+    if result["outcome"] == "done" and accelerator.is_main_process:
+        count = sd_train.write_kohya_lora(accelerator, models, parts, req, payload, scan, state, started_at,
+                                          buckets)
+        result["output"] = payload["output"]
+        report.log(f"wrote {Path(payload['output']).name} ({count} tensors)")
+    return tl.finish(accelerator, run, result, report)

@@ -1,6 +1,6 @@
 """The steps the SD trainings' processes share (sd_lora_main, dreambooth_main), in their order: a
 dataset's sources (images in buckets, latent and text caches), the parts left on the CPU once cached,
-optimizer + LR schedule + accelerate's prepare, the resume, and the result."""
+optimizer + LR schedule + accelerate's prepare, the resume, the loop and its result."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -82,13 +82,38 @@ def resume(request, run, accelerator, state, report, total_steps: int) -> None:
     report.log(f"resumed from {checkpoint.name} (step {state.step} of {total_steps})")
 
 
-def result(run, request, state, total_steps: int, trainer, seconds: float, steps_before: int,
-           samples: list, outcome: str) -> dict:
-    return {"run": str(run.root), "name": request.output_name, "steps": state.step, "total_steps": total_steps,
-            "outcome": outcome, "checkpoint": str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
-            "train_seconds": round(seconds, 3), "first_step_s": trainer.first_step_s,
-            "steps_per_s": round((state.step - steps_before) / seconds, 4) if seconds > 0 else None,
-            "steady_steps_per_s": trainer.steady_steps_per_s(), "output": None, "samples": samples}
+def run_loop(ctx, accelerator, run, state, report, parts, request, prep: Prepared, sampler, total_steps: int,
+             loss_of) -> dict:
+    """The steps (samples every `sample_every`, checkpoints, Stop), then the last samples when it ran to the
+    end; the result without its output (the caller writes that on rank 0 when the outcome is "done")."""
+    import time
+
+    from modules.training import loop as tl
+    from modules.training.sd_sample import sample_images
+
+    samples: list[str] = []
+
+    def after_step(step: int) -> None:
+        if request.sample_every and step % request.sample_every == 0 and step < total_steps:
+            samples.extend(sample_images(parts, request, accelerator, step, run, report))
+
+    for module in prep.models:
+        module.train()
+    trainer = tl.Loop(accelerator, ctx, run, state, report, models=prep.models, params=prep.params,
+                      optimizer=prep.optimizer, lr_scheduler=prep.lr_scheduler, loader=prep.loader, sampler=sampler,
+                      total_steps=total_steps, request=request)
+    started, steps_before = time.monotonic(), state.step
+    outcome = trainer.run_steps(loss_of, after_step)
+    seconds = time.monotonic() - started
+    result_ = {"run": str(run.root), "name": request.output_name, "steps": state.step, "total_steps": total_steps,
+               "outcome": outcome, "checkpoint": str(trainer.last_checkpoint) if trainer.last_checkpoint else None,
+               "train_seconds": round(seconds, 3), "first_step_s": trainer.first_step_s,
+               "steps_per_s": round((state.step - steps_before) / seconds, 4) if seconds > 0 else None,
+               "steady_steps_per_s": trainer.steady_steps_per_s(), "output": None, "samples": samples}
+    if outcome == "done":
+        samples.extend(sample_images(parts, request, accelerator, state.step, run, report))
+        accelerator.wait_for_everyone()
+    return result_
 
 
 def write_kohya_lora(accelerator, models: list, parts, request, payload: dict, scan, state, started_at: float,
@@ -103,17 +128,3 @@ def write_kohya_lora(accelerator, models: list, parts, request, payload: dict, s
                           request.resolution, buckets) | (extra_meta or {})
     kohya.write_lora(Path(payload["output"]), tensors, meta)
     return len(tensors)
-
-
-def finish(accelerator, run, result_: dict, report) -> dict:
-    import torch
-
-    from modules.training import loop as tl
-
-    if torch.cuda.is_available():
-        result_["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        tl.write_result_json(run, result_)
-    report.close()
-    return result_

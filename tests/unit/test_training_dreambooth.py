@@ -12,29 +12,28 @@ from modules.errors import InvalidRequest
 from modules.jobs import JobState
 from modules.training.params import OutputExists, parse
 from tests.conftest import make_data_dir
-from tests.training_support import dreambooth_request, make_instance_images
+from tests.training_support import (
+    DEADLINE_S,
+    dreambooth_request,
+    make_instance_images,
+    open_training_studio,
+    run_training,
+)
 
-DEADLINE_S = 600
 CLASS_DIR = "class_images/a_photo_of_a_cat"
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, demo_checkpoint):
-    from modules.studio import Studio, StudioOptions
-
     data = make_data_dir(tmp_path_factory.mktemp("dreambooth"), demo_checkpoint)
     make_instance_images(data / "datasets" / "sks")
-    s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
-    s.load()
-    assert s.load_error is None, s.load_error
+    s = open_training_studio(data)
     yield s
     s.shutdown()
 
 
 def train(studio, request: dict):
-    job = studio.jobs.run("train_dreambooth", parse(request), timeout=DEADLINE_S)
-    assert job.state in (JobState.DONE, JobState.INTERRUPTED), f"{job.error}\n" + "\n".join(list(job.logs)[-30:])
-    return job
+    return run_training(studio, "dreambooth", request)
 
 
 def txt2img_jobs(studio) -> list:
