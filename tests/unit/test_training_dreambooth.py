@@ -121,12 +121,20 @@ def test_resume_with_class_images_reuses_them_and_is_bit_identical(studio, strai
     assert second.metrics["loss"] == [m for m in straight.metrics["loss"] if m[0] > 2]
 
 
-def test_a_full_fine_tune_is_a_single_file_checkpoint_the_studio_loads_and_a_diffusers_folder(studio, straight):
+FULL = {"mode": "full", "unet_lr": 1e-3, "max_steps": 3}
+
+
+@pytest.fixture(scope="module")
+def full(studio, straight):
+    return train(studio, dreambooth_request("db-full", **FULL))
+
+
+def test_a_full_fine_tune_is_a_single_file_checkpoint_the_studio_loads_and_a_diffusers_folder(studio, full):
     import diffusers
     import torch
     from safetensors import safe_open
 
-    job = train(studio, dreambooth_request("db-full", mode="full", unet_lr=1e-3, max_steps=3))
+    job = full
     ckpts = studio.paths.model_dir("checkpoint")
     single, folder = ckpts / "db-full.safetensors", ckpts / "db-full"
     assert job.result["files"] == [str(single), str(folder), str(ckpts / "db-full.config")]
@@ -145,6 +153,19 @@ def test_a_full_fine_tune_is_a_single_file_checkpoint_the_studio_loads_and_a_dif
     out = plain(prompt="a photo of sks cat", num_inference_steps=4, guidance_scale=7.0, width=64, height=64,
                 generator=torch.Generator("cpu").manual_seed(11)).images[0]
     assert np.abs(np.asarray(out).astype(int) - tuned).max() <= 1
+
+
+def test_a_full_fine_tune_resumes_exactly(studio, full):
+    from safetensors.torch import load_file
+
+    first = train(studio, dreambooth_request("db-full-resumed", **FULL, stop_after_steps=1))
+    assert first.result["outcome"] == "stopped" and first.result["steps"] == 1
+    assert not (studio.paths.model_dir("checkpoint") / "db-full-resumed.safetensors").exists()
+    second = train(studio, dreambooth_request("db-full-resumed", **FULL, resume=True))
+    assert second.result["steps"] == 3 and "resumed from step-000001" in "\n".join(second.logs)
+    ours, theirs = load_file(second.result["output"]), load_file(full.result["output"])
+    assert ours.keys() == theirs.keys()
+    assert all(np.array_equal(ours[k].numpy(), theirs[k].numpy()) for k in ours)
 
 
 def test_bad_input_is_refused_naming_the_field(studio, straight):
