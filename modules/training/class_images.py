@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modules import atomic
+from modules.errors import AtelierError
 from modules.jobs import JobState
 from modules.training.params import DreamBoothRequest, check, parse
 
@@ -28,6 +29,9 @@ def prepare_class_images(ctx, request: Any) -> dict | None:
     if not isinstance(req, DreamBoothRequest) or not req.prior_preservation:
         return None
     services: "TrainingServices" = ctx.services
+    if services.run_job is None:
+        raise AtelierError("these training services submit no jobs: class images are made by the train_dreambooth "
+                           "job kind's own services", "class_dataset")
     checked = check(req, services)  # the data dir may have changed while the job waited
     folder, have = checked.class_dir, checked.class_images
     missing = req.num_class_images - have

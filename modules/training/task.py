@@ -29,7 +29,9 @@ class TrainingServices:
     settings: "SettingsStore"
     # Runs a job of another task by kind name and a plain dict, as a client would, and waits for it; `watch`
     # sees each change and returns False to stop it (DreamBooth's class images: txt2img). See job_runner.
-    run_job: Callable[[str, dict, Callable[["Job"], bool], float], "Job"]
+    # None in a view that only checks and plans (the REST router and the Train tab read the registered
+    # services through studio.jobs.services_of, which have it).
+    run_job: Callable[[str, dict, Callable[["Job"], bool], float], "Job"] | None = None
 
     @property
     def paths(self) -> "DataPaths":
