@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,6 +33,21 @@ def write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def replace_dir(temp: Path, final: Path) -> Path:
+    """Rename a completely written folder into place; an existing one is swapped out, then removed, so a
+    reader sees the old folder or the new one, never a mix (a folder cannot be replaced in one rename)."""
+    temp, final = Path(temp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(temp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temp, final)
+    return final
 
 
 def remove_stale_temporaries(folder: Path) -> int:

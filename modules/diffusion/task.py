@@ -12,9 +12,16 @@ QUEUE = "images"  # generation jobs run one after another, as in A1111
 
 
 def register(reg: "Registrar") -> None:
+    from functools import partial
+
     from modules.diffusion.generate import DiffusionServices, run_img2img, run_txt2img, validator
+    from modules.diffusion.params import Img2ImgRequest, Txt2ImgRequest
+    from modules.requests import parse_request
 
     services = DiffusionServices(reg.models, reg.samplers, reg.hooks, reg.outputs, reg.settings, reg.styles)
     validate = validator(reg.samplers, reg.styles, reg.registry)
-    reg.add_job_kind(JobKind("txt2img", run_txt2img, queue=QUEUE, validate=validate), services)
-    reg.add_job_kind(JobKind("img2img", run_img2img, queue=QUEUE, validate=validate), services)
+    # parse: other tasks submit plain dicts (DreamBooth's class images), as an API client would.
+    reg.add_job_kind(JobKind("txt2img", run_txt2img, queue=QUEUE, validate=validate,
+                             parse=partial(parse_request, Txt2ImgRequest)), services)
+    reg.add_job_kind(JobKind("img2img", run_img2img, queue=QUEUE, validate=validate,
+                             parse=partial(parse_request, Img2ImgRequest)), services)

@@ -88,6 +88,8 @@ class JobEngine:
     # -- submission ---------------------------------------------------
     def submit(self, kind: str, request: Any) -> Job:
         spec = self.kind(kind)
+        if spec.parse is not None:
+            request = spec.parse(request)  # raises InvalidRequest naming the field
         if spec.validate is not None:
             spec.validate(request)  # raises AtelierError naming the field; nothing is queued
         job = Job(kind=kind, request=request, queue=spec.queue)
@@ -215,6 +217,8 @@ class JobEngine:
             job.error, job.error_field, job.error_status = f"the job kind {job.kind!r} is gone", "kind", 404
             self._finish(job, JobState.FAILED)
             return
+        if spec.prepare is not None and not self._prepare(job, spec):
+            return
         if not spec.exclusive and self._gate.held_exclusively():
             job.progress.text = "waiting: a training job has the device; this starts when it ends"
             job._touch()
@@ -224,28 +228,43 @@ class JobEngine:
                 return
             self._run(job, spec)
 
+    def _prepare(self, job: Job, spec: JobKind) -> bool:
+        """The kind's step before the device gate; False when the job ended there (failed or stopped)."""
+        if not self._call(job, spec, spec.prepare):
+            return False
+        if job.interrupt_requested:
+            self._finish(job, JobState.INTERRUPTED)
+            return False
+        return True
+
     def _run(self, job: Job, spec: JobKind) -> None:
-        job.state = JobState.RUNNING
-        job.started_at = time.time()
-        job._touch()
-        self._persist(job)
+        if self._call(job, spec, spec.runner):
+            self._finish(job, JobState.INTERRUPTED if job.interrupt_requested else JobState.DONE)
+
+    def _call(self, job: Job, spec: JobKind, runner: Runner) -> bool:
+        """Run one step of the job (its result kept); False when it failed (the job is finished as failed)."""
+        if job.state != JobState.RUNNING:
+            job.state = JobState.RUNNING
+            job.started_at = time.time()
+            job._touch()
+            self._persist(job)
         watcher = _Persister(self, job) if spec.persist and self._store is not None else None
         try:
-            job.result = spec.runner(JobContext(job, self._services.get(job.kind)), job.request)
+            job.result = runner(JobContext(job, self._services.get(job.kind)), job.request)
         except AtelierError as exc:
             job.error, job.error_field, job.error_status = exc.message, exc.field, exc.status
             log.warning("job %s (%s) failed: %s", job.id, job.kind, exc)
             self._finish(job, JobState.FAILED)
-            return
+            return False
         except Exception as exc:  # the job boundary: a machine error never takes the server down
             job.error = f"{type(exc).__name__}: {exc}"
             log.error("job %s (%s) crashed:\n%s", job.id, job.kind, traceback.format_exc())
             self._finish(job, JobState.FAILED)
-            return
+            return False
         finally:
             if watcher is not None:
                 watcher.stop()
-        self._finish(job, JobState.INTERRUPTED if job.interrupt_requested else JobState.DONE)
+        return True
 
     def _finish(self, job: Job, state: JobState) -> None:
         job.finished_at = time.time()

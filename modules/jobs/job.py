@@ -61,6 +61,11 @@ class JobKind:
     exclusive: bool = False  # takes the whole device (training): waits for others, holds new ones back
     persist: bool = False  # kept in the job store and listed again after a restart (long jobs)
     owner: str = "studio"
+    # A plain dict (another task, an extension, a client submitting by kind name) → the kind's typed request.
+    parse: Callable[[Any], Any] | None = None
+    # Runs first, with the job running but holding no share of the device: work the job hands to other
+    # jobs (DreamBooth's class images, made by txt2img jobs), which an exclusive hold would starve.
+    prepare: Runner | None = None
 
 
 @dataclass

@@ -9,11 +9,11 @@ in models/LLM-loras that names its base, so the Chat tab lists it under that mod
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
 
+from modules import atomic
 from modules.training import loop as tl
 from modules.training.params import LmLoraRequest
 from modules.training.plan import step_math
@@ -126,14 +126,7 @@ def save_adapter(model, base: dict, output: Path) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base["name"]  # the registry lists it under this model (adapters_for)
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    if output.exists():
-        old = output.with_name(f".{output.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(output, old)
-        os.replace(temp, output)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temp, output)
+    atomic.replace_dir(temp, output)
 
 
 def train(ctx, payload: dict) -> dict:
@@ -207,13 +200,7 @@ def train(ctx, payload: dict) -> dict:
             save_adapter(accelerator.unwrap_model(prepared_model), payload["base"], Path(payload["output"]))
             result["output"] = payload["output"]
             report.log(f"wrote the adapter {Path(payload['output']).name}/")
-    if torch.cuda.is_available():
-        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
-    accelerator.end_training()
-    if accelerator.is_main_process:
-        tl.write_result_json(run, result)
-    report.close()
-    return result
+    return tl.finish(accelerator, run, result, report)
 
 
 def _digest(rows) -> str:

@@ -296,3 +296,16 @@ class Loop:
 
 def write_result_json(run: RunFolder, result: dict) -> None:
     atomic.write_text(run.root / "result.json", json.dumps(result, indent=2, default=str) + "\n")
+
+
+def finish(accelerator, run: RunFolder, result: dict, report: Reporter) -> dict:
+    """The end every training's child shares: the peak memory on a GPU, accelerate's end, result.json."""
+    import torch
+
+    if torch.cuda.is_available():
+        result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        write_result_json(run, result)
+    report.close()
+    return result

@@ -56,3 +56,22 @@ def estimate_lm_lora(model_bytes: int, quantization: str, precision: str, batch_
     return {"weights_bytes": int(weights), "trainable_bytes": int(trainable), "activations_bytes": int(activations),
             "total_bytes": int(total), "total_gib": round(total / GIB, 1),
             "note": "an estimate from the model's size and the options; the training reports the real peak"}
+
+
+def estimate_dreambooth(model_bytes: int, unet_fraction: float, request) -> dict:
+    """DreamBooth: the SD LoRA figure with the class images in the batch (twice the images a step); a full
+    fine-tune keeps the UNet (and trained text encoder) in fp32 with gradients and optimizer states."""
+    half = request.mixed_precision in ("fp16", "bf16")
+    est = estimate_sd_lora(model_bytes, unet_fraction, request.resolution,
+                           request.batch_size * (2 if request.prior_preservation else 1), request.mixed_precision,
+                           request.rank, request.train_text_encoder, request.gradient_checkpointing,
+                           request.cache_latents, request.optimizer)
+    if request.mode != "full":
+        return est
+    unet_bytes = model_bytes * unet_fraction
+    trained_bytes = unet_bytes + (model_bytes - unet_bytes) * 0.6 * request.train_text_encoder  # CLIP ≈ 60% of the rest
+    weights = est["weights_bytes"] + (unet_bytes * 0.5 if half else 0)  # the trained UNet stays fp32
+    trainable = trained_bytes / 4 * (4 + _OPTIMIZER_BYTES.get(request.optimizer, 8))  # gradients + states
+    total = weights + trainable + est["activations_bytes"]
+    return est | {"weights_bytes": int(weights), "trainable_bytes": int(trainable), "total_bytes": int(total),
+                  "total_gib": round(total / GIB, 1)}

@@ -9,11 +9,12 @@ that need a GPU). Every refusal is an AtelierError naming its field.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from modules.errors import AtelierError, InvalidRequest, NotFound
 from modules.paths import resolve_inside
@@ -74,13 +75,11 @@ class TrainingRequest(BaseModel):
     DATASET_FILES: ClassVar[tuple[str, ...]] = ()
 
 
-class SdLoraRequest(TrainingRequest):
-    """A LoRA for an SD1.x / SD2.x / SDXL checkpoint of models/Stable-diffusion (kohya/A1111 format out)."""
+class SdTrainingRequest(TrainingRequest):
+    """What the Stable Diffusion kinds share (SD LoRA, DreamBooth): image size, the network, rates, samples."""
 
-    kind: Literal["sd_lora"] = "sd_lora"
     resolution: int = Field(512, ge=64, le=2048, multiple_of=64)
     bucketing: bool = Field(True, description="aspect-ratio buckets (never upscales); off: square crops")
-    default_caption: str = Field("", max_length=1000, description="for images without a caption file")
     rank: int = Field(8, ge=1, le=1024, description="network_dim")
     alpha: PositiveFloat | None = Field(None, description="network_alpha; None: the rank (scale 1)")
     unet_lr: PositiveFloat = 1e-4
@@ -98,6 +97,63 @@ class SdLoraRequest(TrainingRequest):
     @property
     def network_alpha(self) -> float:
         return float(self.alpha) if self.alpha is not None else float(self.rank)
+
+
+class SdLoraRequest(SdTrainingRequest):
+    """A LoRA for an SD1.x / SD2.x / SDXL checkpoint of models/Stable-diffusion (kohya/A1111 format out)."""
+
+    kind: Literal["sd_lora"] = "sd_lora"
+    default_caption: str = Field("", max_length=1000, description="for images without a caption file")
+
+
+LORA_ONLY_FIELDS = ("rank", "alpha")  # what mode "full" has no use for
+
+
+class DreamBoothRequest(SdTrainingRequest):
+    """DreamBooth (diffusers' train_dreambooth.py, kohya's DreamBooth): a subject from a few instance images
+    under a unique token, with prior preservation on class images (generated when missing). Mode "lora":
+    a kohya-format LoRA into models/Lora; "full": a new SD1.x checkpoint into models/Stable-diffusion, as a
+    single .safetensors (A1111 / ComfyUI) and a diffusers folder. `dataset` holds the instance images."""
+
+    kind: Literal["dreambooth"] = "dreambooth"
+    mode: Literal["lora", "full"] = Field("lora", description='"lora": a LoRA into models/Lora; "full": the whole '
+                                                              "UNet (and text encoder) trained, a new checkpoint "
+                                                              "(lower unet_lr: 5e-6 is diffusers' default)")
+    instance_prompt: str = Field(..., min_length=1, max_length=1000,
+                                 description='the unique token and the class, e.g. "a photo of sks dog": the '
+                                             "caption of every instance image (a .txt caption file or a kohya "
+                                             '"N_name" folder name comes first)')
+    prior_preservation: bool = Field(True, description="train on class images too, so the class keeps its look")
+    class_prompt: str = Field("", max_length=1000, description='the class without the token, e.g. "a photo of a '
+                                                               'dog"; needed with prior_preservation')
+    class_dataset: str | None = Field(None, max_length=1024,
+                                      description="a folder inside the data dir for the class images (kept for "
+                                                  "the next run); None: class_images/<class prompt>")
+    num_class_images: int = Field(100, ge=1, le=10_000, description="class images to train with; the missing ones "
+                                                                     "are made from class_prompt by txt2img with "
+                                                                     "the base model")
+    class_steps: int = Field(25, ge=1, le=150, description="sampling steps of each generated class image")
+    prior_loss_weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False,
+                                     description="weight of the class images' loss")
+
+    @property
+    def class_folder_name(self) -> str:
+        if self.class_dataset:
+            return self.class_dataset
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", self.class_prompt).strip("._-")[:80]
+        return f"class_images/{slug or 'class'}"
+
+    @model_validator(mode="after")
+    def _fields_of_the_mode(self):
+        if self.prior_preservation and not self.class_prompt.strip():
+            raise InvalidRequest('prior preservation needs a class prompt, e.g. "a photo of a dog" (or turn '
+                                 "prior_preservation off)", "class_prompt")
+        if self.mode == "full":
+            for name in LORA_ONLY_FIELDS:
+                if getattr(self, name) != type(self).model_fields[name].default:
+                    raise InvalidRequest(f"{name} applies to mode \"lora\"; a full fine-tune trains every "
+                                         "weight (leave it at its default)", name)
+        return self
 
 
 class LmLoraRequest(TrainingRequest):
@@ -126,9 +182,9 @@ class LmLoraRequest(TrainingRequest):
         return float(self.alpha)
 
 
-AnyTrainingRequest = Annotated[Union[SdLoraRequest, LmLoraRequest], Field(discriminator="kind")]
+AnyTrainingRequest = Annotated[Union[SdLoraRequest, LmLoraRequest, DreamBoothRequest], Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(AnyTrainingRequest)
-KINDS = {"sd_lora": SdLoraRequest, "lm_lora": LmLoraRequest}
+KINDS = {"sd_lora": SdLoraRequest, "lm_lora": LmLoraRequest, "dreambooth": DreamBoothRequest}
 
 
 def job_kind(kind: str) -> str:
@@ -169,6 +225,9 @@ class Checked:
     run_dir: Path
     steps: "StepMath"
     processes: int
+    class_dir: Path | None = None  # DreamBooth's class images (made when fewer than asked)
+    class_images: int = 0  # readable class images in it now
+    also_written: tuple[Path, ...] = ()  # more results than `output` (a full checkpoint's diffusers folder)
 
 
 def check(request: TrainingRequest, services: "TrainingServices", outputs: bool = True) -> Checked:
@@ -178,6 +237,10 @@ def check(request: TrainingRequest, services: "TrainingServices", outputs: bool 
         return _check_sd_lora(request, services, outputs)
     if isinstance(request, LmLoraRequest):
         return _check_lm_lora(request, services, outputs)
+    if isinstance(request, DreamBoothRequest):
+        from modules.training.dreambooth_check import check_dreambooth
+
+        return check_dreambooth(request, services, outputs)
     raise InvalidRequest(f"no checks for {type(request).__name__}", "kind")
 
 
@@ -245,7 +308,7 @@ def _check_device(request: TrainingRequest, device_name: str) -> None:
         raise InvalidRequest("fp16 mixed precision needs a GPU; on the CPU use bf16 or no", "mixed_precision")
 
 
-def _check_output(request: TrainingRequest, output: Path, run_dir: Path) -> None:
+def _check_output(request: TrainingRequest, output: Path, run_dir: Path, also: tuple[Path, ...] = ()) -> None:
     if request.resume:
         if not run_dir.is_dir():
             raise InvalidRequest(f"there is no run {request.run_name!r} to resume (training/{request.run_name}/)",
@@ -259,9 +322,10 @@ def _check_output(request: TrainingRequest, output: Path, run_dir: Path) -> None
         return
     if request.overwrite:
         return
-    if output.exists():
-        raise OutputExists(f"{output.name} exists in {output.parent.name}/; pick another name, or set overwrite",
-                           "output_name")
+    for path in (output, *also):
+        if path.exists():
+            raise OutputExists(f"{path.name} exists in {path.parent.name}/; pick another name, or set overwrite",
+                               "output_name")
     if run_dir.exists():
         raise OutputExists(f"a run named {request.run_name!r} exists (training/{request.run_name}/); resume it, "
                            "pick another name, or set overwrite", "output_name")
@@ -282,22 +346,29 @@ def _first_difference(saved: TrainingRequest, new: TrainingRequest) -> str | Non
     return None
 
 
+def scan_images(folder: Path, caption: str, shown: str) -> "DatasetScan":
+    """An image dataset's scan; refused (naming "dataset") when unreadable or without a usable image."""
+    from modules.training.dataset import scan_dataset
+
+    try:
+        scan = scan_dataset(folder, caption)
+    except OSError as exc:
+        raise InvalidRequest(f"the dataset folder cannot be read: {exc.strerror or exc}", "dataset") from None
+    if not scan.items:
+        why = f" ({len(scan.skipped)} skipped: {scan.skipped_text()})" if scan.skipped else ""
+        raise InvalidRequest(f"{shown!r} holds no readable images (.png, .jpg, .webp){why}", "dataset")
+    return scan
+
+
 def _check_sd_lora(request: SdLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
     from modules.training.buckets import bucket_counts
-    from modules.training.dataset import scan_dataset
     from modules.training.plan import step_math
 
     paths = services.registry.paths
     base = _base_entry(request, services, request.BASE_MODEL_KIND, SD_ARCHS)
     _check_device(request, services.device_name())
     dataset_dir = resolve_dataset(request.dataset, paths.root)
-    try:
-        scan = scan_dataset(dataset_dir, request.default_caption)
-    except OSError as exc:
-        raise InvalidRequest(f"the dataset folder cannot be read: {exc.strerror or exc}", "dataset") from None
-    if not scan.items:
-        why = f" ({len(scan.skipped)} skipped: {scan.skipped_text()})" if scan.skipped else ""
-        raise InvalidRequest(f"{request.dataset!r} holds no readable images (.png, .jpg, .webp){why}", "dataset")
+    scan = scan_images(dataset_dir, request.default_caption, request.dataset)
     output = resolve_inside(paths.model_dir("lora"), request.output_name + ".safetensors", "output_name",
                             must_exist=False)
     run_dir = resolve_inside(paths.training, request.run_name, "output_name", must_exist=False)

@@ -11,7 +11,6 @@ No torch here: the server prepares the folder, the training process fills it.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -81,15 +80,7 @@ class RunFolder:
 
     def publish_checkpoint(self, temp: Path, step: int) -> Path:
         """The rename that makes a written checkpoint visible, whole (a same-step one is replaced)."""
-        final = self.checkpoint_dir(step)
-        if final.exists():
-            old = final.with_name(final.name + ".old")
-            os.replace(final, old)
-            os.replace(temp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(temp, final)
-        return final
+        return atomic.replace_dir(temp, self.checkpoint_dir(step))
 
     def prune(self, keep: int) -> None:
         for _, path in self.checkpoint_list()[:-keep]:

@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from modules.jobs.child_failures import ChildFailed
 from modules.training.launch import accelerate_launcher
-from modules.training.params import Checked, TrainingRequest, check, parse
+from modules.errors import InvalidRequest
+from modules.training.params import Checked, DreamBoothRequest, TrainingRequest, check, parse
 from modules.training.runfolder import RunFolder
 
 if TYPE_CHECKING:
@@ -23,6 +24,9 @@ def run_training(ctx, request: Any) -> dict:
     services: "TrainingServices" = ctx.services
     req = parse(request)
     checked = check(req, services)  # again: the data dir may have changed while the job waited
+    if isinstance(req, DreamBoothRequest) and req.prior_preservation and checked.class_images < req.num_class_images:
+        raise InvalidRequest(f"the class folder holds {checked.class_images} readable class images of the "
+                             f"{req.num_class_images} asked; add images or lower num_class_images", "class_dataset")
     run = RunFolder(checked.run_dir)
     base_hash = services.registry.ensure_hash(checked.base)
     base = {"name": checked.base.name, "path": str(checked.base.path), "format": checked.base.format,
@@ -40,7 +44,7 @@ def run_training(ctx, request: Any) -> dict:
     child_request = {
         "request": req.model_dump(mode="json"), "base": base, "data_root": str(services.paths.root),
         "dataset_dir": str(checked.dataset_dir), "run_dir": str(run.root), "output": str(checked.output),
-        "steps": checked.steps.to_json(),
+        "steps": checked.steps.to_json(), "class_dir": str(checked.class_dir) if checked.class_dir else None,
     }
     launcher = accelerate_launcher(services.device_name(), services.gpu_count(), req.mixed_precision, req.gpus)
     try:
@@ -51,11 +55,13 @@ def run_training(ctx, request: Any) -> dict:
             raise ChildFailed(f"{exc.message}\n{memory_hint(req, services.device_name())}", exc.field) from None
         raise
     if isinstance(result, dict) and result.get("output"):
-        services.registry.refresh(_output_kind(req))  # in the LoRA picker at once
+        services.registry.refresh(_output_kind(req))  # in the LoRA picker (or the checkpoint list) at once
     return result
 
 
 def _output_kind(req: TrainingRequest) -> str:
+    if isinstance(req, DreamBoothRequest) and req.mode == "full":
+        return "checkpoint"
     return "lm_adapter" if req.kind == "lm_lora" else "lora"
 
 

@@ -20,13 +20,15 @@ _UNET_FRACTION = {"sdxl": 0.74}
 def plan(data: Any, services: "TrainingServices") -> dict:
     """The step math and a memory estimate for a request; refusals as at submit (but an existing
     output name is not one here: the plan is shown while the form is filled in)."""
-    from modules.training.memory import estimate_lm_lora, estimate_sd_lora
+    from modules.training.memory import estimate_dreambooth, estimate_lm_lora, estimate_sd_lora
 
     req = parse(data)
     checked = check(req, services, outputs=False)
     if req.kind == "lm_lora":
         memory = estimate_lm_lora(checked.base.size, req.quantization, req.mixed_precision, req.batch_size,
                                   req.cutoff_len, req.rank, req.gradient_checkpointing, req.optimizer)
+    elif req.kind == "dreambooth":
+        memory = estimate_dreambooth(checked.base.size, _UNET_FRACTION.get(checked.base.arch or "", 0.8), req)
     else:
         memory = estimate_sd_lora(checked.base.size, _UNET_FRACTION.get(checked.base.arch or "", 0.8), req.resolution,
                               req.batch_size, req.mixed_precision, req.rank, req.train_text_encoder,
@@ -34,7 +36,17 @@ def plan(data: Any, services: "TrainingServices") -> dict:
     return {"steps": checked.steps.to_json(), "memory": memory, "images": len(checked.scan.items),
             "skipped": [list(s) for s in checked.scan.skipped], "folders": checked.scan.folders,
             "base_model": checked.base.name, "processes": checked.processes,
-            "output_exists": checked.output.exists(), "run_exists": checked.run_dir.exists()}
+            "output_exists": checked.output.exists(), "run_exists": checked.run_dir.exists(),
+            "class_images": _class_images(req, checked, services)}
+
+
+def _class_images(req, checked, services: "TrainingServices") -> dict | None:
+    """DreamBooth's class folder: how many it holds, how many the run uses, how many txt2img will make."""
+    if checked.class_dir is None:
+        return None
+    return {"folder": checked.class_dir.relative_to(services.paths.root.resolve()).as_posix(),
+            "have": checked.class_images, "wanted": req.num_class_images,
+            "to_make": max(0, req.num_class_images - checked.class_images)}
 
 
 def list_runs(services: "TrainingServices") -> list[dict]:

@@ -72,6 +72,34 @@ def add_loras(parts: SdParts, request, device, dtype) -> list[dict]:
     modules = list(parts.trained.values())
     if dtype != torch.float32:
         cast_training_params(modules, dtype=torch.float32)  # trainable LoRA weights in fp32, the base in half
+    return _groups(parts, request)
+
+
+def add_full(parts: SdParts, request, device, dtype) -> list[dict]:
+    """A full fine-tune (DreamBooth's): the UNet (and the text encoders when trained) train in fp32 (mixed
+    precision autocasts their forward), the rest is frozen; returns the optimizer's groups."""
+    import torch
+
+    for module in [parts.vae, *parts.text_encoders]:
+        module.requires_grad_(False)
+    parts.vae.to(device)  # fp32 always, as in add_loras
+    parts.unet.to(device).requires_grad_(True)
+    parts.trained = {"unet": parts.unet}
+    for i, encoder in enumerate(parts.text_encoders):
+        if request.train_text_encoder:
+            encoder.to(device).requires_grad_(True)
+            parts.trained["text_encoder" if i == 0 else f"text_encoder_{i + 1}"] = encoder
+        else:
+            encoder.to(device) if dtype == torch.float32 else encoder.to(device, dtype=dtype)
+    if request.gradient_checkpointing:
+        parts.unet.enable_gradient_checkpointing()
+        if request.train_text_encoder:
+            for encoder in parts.text_encoders:
+                encoder.gradient_checkpointing_enable()
+    return _groups(parts, request)
+
+
+def _groups(parts: SdParts, request) -> list[dict]:
     groups = [{"params": [p for p in parts.unet.parameters() if p.requires_grad], "lr": request.unet_lr}]
     for name, module in parts.trained.items():
         if name != "unet":
@@ -102,9 +130,13 @@ def encode_text(parts: SdParts, encoders: list, input_ids: list, device):
 
 def training_loss(parts: SdParts, unet, latents, hidden, pooled, time_ids, generator, request):
     """One batch's loss: noise at random timesteps, the UNet's prediction, MSE (min-SNR weighted)."""
+    pred, target, timesteps = predict(parts, unet, latents, hidden, pooled, time_ids, generator, request)
+    return mse_loss(parts, pred, target, timesteps, request.min_snr_gamma)
+
+
+def predict(parts: SdParts, unet, latents, hidden, pooled, time_ids, generator, request):
+    """Noise at random timesteps (from `generator`) and the UNet's prediction: (prediction, target, timesteps)."""
     import torch
-    import torch.nn.functional as F
-    from diffusers.training_utils import compute_snr
 
     scheduler = parts.noise_scheduler
     bsz, channels = latents.shape[:2]
@@ -121,11 +153,41 @@ def training_loss(parts: SdParts, unet, latents, hidden, pooled, time_ids, gener
         target = noise
     added = {"text_embeds": pooled, "time_ids": time_ids} if parts.is_sdxl else None
     pred = unet(noisy, timesteps, hidden, added_cond_kwargs=added, return_dict=False)[0]
-    if request.min_snr_gamma is None:
+    return pred, target, timesteps
+
+
+def mse_loss(parts: SdParts, pred, target, timesteps, min_snr_gamma):
+    import torch
+    import torch.nn.functional as F
+    from diffusers.training_utils import compute_snr
+
+    if min_snr_gamma is None:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     # Section 3.4 of https://arxiv.org/abs/2303.09556, as diffusers' example weights it.
+    scheduler = parts.noise_scheduler
     snr = compute_snr(scheduler, timesteps)
-    weights = torch.stack([snr, request.min_snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
+    weights = torch.stack([snr, min_snr_gamma * torch.ones_like(timesteps)], dim=1).min(dim=1)[0]
     weights = weights / (snr + 1) if scheduler.config.prediction_type == "v_prediction" else weights / snr
     loss = F.mse_loss(pred.float(), target.float(), reduction="none")
     return (loss.mean(dim=list(range(1, loss.ndim))) * weights).mean()
+
+
+def prior_preservation_loss(parts: SdParts, unet, instance: tuple, prior: tuple, generator, request):
+    """DreamBooth's loss, as diffusers' train_dreambooth.py computes it: instance and class images in one
+    batch, the prediction split in two, the instance part's loss (min-SNR weighted when asked) plus
+    `prior_loss_weight` x the class part's plain MSE. `instance` / `prior`: (latents, hidden, pooled,
+    time_ids). An instance bucket of another shape than the square class images is predicted apart."""
+    import torch
+    import torch.nn.functional as F
+
+    n = instance[0].shape[0]
+    if instance[0].shape[1:] == prior[0].shape[1:]:
+        joined = [None if a is None else torch.cat([a, b]) for a, b in zip(instance, prior)]
+        pred, target, timesteps = predict(parts, unet, *joined, generator, request)
+        pred, pred_prior = pred[:n], pred[n:]
+        target, target_prior, timesteps = target[:n], target[n:], timesteps[:n]
+    else:
+        pred, target, timesteps = predict(parts, unet, *instance, generator, request)
+        pred_prior, target_prior, _ = predict(parts, unet, *prior, generator, request)
+    loss = mse_loss(parts, pred, target, timesteps, request.min_snr_gamma)
+    return loss + request.prior_loss_weight * F.mse_loss(pred_prior.float(), target_prior.float(), reduction="mean")

@@ -2,12 +2,15 @@
 process owns the device; generation and chat jobs wait) and persisted (listed after a restart)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
+from modules.errors import AtelierError
 from modules.jobs import JobKind
 
 if TYPE_CHECKING:
+    from modules.jobs import Job, JobEngine
     from modules.models.manager import ModelManager
     from modules.models.registry import ModelRegistry
     from modules.paths import DataPaths
@@ -24,6 +27,11 @@ class TrainingServices:
     models: "ModelManager"
     registry: "ModelRegistry"
     settings: "SettingsStore"
+    # Runs a job of another task by kind name and a plain dict, as a client would, and waits for it; `watch`
+    # sees each change and returns False to stop it (DreamBooth's class images: txt2img). See job_runner.
+    # None in a view that only checks and plans (the REST router and the Train tab read the registered
+    # services through studio.jobs.services_of, which have it).
+    run_job: Callable[[str, dict, Callable[["Job"], bool], float], "Job"] | None = None
 
     @property
     def paths(self) -> "DataPaths":
@@ -45,11 +53,33 @@ class TrainingServices:
         return processes_for(self.device_name(), self.gpu_count(), gpus)
 
 
+def job_runner(jobs: "JobEngine") -> Callable[[str, dict, Callable[["Job"], bool], float], "Job"]:
+    """TrainingServices.run_job over the engine: submit, follow every change until the job ends or the
+    deadline passes (then it is interrupted and the wait fails)."""
+    def run_job(kind: str, request: dict, watch: Callable[["Job"], bool], timeout: float) -> "Job":
+        job = jobs.submit(kind, request)
+        deadline = time.monotonic() + timeout
+        version = -1
+        while not job.state.finished:
+            if time.monotonic() > deadline:
+                jobs.interrupt(job.id)
+                job.wait(30)
+                raise AtelierError(f"the {kind} job {job.id} did not finish in {timeout:.0f} s", None)
+            version = job.wait_for_change(version, 0.5)
+            if not watch(job):
+                jobs.interrupt(job.id)
+        return job
+    return run_job
+
+
 def register(reg: "Registrar") -> None:
+    from modules.training.class_images import prepare_class_images
     from modules.training.params import KINDS, job_kind, validator
     from modules.training.runner import run_training
 
-    services = TrainingServices(reg.models, reg.registry, reg.settings)
+    services = TrainingServices(reg.models, reg.registry, reg.settings, job_runner(reg.jobs))
     for kind in KINDS:
+        # DreamBooth makes its missing class images with txt2img jobs first, before it takes the device.
+        prepare = prepare_class_images if kind == "dreambooth" else None
         reg.add_job_kind(JobKind(job_kind(kind), run_training, queue=QUEUE, validate=validator(services),
-                                 exclusive=True, persist=True), services)
+                                 exclusive=True, persist=True, prepare=prepare), services)

@@ -12,7 +12,7 @@ import pytest
 from tests.api.conftest import assert_json_error, server_errors
 from tests.conftest import make_data_dir, start_live_server
 from tests.support import decode_png
-from tests.training_support import make_dataset, sd_request
+from tests.training_support import dreambooth_request, make_dataset, sd_request
 
 DEADLINE_S = 300
 
@@ -51,6 +51,32 @@ def test_bad_requests_are_4xx_naming_the_field(server, overrides, field):
     body = assert_json_error(_post(server, "/atelier/v1/train", sd_request("bad", **overrides)), case=overrides)
     assert body["field"] == field, body
     assert not server_errors(server)
+
+
+@pytest.mark.parametrize("overrides, field", [
+    ({"class_prompt": ""}, "class_prompt"),
+    ({"instance_prompt": None}, "instance_prompt"),
+    ({"mode": "full", "rank": 4}, "rank"),
+    ({"mode": "everything"}, "mode"),
+    ({"class_dataset": "../elsewhere"}, "class_dataset"),
+    ({"class_dataset": "datasets/cats/class"}, "class_dataset"),
+    ({"num_class_images": 0}, "num_class_images"),
+])
+def test_bad_dreambooth_requests_are_4xx_naming_the_field(server, overrides, field):
+    body = {k: v for k, v in dreambooth_request("bad-db", dataset="datasets/cats", **overrides).items()
+            if v is not None}
+    error = assert_json_error(_post(server, "/atelier/v1/train", body), case=overrides)
+    assert error["field"] == field, error
+    assert not server_errors(server)
+
+
+def test_the_dreambooth_plan_says_how_many_class_images_txt2img_will_make(server):
+    r = _post(server, "/atelier/v1/train/plan", dreambooth_request("db-plan", dataset="datasets/cats",
+                                                                   max_steps=None))
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert plan["class_images"] == {"folder": "class_images/a_photo_of_a_cat", "have": 0, "wanted": 3, "to_make": 3}
+    assert plan["steps"]["samples_per_epoch"] == 2 * 6 and "x 2 (class images)" in plan["steps"]["formula"]
 
 
 def test_train_over_rest_then_use_the_lora_in_txt2img(server):

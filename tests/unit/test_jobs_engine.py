@@ -164,3 +164,43 @@ def test_an_unknown_kind_names_the_known_ones(engine):
     with pytest.raises(Exception) as err:
         engine.submit("nope", None)
     assert "known" in str(err.value) and err.value.field == "kind"
+
+
+def test_an_exclusive_kinds_prepare_step_runs_other_jobs_before_it_takes_the_device(engine):
+    """DreamBooth's shape: the training's first step waits on a generation job; inside the exclusive
+    hold that job would wait for the training, and the training for it."""
+    order = []
+
+    def prepare(ctx, req):
+        drawn = engine.submit("draw", {"what": "class image"}).wait(DEADLINE_S)
+        order.append(("prepare", drawn.result))
+        ctx.progress(1, 1, text="class images made")
+
+    def train(ctx, req):
+        order.append(("train", ctx.job.progress.text))
+        return "trained"
+
+    engine.add_kind(JobKind("draw", lambda ctx, req: req.upper(), queue="images", parse=lambda d: d["what"]))
+    engine.add_kind(JobKind("train", train, queue="training", exclusive=True, prepare=prepare))
+    job = engine.submit("train", {}).wait(DEADLINE_S)
+    assert job.state == JobState.DONE and job.result == "trained"
+    assert order == [("prepare", "CLASS IMAGE"), ("train", "class images made")]
+
+
+def test_a_job_stopped_or_failing_in_its_prepare_step_never_runs(engine):
+    ran = []
+
+    def stop_there(ctx, req):
+        ctx.job.interrupt_requested = True
+        return {"outcome": "stopped"}
+
+    def fail_there(ctx, req):
+        raise InvalidRequest("no class prompt", "class_prompt")
+
+    engine.add_kind(JobKind("stopped", lambda ctx, req: ran.append(req), exclusive=True, prepare=stop_there))
+    engine.add_kind(JobKind("failed", lambda ctx, req: ran.append(req), exclusive=True, prepare=fail_there))
+    stopped = engine.submit("stopped", 1).wait(DEADLINE_S)
+    failed = engine.submit("failed", 2).wait(DEADLINE_S)
+    assert stopped.state == JobState.INTERRUPTED and stopped.result == {"outcome": "stopped"}
+    assert failed.state == JobState.FAILED and failed.error_field == "class_prompt"
+    assert ran == []

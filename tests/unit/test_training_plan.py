@@ -16,7 +16,9 @@ def test_step_math_images_repeats_epochs_batch_accumulation():
     assert (m.batches_per_epoch, m.steps_per_epoch, m.total_steps) == (15, 15, 30)
     assert m.formula == "3 images x 10 repeats x 2 epochs / batch 2 = 30 steps"
     assert step_math(3, 30, 2, 2, gradient_accumulation=4).total_steps == 2 * 4  # ceil(15 / 4) per epoch
-    assert step_math(3, 30, 2, 2, class_images=True).total_steps == 60  # prior preservation doubles
+    prior = step_math(3, 30, 2, 2, class_images=True)  # each batch: 2 instance samples + 2 class images
+    assert (prior.samples_per_epoch, prior.total_steps) == (60, 30)
+    assert prior.formula == "3 images x 10 repeats x 2 (class images) x 2 epochs / batch 4 (2 instance + 2 class) = 30 steps"
     assert step_math(3, 30, 2, 2, max_steps=7).total_steps == 7
     assert step_math(3, 30, 1, 2, processes=2).steps_per_epoch == 8  # 15 batches over two GPUs
 

@@ -93,9 +93,7 @@ def test_the_job_kind_is_exclusive_persisted_and_on_the_training_queue(studio):
 
 def test_the_plan_shows_step_math_and_memory_before_start(studio):
     from modules.training import runs
-    from modules.training.task import TrainingServices
-
-    services = TrainingServices(studio.models, studio.registry, studio.settings)
+    services = studio.jobs.services_of("train_sd_lora")
     plan = runs.plan(sd_request("planned", max_steps=None, epochs=3, batch_size=2), services)
     # 3 images x 2 repeats; buckets 128x128 (4 samples) and 128x64 (2): 2 + 1 batches of 2 an epoch
     assert plan["steps"]["total_steps"] == 9 and plan["images"] == 3
@@ -122,9 +120,7 @@ class _FailingContext:
 
 
 def test_out_of_memory_says_which_options_to_lower(studio):
-    from modules.training.task import TrainingServices
-
-    ctx = _FailingContext(TrainingServices(studio.models, studio.registry, studio.settings))
+    ctx = _FailingContext(studio.jobs.services_of("train_sd_lora"))
     with pytest.raises(ChildFailed) as info:
         run_training(ctx, parse(sd_request("oom", batch_size=4, resolution=512)))
     message = info.value.message

@@ -13,28 +13,20 @@ import pytest
 from modules.jobs import JobState
 from modules.training.params import parse
 from tests.conftest import make_data_dir
-from tests.training_support import make_dataset, sd_request
-
-DEADLINE_S = 600
+from tests.training_support import DEADLINE_S, make_dataset, open_training_studio, run_training, sd_request
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, demo_checkpoint):
-    from modules.studio import Studio, StudioOptions
-
     data = make_data_dir(tmp_path_factory.mktemp("train"), demo_checkpoint)
     make_dataset(data / "datasets" / "cats")
-    s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
-    s.load()
-    assert s.load_error is None, s.load_error
+    s = open_training_studio(data)
     yield s
     s.shutdown()
 
 
 def train(studio, request: dict):
-    job = studio.jobs.run("train_sd_lora", parse(request), timeout=DEADLINE_S)
-    assert job.state in (JobState.DONE, JobState.INTERRUPTED), f"{job.error}\n" + "\n".join(list(job.logs)[-30:])
-    return job
+    return run_training(studio, "sd_lora", request)
 
 
 def lora_tensors(path):

@@ -14,11 +14,9 @@ def router(studio):
     from modules.errors import InvalidRequest
     from modules.training import runs
     from modules.training.params import job_kind, parse
-    from modules.training.task import TrainingServices
-
     r = APIRouter(prefix="/atelier/v1/train", tags=["training"])
     waiter = Waiter()
-    services = TrainingServices(studio.models, studio.registry, studio.settings)
+    services = studio.jobs.services_of(job_kind("sd_lora"))  # what the training jobs see (one for every kind)
 
     def _submit(req) -> dict:
         job = studio.submit(job_kind(req.kind), req)  # the job kind's validator checks the data dir
