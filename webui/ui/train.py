@@ -84,7 +84,7 @@ def build(studio) -> dict:
     from webui.ui.progress import progress_html
     from webui.ui.train_live import watch
 
-    services = TrainingServices(studio.models, studio.registry, studio.settings)
+    services: TrainingServices = studio.jobs.services_of(job_kind(next(iter(KINDS))))
     presets = PresetStore(studio.paths.root)
     forms = TrainForms(KINDS)
     first = next(iter(forms.models))

@@ -42,6 +42,15 @@ LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
         "Samples": ("sample_every", "sample_prompts", "sample_steps", "sample_seed"),
         "Advanced": ("min_snr_gamma", "noise_offset"),
     },
+    "dreambooth": {
+        "Basics": ("mode", "resolution"),
+        "Dataset": ("instance_prompt", "prior_preservation", "class_prompt", "class_dataset", "num_class_images",
+                    "class_steps", "prior_loss_weight", "bucketing", "cache_latents", "cache_text_encoder_outputs"),
+        "Network": ("rank", "alpha", "train_text_encoder"),
+        "Optimizer": ("unet_lr", "text_encoder_lr"),
+        "Samples": ("sample_every", "sample_prompts", "sample_steps", "sample_seed"),
+        "Advanced": ("min_snr_gamma", "noise_offset"),
+    },
     "lm_lora": {
         "Dataset": ("format", "cutoff_len", "packing"),
         "Network": ("rank", "alpha", "dropout", "target_modules", "quantization", "double_quant"),
