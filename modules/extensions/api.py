@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -100,10 +101,11 @@ class ExtensionAPIv1:
     version = API_VERSION
 
     def __init__(self, studio: "Studio", name: str, priority: int, folder: Path, data_dir: Path,
-                 report: Callable[[str, str, str], None]):
+                 report: Callable[[str, str, str], None], python: Path | None = None):
         self.name = name
         self.folder = Path(folder)  # the extension's own files (read-only by convention)
         self._data_dir = Path(data_dir)
+        self._python = Path(python) if python is not None else None
         self.log = logging.getLogger(f"atelier.ext.{name}")
         self.types = _types()
         self._studio = studio
@@ -122,6 +124,30 @@ class ExtensionAPIv1:
         """A folder of its own for data it writes (made on first use)."""
         self._data_dir.mkdir(parents=True, exist_ok=True)
         return self._data_dir
+
+    @property
+    def python(self) -> Path:
+        """The interpreter its child processes run: its own environment's (extension.toml `environment`, when
+        the studio's Python cannot host its requirements), else the studio's own."""
+        return self._python or Path(sys.executable)
+
+    def start_worker(self, target: str, env: dict | None = None, memory_limit_mb: int | None = None,
+                     start_timeout_s: float = 120.0):
+        """A persistent child process running `api.python`: target "file.py:Factory" (a file of this extension;
+        Factory() builds the object whose public methods the studio calls). Returns it started; `worker.call(
+        method, timeout_s=…, **json_args)` → the method's JSON value, `worker.stop()`, `worker.alive`,
+        `worker.private_dir` (files for it to read). Its output goes to this extension's log; a crash fails the
+        call that saw it (ChildFailed, with the reason) and never the studio. See modules/jobs/worker.py."""
+        from modules.jobs.worker import ChildWorker
+        from modules.paths import resolve_inside
+
+        file, sep, factory = target.rpartition(":")
+        if not sep or not file.endswith(".py") or not factory.isidentifier():
+            raise ValueError(f"worker target {target!r} must be 'file.py:Factory' inside the extension's folder")
+        path = resolve_inside(self.folder, file, field_name="target")
+        worker = ChildWorker(f"{path}:{factory}", python=self.python, env=env, memory_limit_mb=memory_limit_mb,
+                             log_line=self.log.info, start_timeout_s=start_timeout_s)
+        return worker.start()
 
     # -- UI -------------------------------------------------------------
     def add_tab(self, title: str, build: Callable[[], Any], order: int = 500) -> None:
