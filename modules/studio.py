@@ -127,3 +127,5 @@ class Studio:
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
+        # Idle models let go: a model held by a worker process (YOLO's) ends with its slot, not with this process.
+        self.models.unload()

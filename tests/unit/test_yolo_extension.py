@@ -319,9 +319,10 @@ def test_yolo_runs_detect_segment_pose_classify_end_to_end_in_workers(yolo_studi
 
     pids = [worker_pid(studio, f"yolov8n{s}.pt") for s in ("", "-seg", "-pose", "-cls")]
     assert all(psutil.pid_exists(p) for p in pids)
-    studio.models.unload(kind="yolo")  # unloading a model stops its worker
+    studio.models.unload("yolov8n-seg.pt", kind="yolo")  # unloading a model stops its worker
+    assert not psutil.pid_exists(pids[1]) and psutil.pid_exists(pids[0])
+    studio.extensions.disable("yolo")  # and so does disabling the extension, for every model
     assert not any(psutil.pid_exists(p) for p in pids)
-    assert {m["location"] for m in studio.models.describe() if m["kind"] == "yolo"} == {"disk"}
 
 
 @pytest.mark.timeout(BUILD_S + 300)
@@ -348,3 +349,6 @@ def test_an_onnx_export_runs_without_trust(yolo_studio, tmp_path):
     assert job.result.overlay.size == (200, 150)
     row = next(m for m in yolo_studio.models.describe() if m["name"] == "tiny.onnx")
     assert row["location"].startswith("cpu (worker pid"), "ONNX Runtime on the CPU, in a worker"
+    pid = worker_pid(yolo_studio, "tiny.onnx")
+    yolo_studio.shutdown()
+    assert not psutil.pid_exists(pid), "the studio's shutdown ends its workers"
