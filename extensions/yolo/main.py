@@ -68,7 +68,8 @@ def setup(api):
 
     for task in TASK_NAMES:
         api.add_vision_task(f"yolo-{task}", task_runner(task), title=f"YOLO {task}", model_kind="yolo",
-                            description=f"Ultralytics YOLO {task} (models/yolo)", options=dict(DEFAULTS))
+                            description=f"Ultralytics YOLO {task} (models/yolo)", options=dict(DEFAULTS),
+                            check=predict_options)
 
     @api.get("/trust")
     def trusted() -> dict:

@@ -286,16 +286,21 @@ class ExtensionAPIv1:
         return path
 
     def add_vision_task(self, name: str, run: Callable, title: str = "", description: str = "",
-                        model_kind: str | None = None, options: dict | None = None) -> None:
+                        model_kind: str | None = None, options: dict | None = None,
+                        check: Callable | None = None) -> None:
         """A vision task: run(image, options) -> dict | str, listed by the vision tab and
         GET /atelier/v1/vision/tasks, run by the "vision" job kinds on the job worker. `options` holds the
         task's defaults (shown in the UI) merged with the request's, plus "model" (a name of `model_kind`),
         "objects", "prompt", "question", "language". A dict answer is the vision JSON shape (see docs/api.md;
-        masks may be bool arrays or COCO RLE, boxes in pixels). Built-in task names are taken."""
+        masks may be bool arrays or COCO RLE, boxes in pixels). `check(options)`, when given, runs when a request
+        is submitted, with the same options: raising api.types.InvalidRequest there refuses the request (a 422
+        naming the field) before it waits in the queue — for one image and for every image of a batch.
+        Built-in task names are taken."""
+        guarded_check = _GuardedRun(self, f"vision task {name} (check)", check) if check is not None else None
         self._studio.vision_tasks.add(VisionTaskSpec(name=name, run=_GuardedRun(self, f"vision task {name}", run),
                                                      title=title or name, description=description,
                                                      model_kind=model_kind, owner=self.name,
-                                                     options=dict(options or {})))
+                                                     options=dict(options or {}), check=guarded_check))
 
     def use_model(self, kind: str, name: str | None = None):
         """`with api.use_model(kind, name) as handle:` — the model resident on the compute device and pinned

@@ -303,10 +303,14 @@ def test_yolo_runs_detect_segment_pose_classify_end_to_end_in_workers(yolo_studi
 
     wrong = run("yolo-pose", "yolov8n.pt")
     assert wrong.state.value == "failed" and wrong.error_field == "task" and "yolo-detect" in wrong.error
-    bad = run("yolo-detect", "yolov8n.pt", conf=2)
-    assert bad.state.value == "failed" and bad.error_field == "options.conf"
-    unknown = run("yolo-detect", "yolov8n.pt", confidence=0.5)
-    assert unknown.state.value == "failed" and unknown.error_field == "options.confidence"
+    for options, field in (({"conf": 2}, "options.conf"), ({"confidence": 0.5}, "options.confidence")):
+        with pytest.raises(AtelierError) as refused:  # at submit, before the queue: the task's own check
+            run("yolo-detect", "yolov8n.pt", **options)
+        assert refused.value.field == field
+    with pytest.raises(AtelierError) as refused:
+        studio.jobs.run("vision", parse_vision(VisionRequest, {"task": "yolo-detect", "image": image,
+                                                               "question": "how many?"}))
+    assert refused.value.field == "question", "YOLO reads no text: accepted would mean ignored"
 
     # A worker that dies (a crash, the OOM killer) fails nothing later: the next job starts a new one.
     pid = worker_pid(studio, "yolov8n.pt")
