@@ -27,7 +27,7 @@ from modules import atomic
 from modules.errors import AtelierError, InvalidRequest
 
 STAMP = ".atelier-environment.json"
-BUILD_TIMEOUT_S = 1800  # measured: ~1 min here from a local index for YOLO's ~6 GB; downloads take longer
+BUILD_TIMEOUT_S = 1800  # measured: 1-5 min here from a local index for YOLO's ~6 GB; downloads take longer
 _FIELD = "extension.toml environment"
 
 
@@ -83,8 +83,11 @@ class ExtensionEnvironment:
         return self.python.exists() and {k: stamp.get(k) for k in ("lock_sha256", "python", "platform")} == self.wanted()
 
     def describe(self) -> dict:
-        return {"folder": str(self.folder), "lock": self.lock.name, "python": str(self.python), "ready": self.ready(),
-                "pins": len(read_lock(self.lock))}
+        out = {"folder": str(self.folder), "lock": self.lock.name, "python": str(self.python)}
+        try:
+            return {**out, "ready": self.ready(), "pins": len(read_lock(self.lock))}
+        except InvalidRequest as exc:  # the lock file changed under a loaded extension
+            return {**out, "ready": False, "pins": 0, "problem": exc.message}
 
     def build(self, log=print, timeout_s: float = BUILD_TIMEOUT_S) -> dict:
         """Make it ready (nothing to do when it is); one build at a time per folder, even across processes."""

@@ -192,12 +192,13 @@ class ExtensionLoader:
             note = f" {m.requirements_note}" if m.requirements_note else ""
             try:
                 env, why = self.environment_for(rec, m)
+                ready = env is None or env.ready()
             except AtelierError as exc:
                 return self._fail(rec, f"{MANIFEST}: {exc}")
             except Exception:  # the extension's own check raised
                 return self._fail(rec, traceback.format_exc())
             rec.environment, rec.environment_reason = env, why
-            if env is not None and not env.ready():
+            if not ready:
                 return self._fail(rec, f"runs in a Python environment of its own because {why} That environment "
                                        f"is not built yet (or is outdated): enable it with 'install requirements' "
                                        f"(POST /atelier/extensions/{m.name}/enable {{\"confirm_requirements\": true}}) "

@@ -6,8 +6,8 @@ worker's answer → the one JSON shape, the overlay with keypoints, the torch/to
 real thing end to end on models built from ultralytics' own yolov8n*.yaml (random weights, no download),
 a crashed worker started again and unloading stopping it.
 
-The environment is built once per clone into .cache/extension-envs (git-ignored; ~6 GB, measured about a
-minute from this machine's package index) through the studio's own enable step, and reused after."""
+The environment is built once per clone into .cache/extension-envs (git-ignored; ~6 GB, measured 57-283 s
+from this machine's package index, idle to loaded) through the studio's own enable step, and reused after."""
 from __future__ import annotations
 
 import importlib
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 YOLO_DIR = REPO / "extensions" / "yolo"
 ENVS = REPO / ".cache" / "extension-envs"  # shared by every test session of this clone; rebuilt when missing
 PACKAGE = "yolo_extension_under_test"
-BUILD_S = 1500  # building the environment on a clean clone (measured ~1 min; pip may download ~3 GB)
+BUILD_S = 1500  # building the environment on a clean clone (measured 57-283 s; pip may download ~3 GB)
 
 
 def part(name: str):
