@@ -127,6 +127,8 @@ def _base(path: str) -> dict:
         return {"kind": "lora"}  # no name: every idle LoRA (none are resident), so nothing the other tests use goes
     if path.endswith("/atelier/v1/vision"):
         return {"task": "caption", "image": _png_b64()}
+    if path.endswith("/atelier/v1/vision/batch"):
+        return {"task": "caption", "images": [_png_b64()], "max_new_tokens": 1}
     if path.endswith("/extensions/install"):  # well-formed, and refused (nothing there) if it ever got that far
         return {"source": "/nonexistent/atelier-test-extension"}
     return {}

@@ -1,5 +1,6 @@
 """YOLO over HTTP on a real server (`python -m webui --extension-envs …`): enabled through the extensions
-API (its own environment is already built, so nothing needs confirming), a .pt refused until trusted
+API with confirmation (the install-on-enable step: on a clean clone it builds the environment into the
+clone's cache, .cache/extension-envs, which later sessions reuse), a .pt refused until trusted
 through /ext/yolo/trust, a segment batch through POST /atelier/v1/vision/batch answering masks and
 overlays, bad options refused at submit naming the field, and every worker process gone with its model and
 with the server (a worker ends when its socket closes, whatever ended the server)."""
@@ -7,15 +8,16 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
-from modules.extensions.environment import ExtensionEnvironment
 from tests.api.conftest import assert_json_error, b64_of, server_errors
 from tests.conftest import make_data_dir, start_live_server, wait_until
-from tests.unit.test_yolo_extension import BUILD_S, ENVS, YOLO_DIR
+from tests.unit.test_yolo_extension import BUILD_S, ENVS
 
 TIMEOUT = 300
 
@@ -30,19 +32,19 @@ def picture(w=160, h=120):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_checkpoint):
-    env = ExtensionEnvironment(ENVS / "yolo", YOLO_DIR / "environment.txt")
-    env.build()  # the same build the enable step runs; a no-op once this clone's cache has it
-    data = make_data_dir(tmp_path_factory.mktemp("yolo-http"), demo_checkpoint)
-    models = data / "models" / "yolo"
-    models.mkdir(parents=True)
-    code = ("from ultralytics import YOLO\nfor s in ('', '-seg'):\n"
-            f"    YOLO(f'yolov8n{{s}}.yaml').save(f'{models}/yolov8n{{s}}.pt')")  # random weights, no download
-    done = subprocess.run([str(env.python), "-c", code], cwd=data, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(data / ".ultralytics")})
-    assert done.returncode == 0, done.stderr[-3000:]
-    s = start_live_server(data, "--extension-envs", str(ENVS))
+    s = start_live_server(make_data_dir(tmp_path_factory.mktemp("yolo-http"), demo_checkpoint),
+                          "--extension-envs", str(ENVS))
     yield s
     s.stop()
+
+
+def make_models(python: str, data: Path) -> None:
+    models = data / "models" / "yolo"
+    code = ("from ultralytics import YOLO\nfor s in ('', '-seg'):\n"
+            f"    YOLO(f'yolov8n{{s}}.yaml').save(f'{models}/yolov8n{{s}}.pt')")  # random weights, no download
+    done = subprocess.run([python, "-c", code], cwd=data, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(data / ".ultralytics")})
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def post(server, path: str, body: dict) -> httpx.Response:
@@ -57,9 +59,16 @@ def worker_pids(server) -> dict[str, int]:
 
 @pytest.mark.timeout(BUILD_S + 600)
 def test_yolo_over_http_enable_trust_batch_and_workers_end(server):
-    r = post(server, "/atelier/extensions/yolo/enable", {"confirm_requirements": False})
+    # The install-on-enable step over HTTP: on a clean clone it builds the environment (minutes), then reuses it.
+    r = httpx.post(server.url + "/atelier/extensions/yolo/enable", json={"confirm_requirements": True},
+                   timeout=BUILD_S)
     assert r.status_code == 200 and r.json()["status"] == "enabled", r.text[:800]
-    assert r.json()["environment"]["ready"] is True  # built already: nothing left to confirm
+    environment = r.json()["environment"]
+    make_models(environment["python"] if environment else sys.executable, server.data_dir)
+    for step, body in (("disable", None), ("enable", {"confirm_requirements": False})):  # the folder is rescanned
+        r = httpx.post(f"{server.url}/atelier/extensions/yolo/{step}", json=body, timeout=TIMEOUT)
+        assert r.status_code == 200, r.text[:800]
+    assert r.json()["status"] == "enabled", "built already: nothing left to confirm"
     image = b64_of(picture())
 
     refused = assert_json_error(post(server, "/atelier/v1/vision", {"task": "yolo-detect", "model": "yolov8n.pt",
