@@ -35,6 +35,7 @@ class StudioOptions:
     data_dir: Path = Path(".")
     ckpt_dir: Path | None = None
     lora_dir: Path | None = None
+    extension_envs: Path | None = None  # --extension-envs: extensions' own Python environments, <dir>/<name>
     device: str = "auto"
     listen: bool = False
     share: bool = False
@@ -127,3 +128,5 @@ class Studio:
 
     def shutdown(self) -> None:
         self.jobs.shutdown()
+        # Idle models let go: a model held by a worker process (YOLO's) ends with its slot, not with this process.
+        self.models.unload()

@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", type=Path, default=None, help="folder for models/, outputs/, config.json (default: the repo)")
     p.add_argument("--ckpt-dir", type=Path, default=None, help="checkpoints folder (default: <data-dir>/models/Stable-diffusion)")
     p.add_argument("--lora-dir", type=Path, default=None, help="LoRA folder (default: <data-dir>/models/Lora)")
+    p.add_argument("--extension-envs", type=Path, default=None,
+                   help="where extensions' own Python environments are built, one folder per extension (default: "
+                        "<data-dir>/extensions-data/<name>/env); one such folder can serve several data dirs")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="compute device (default: auto)")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the web UI")
@@ -78,6 +81,7 @@ def options_from_args(args: argparse.Namespace, repo_root: Path) -> StudioOption
         data_dir=args.data_dir or repo_root,
         ckpt_dir=args.ckpt_dir,
         lora_dir=args.lora_dir,
+        extension_envs=args.extension_envs,
         device=args.device,
         listen=args.listen,
         share=args.share,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import traceback
 from pathlib import Path
@@ -100,10 +101,11 @@ class ExtensionAPIv1:
     version = API_VERSION
 
     def __init__(self, studio: "Studio", name: str, priority: int, folder: Path, data_dir: Path,
-                 report: Callable[[str, str, str], None]):
+                 report: Callable[[str, str, str], None], python: Path | None = None):
         self.name = name
         self.folder = Path(folder)  # the extension's own files (read-only by convention)
         self._data_dir = Path(data_dir)
+        self._python = Path(python) if python is not None else None
         self.log = logging.getLogger(f"atelier.ext.{name}")
         self.types = _types()
         self._studio = studio
@@ -122,6 +124,30 @@ class ExtensionAPIv1:
         """A folder of its own for data it writes (made on first use)."""
         self._data_dir.mkdir(parents=True, exist_ok=True)
         return self._data_dir
+
+    @property
+    def python(self) -> Path:
+        """The interpreter its child processes run: its own environment's (extension.toml `environment`, when
+        the studio's Python cannot host its requirements), else the studio's own."""
+        return self._python or Path(sys.executable)
+
+    def start_worker(self, target: str, env: dict | None = None, memory_limit_mb: int | None = None,
+                     start_timeout_s: float = 120.0):
+        """A persistent child process running `api.python`: target "file.py:Factory" (a file of this extension;
+        Factory() builds the object whose public methods the studio calls). Returns it started; `worker.call(
+        method, timeout_s=…, **json_args)` → the method's JSON value, `worker.stop()`, `worker.alive`,
+        `worker.private_dir` (files for it to read). Its output goes to this extension's log; a crash fails the
+        call that saw it (ChildFailed, with the reason) and never the studio. See modules/jobs/worker.py."""
+        from modules.jobs.worker import ChildWorker
+        from modules.paths import resolve_inside
+
+        file, sep, factory = target.rpartition(":")
+        if not sep or not file.endswith(".py") or not factory.isidentifier():
+            raise ValueError(f"worker target {target!r} must be 'file.py:Factory' inside the extension's folder")
+        path = resolve_inside(self.folder, file, field_name="target")
+        worker = ChildWorker(f"{path}:{factory}", python=self.python, env=env, memory_limit_mb=memory_limit_mb,
+                             log_line=self.log.info, start_timeout_s=start_timeout_s)
+        return worker.start()
 
     # -- UI -------------------------------------------------------------
     def add_tab(self, title: str, build: Callable[[], Any], order: int = 500) -> None:
@@ -260,16 +286,21 @@ class ExtensionAPIv1:
         return path
 
     def add_vision_task(self, name: str, run: Callable, title: str = "", description: str = "",
-                        model_kind: str | None = None, options: dict | None = None) -> None:
+                        model_kind: str | None = None, options: dict | None = None,
+                        check: Callable | None = None) -> None:
         """A vision task: run(image, options) -> dict | str, listed by the vision tab and
         GET /atelier/v1/vision/tasks, run by the "vision" job kinds on the job worker. `options` holds the
         task's defaults (shown in the UI) merged with the request's, plus "model" (a name of `model_kind`),
         "objects", "prompt", "question", "language". A dict answer is the vision JSON shape (see docs/api.md;
-        masks may be bool arrays or COCO RLE, boxes in pixels). Built-in task names are taken."""
+        masks may be bool arrays or COCO RLE, boxes in pixels). `check(options)`, when given, runs when a request
+        is submitted, with the same options: raising api.types.InvalidRequest there refuses the request (a 422
+        naming the field) before it waits in the queue — for one image and for every image of a batch.
+        Built-in task names are taken."""
+        guarded_check = _GuardedRun(self, f"vision task {name} (check)", check) if check is not None else None
         self._studio.vision_tasks.add(VisionTaskSpec(name=name, run=_GuardedRun(self, f"vision task {name}", run),
                                                      title=title or name, description=description,
                                                      model_kind=model_kind, owner=self.name,
-                                                     options=dict(options or {})))
+                                                     options=dict(options or {}), check=guarded_check))
 
     def use_model(self, kind: str, name: str | None = None):
         """`with api.use_model(kind, name) as handle:` — the model resident on the compute device and pinned

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from modules.errors import AtelierError, NotFound
 from modules.extensions.api import API_VERSIONS
+from modules.extensions.environment import ExtensionEnvironment
 from modules.extensions.manifest import MANIFEST, Manifest, check_name, read_manifest
 from modules.extensions.registries import RouteRegistry
 from modules.paths import DataPaths
@@ -47,6 +48,8 @@ class ExtensionRecord:
     note: str = ""  # e.g. "restart to see its tab"
     in_ui: bool = False  # its tabs were built into the page that is being served
     package: str = ""
+    environment: ExtensionEnvironment | None = None  # its own Python environment, when the studio's cannot host it
+    environment_reason: str = ""  # why the studio's Python cannot (the extension's check)
 
     @property
     def loaded(self) -> bool:
@@ -186,14 +189,27 @@ class ExtensionLoader:
             if api_cls is None:
                 return self._fail(rec, f"targets extension API {m.api_version!r}; this Atelier offers "
                                        f"{', '.join(sorted(API_VERSIONS))}. Update the extension or Atelier.")
-            missing = missing_requirements(m.requirements)
+            note = f" {m.requirements_note}" if m.requirements_note else ""
+            try:
+                env, why = self.environment_for(rec, m)
+                ready = env is None or env.ready()
+            except AtelierError as exc:
+                return self._fail(rec, f"{MANIFEST}: {exc}")
+            except Exception:  # the extension's own check raised
+                return self._fail(rec, traceback.format_exc())
+            rec.environment, rec.environment_reason = env, why
+            if not ready:
+                return self._fail(rec, f"runs in a Python environment of its own because {why} That environment "
+                                       f"is not built yet (or is outdated): enable it with 'install requirements' "
+                                       f"(POST /atelier/extensions/{m.name}/enable {{\"confirm_requirements\": true}}) "
+                                       f"to build {env.folder} from the exact pins of {m.environment}.{note}")
+            missing = [] if env is not None else missing_requirements(m.requirements)
             if missing:
-                note = f" {m.requirements_note}" if m.requirements_note else ""
                 return self._fail(rec, f"needs Python packages that are not installed: {', '.join(missing)}.{note} "
                                        "Install them from the Extensions tab (enable or update with 'install "
                                        "requirements').")
-            data_dir = self.studio.paths.root / "extensions-data" / m.name
-            api = api_cls(self.studio, m.name, m.priority, rec.folder, data_dir, self.report_failure)
+            api = api_cls(self.studio, m.name, m.priority, rec.folder, self.data_dir_of(m.name), self.report_failure,
+                          python=env.python if env is not None else None)
             try:
                 module = self._import(rec, m)
                 setup = getattr(module, "setup", None)
@@ -219,9 +235,34 @@ class ExtensionLoader:
             self._forget_modules(rec)
             return rec
 
-    def _import(self, rec: ExtensionRecord, m: Manifest):
+    def data_dir_of(self, name: str) -> Path:
+        return self.studio.paths.root / "extensions-data" / name
+
+    def environment_for(self, rec: ExtensionRecord, m: Manifest) -> tuple[ExtensionEnvironment | None, str]:
+        """Where its requirements live: (None, "") for the studio's own Python; else its own environment, and why
+        (the extension's environment_check, which reads package metadata and must import nothing heavy)."""
+        if not m.environment:
+            return None, ""
+        why = "it always runs in its own."
+        if m.environment_check:
+            module_name, _, function = m.environment_check.partition(":")
+            module = importlib.import_module(f"{self._package(rec, m)}.{module_name}")
+            answer = getattr(module, function)()
+            if answer is None:
+                return None, ""
+            why = str(answer)
+        return ExtensionEnvironment(self.environment_folder(m.name), rec.folder / m.environment), why
+
+    def environment_folder(self, name: str) -> Path:
+        """<--extension-envs>/<name>, else <data-dir>/extensions-data/<name>/env."""
+        shared = self.studio.options.extension_envs
+        return Path(shared).resolve() / name if shared else self.data_dir_of(name) / "env"
+
+    def _package(self, rec: ExtensionRecord, m: Manifest) -> str:
         # The folder becomes a package of its own, so `from . import util` works inside it.
         package = "atelier_ext_" + m.name.replace("-", "_")
+        if rec.package == package and package in sys.modules:
+            return package
         rec.package = package
         self._forget_modules(rec)  # never reuse a module object left by an earlier load
         spec = importlib.machinery.ModuleSpec(package, None, is_package=True)
@@ -229,7 +270,11 @@ class ExtensionLoader:
         pkg.__path__ = [str(rec.folder)]
         sys.modules[package] = pkg
         importlib.invalidate_caches()  # an update (git pull) may have changed the files
-        return importlib.import_module(f"{package}.{Path(m.entry).stem}")
+        return package
+
+    def _import(self, rec: ExtensionRecord, m: Manifest):
+        self._forget_modules(rec)  # a fresh package: never reuse a module object left by an earlier load
+        return importlib.import_module(f"{self._package(rec, m)}.{Path(m.entry).stem}")
 
     @staticmethod
     def _forget_modules(rec: ExtensionRecord) -> None:

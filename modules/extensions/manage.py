@@ -7,6 +7,7 @@ refused when the studio is reachable by others (--listen/--share) unless
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -19,6 +20,8 @@ from modules.errors import AtelierError, InvalidRequest
 from modules.extensions.loader import SHIPPED, ExtensionLoader, ExtensionRecord, missing_requirements
 from modules.extensions.manifest import MANIFEST, read_manifest
 from modules.paths import resolve_inside
+
+log = logging.getLogger("atelier.extensions")
 
 GIT_TIMEOUT = 300
 PIP_TIMEOUT = 900
@@ -76,6 +79,9 @@ class ExtensionManager(ExtensionLoader):
             "tabs": [t.title for t in self.studio.tabs.list() if t.owner == name],
             "routes": [f"/ext/{name}{r.path}" for r in self.routes.list(name)],
             "has_settings": bool(rec.api is not None and rec.api._settings_model is not None),
+            # Its own Python environment (folder, ready, pins) and why, once a load has judged it; else null.
+            "environment": ({**rec.environment.describe(), "reason": rec.environment_reason}
+                            if rec.environment is not None else None),
             "note": rec.note,
         }
 
@@ -86,7 +92,7 @@ class ExtensionManager(ExtensionLoader):
         rec = self.get(name)
         if confirm_requirements:
             self.check_access("enable with requirements")
-            self._requirements(read_manifest(rec.folder).requirements, True)
+            self._provide(rec, read_manifest(rec.folder), True)
         self._set_disabled(name, False)
         self.load(name)
         rec.note = self._tab_note(rec)
@@ -155,13 +161,16 @@ class ExtensionManager(ExtensionLoader):
             self.scan()
             if manifest.name in self.records:
                 raise InvalidRequest(f"{manifest.name} is installed already; update or remove it", "source")
-            self._requirements(manifest.requirements, confirm_requirements)
+            if not manifest.environment:  # an environment is judged and built where the extension will live
+                self._requirements(manifest.requirements, confirm_requirements)
             target = resolve_inside(self.user_dir, manifest.name, field_name="extension.toml name", must_exist=False)
             os.replace(root, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.scan()
         self._set_disabled(manifest.name, False)
+        if manifest.environment and confirm_requirements:
+            self._provide(self.get(manifest.name), manifest, True)
         rec = self.load(manifest.name)
         rec.note = self._tab_note(rec)
         return self.describe(manifest.name)
@@ -173,7 +182,7 @@ class ExtensionManager(ExtensionLoader):
             raise InvalidRequest(f"{name} was not installed from git; remove it and install it again", "name")
         _run(["git", "-C", str(rec.folder), "pull", "--ff-only"], GIT_TIMEOUT, "git pull")
         manifest = read_manifest(rec.folder)
-        self._requirements(manifest.requirements, confirm_requirements)
+        self._provide(rec, manifest, confirm_requirements)
         if name not in self.disabled_names():
             self.unload(name)
             self.load(name)
@@ -196,6 +205,22 @@ class ExtensionManager(ExtensionLoader):
         if rec.source == "shipped":
             raise InvalidRequest(f"{name} ships with Atelier; disable it instead", "name")
         return rec
+
+    def _provide(self, rec: ExtensionRecord, manifest, confirmed: bool) -> None:
+        """Its requirements where they belong: the studio's Python, or the extension's own environment (built
+        only when confirmed; minutes, gigabytes)."""
+        env, why = self.environment_for(rec, manifest)
+        if env is None:
+            self._requirements(manifest.requirements, confirmed)
+            return
+        if env.ready():
+            return
+        if not confirmed:
+            raise InvalidRequest(f"{rec.name} runs in a Python environment of its own because {why} Confirm to "
+                                 f"build it in {env.folder} from the exact pins of {manifest.environment}",
+                                 "confirm_requirements")
+        log.info("building the Python environment of %s in %s", rec.name, env.folder)
+        env.build(log=log.info)
 
     def _requirements(self, requirements: tuple[str, ...], confirmed: bool) -> None:
         missing = missing_requirements(requirements)

@@ -10,6 +10,11 @@
     requirements_note = "…"        # optional: shown with a missing-requirements message (what else to install)
     enabled_by_default = true      # false: listed but off until the user enables it (a shipped extension
                                    # whose requirements are not in requirements.txt)
+    environment = "environment.txt"  # optional: a lock file (exact pins) for a Python environment of its own,
+                                   # built on enable when the studio's Python cannot host `requirements`
+    environment_check = "compat:problem"  # optional: module:function of the extension answering None when the
+                                   # studio's Python can host `requirements` (else why not); without it the
+                                   # environment is always used
 """
 from __future__ import annotations
 
@@ -26,6 +31,9 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 REQUIREMENT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(\[[A-Za-z0-9,._-]+\])?\s*([<>=!~]=?\s*[A-Za-z0-9.*+!_-]+\s*,?\s*)*$")
 
 
+CHECK_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*:[A-Za-z_][A-Za-z0-9_]*$")
+
+
 @dataclass(frozen=True)
 class Manifest:
     name: str
@@ -37,6 +45,8 @@ class Manifest:
     requirements: tuple[str, ...] = field(default_factory=tuple)
     requirements_note: str = ""
     enabled_by_default: bool = True
+    environment: str = ""
+    environment_check: str = ""
 
 
 def check_name(name: str, field_name: str = "name") -> str:
@@ -83,6 +93,14 @@ def read_manifest(folder: Path, check_folder_name: bool = True) -> Manifest:
     enabled_by_default = data.get("enabled_by_default", True)
     if not isinstance(enabled_by_default, bool):
         raise InvalidRequest("must be true or false", "extension.toml enabled_by_default")
+    environment = str(data.get("environment", "")).strip()
+    if environment and ("/" in environment or "\\" in environment or environment.startswith(".")):
+        raise InvalidRequest(f"{environment!r} must be a file name in the extension folder (a lock file of "
+                             "exact pins)", "extension.toml environment")
+    check = str(data.get("environment_check", "")).strip()
+    if check and not (environment and CHECK_RE.match(check)):
+        raise InvalidRequest(f"{check!r} must be module:function of the extension (e.g. \"compat:problem\"), "
+                             "beside an environment", "extension.toml environment_check")
     return Manifest(
         name=name,
         version=str(data.get("version", "0.0.0")),
@@ -93,4 +111,6 @@ def read_manifest(folder: Path, check_folder_name: bool = True) -> Manifest:
         requirements=tuple(r.strip() for r in requirements),
         requirements_note=str(data.get("requirements_note", "")).strip(),
         enabled_by_default=enabled_by_default,
+        environment=environment,
+        environment_check=check,
     )

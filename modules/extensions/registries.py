@@ -62,6 +62,7 @@ class VisionTaskSpec:
     model_kind: str | None = None  # the models folder its weights come from, if any
     owner: str = "builtin"
     options: dict = field(default_factory=dict)  # default options shown in the UI
+    check: Callable | None = None  # check(options) at submit: refuses bad options (naming the field) before the queue
 
 
 class VisionTaskRegistry:

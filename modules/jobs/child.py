@@ -60,7 +60,7 @@ def run_in_child(ctx: ParentContext, target: str, request: dict, *, launcher: li
     if ":" not in target:
         raise ValueError(f"target must be 'package.module:function', not {target!r}")
     # Private (0700) folder: only this user can reach the socket or read the request.
-    with tempfile.TemporaryDirectory(prefix="atelier-child-", dir=_short_temp_dir()) as private:
+    with tempfile.TemporaryDirectory(prefix="atelier-child-", dir=short_temp_dir()) as private:
         request_file = Path(private) / "request.json"
         request_file.write_text(json.dumps(request), encoding="utf-8")
         socket_path = str(Path(private) / "events.sock")
@@ -68,29 +68,32 @@ def run_in_child(ctx: ParentContext, target: str, request: dict, *, launcher: li
             server.bind(socket_path)
             server.listen(4)
             command = [*(launcher or [sys.executable]), str(CHILD_MAIN), target]
-            child_env = _child_env(env, socket_path, request_file, memory_limit_mb)
+            environ = child_env(env, socket_path, request_file, memory_limit_mb)
             run = _ChildRun(ctx, stop_grace_s, memory_limit_mb, via_launcher=launcher is not None)
-            return run.run(command, child_env, cwd, server)
+            return run.run(command, environ, cwd, server)
 
 
-def _short_temp_dir() -> str | None:
+def short_temp_dir() -> str | None:
     # A Unix socket's path must fit in ~108 bytes; a long TMPDIR would not leave room.
     return None if len(tempfile.gettempdir()) < 64 else "/tmp"
 
 
-def _child_env(env: Mapping[str, str] | None, socket_path: str, request_file: Path,
-               memory_limit_mb: int | None) -> dict[str, str]:
-    child_env = {**os.environ, **(env or {})}
+def child_env(env: Mapping[str, str] | None, socket_path: str, request_file: Path | None,
+              memory_limit_mb: int | None) -> dict[str, str]:
+    """The environment of a child (a job's or a worker's): the project importable, the socket, the limits."""
+    out = {**os.environ, **(env or {})}
     # The project root first, so child_main and the target import under any launcher and working folder.
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), child_env.get("PYTHONPATH")) if p)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), out.get("PYTHONPATH")) if p)
     # Unbuffered, so the last lines before a crash reach the log.
-    child_env.setdefault("PYTHONUNBUFFERED", "1")
-    child_env[protocol.ENV_SOCKET] = socket_path
-    child_env[protocol.ENV_REQUEST] = str(request_file)
-    child_env.pop(protocol.ENV_MEMORY_MB, None)
+    out.setdefault("PYTHONUNBUFFERED", "1")
+    out[protocol.ENV_SOCKET] = socket_path
+    out.pop(protocol.ENV_REQUEST, None)
+    if request_file is not None:
+        out[protocol.ENV_REQUEST] = str(request_file)
+    out.pop(protocol.ENV_MEMORY_MB, None)
     if memory_limit_mb:
-        child_env[protocol.ENV_MEMORY_MB] = str(int(memory_limit_mb))
-    return child_env
+        out[protocol.ENV_MEMORY_MB] = str(int(memory_limit_mb))
+    return out
 
 
 class _ChildRun:
@@ -128,7 +131,7 @@ class _ChildRun:
             forced = self._supervise(proc)
         finally:
             # Whatever is left of the group goes too: a launcher's orphans, a helper that outlived the target.
-            _kill_group(proc.pid, signal.SIGKILL)
+            kill_group(proc.pid, signal.SIGKILL)
             proc.wait()
             self._exited.set()
             for thread in threads:
@@ -141,7 +144,7 @@ class _ChildRun:
         """Wait for the child's end, stopping it on interrupt; returns the signal it was forced with, if any."""
         stop_deadline = result_deadline = term_deadline = None
         forced: str | None = None
-        while not _has_exited(proc.pid):
+        while not has_exited(proc.pid):
             now = time.monotonic()
             if stop_deadline is None and self.ctx.interrupted:
                 self._request_stop()
@@ -151,11 +154,11 @@ class _ChildRun:
                 result_deadline = now + self.stop_grace_s  # it returned: it has that long to exit
             if forced is None and any(d is not None and now >= d for d in (stop_deadline, result_deadline)):
                 self._log("the child process did not end in time: sending SIGTERM")
-                _kill_group(proc.pid, signal.SIGTERM)
+                kill_group(proc.pid, signal.SIGTERM)
                 forced, term_deadline = "SIGTERM", now + min(_TERM_GRACE_S, self.stop_grace_s)
             elif forced == "SIGTERM" and term_deadline is not None and now >= term_deadline:
                 self._log("the child process ignored SIGTERM: sending SIGKILL")
-                _kill_group(proc.pid, signal.SIGKILL)
+                kill_group(proc.pid, signal.SIGKILL)
                 forced = "SIGKILL"
             time.sleep(_POLL_S)
         return forced
@@ -254,15 +257,7 @@ class _ChildRun:
 
     # -- output -------------------------------------------------------------
     def _relay_output(self, stream: IO[bytes]) -> None:
-        """Every line the child prints becomes a log line; read always, so a chatty child never blocks on the pipe."""
-        try:
-            for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
-                for piece in raw.split(b"\r"):  # a progress bar redraws with \r: each redraw is a line
-                    line = piece.decode("utf-8", "replace").rstrip("\n")
-                    if line.strip():
-                        self._log(line)
-        except (OSError, ValueError):
-            pass
+        relay_lines(stream, self._log)
 
     def _log(self, line: str) -> None:
         with self._ctx_lock:
@@ -273,7 +268,19 @@ class _ChildRun:
                 log.exception("could not relay a log line from a child process")
 
 
-def _has_exited(pid: int) -> bool:
+def relay_lines(stream: IO[bytes], sink) -> None:
+    """Every line a child prints goes to `sink`; read always, so a chatty child never blocks on the pipe."""
+    try:
+        for raw in iter(lambda: stream.readline(_MAX_LINE_BYTES), b""):
+            for piece in raw.split(b"\r"):  # a progress bar redraws with \r: each redraw is a line
+                line = piece.decode("utf-8", "replace").rstrip("\n")
+                if line.strip():
+                    sink(line)
+    except (OSError, ValueError):
+        pass
+
+
+def has_exited(pid: int) -> bool:
     # WNOWAIT leaves the child a zombie, so its id (the group's id) cannot be reused before the group is killed.
     try:
         return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
@@ -281,7 +288,7 @@ def _has_exited(pid: int) -> bool:
         return True
 
 
-def _kill_group(pgid: int, sig: signal.Signals) -> None:
+def kill_group(pgid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pgid, sig)
     except (ProcessLookupError, PermissionError):

@@ -71,23 +71,7 @@ class ChildContext:
         self._send({"type": "result", "value": value})
 
     def send_error(self, exc: BaseException) -> None:
-        is_atelier = isinstance(exc, AtelierError)
-        message = exc.message if is_atelier else str(exc)
-        try:
-            tb = "".join(traceback.format_exception(exc))
-        except MemoryError:
-            tb = ""
-        self._send({
-            "type": "error",
-            "error": type(exc).__name__,
-            "message": message,
-            "field": exc.field if is_atelier else None,
-            "status": int(exc.status) if is_atelier else 500,
-            "atelier": is_atelier,
-            # torch's OutOfMemoryError (CUDA) is a RuntimeError, named so; importing torch here to check would be wrong.
-            "memory": isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError",
-            "traceback": tb,
-        })
+        self._send(error_event(exc))
 
     def close(self) -> None:
         if self._channel is not None:
@@ -116,3 +100,24 @@ class ChildContext:
             pass
         # The parent is gone (the server stopped or crashed): stop as if asked, rather than train on unwatched.
         self._stop.set()
+
+
+def error_event(exc: BaseException) -> dict:
+    """An exception as the "error" message (child_protocol.py): what the parent needs to judge and report it."""
+    is_atelier = isinstance(exc, AtelierError)
+    message = exc.message if is_atelier else str(exc)
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except MemoryError:
+        tb = ""
+    return {
+        "type": "error",
+        "error": type(exc).__name__,
+        "message": message,
+        "field": exc.field if is_atelier else None,
+        "status": int(exc.status) if is_atelier else 500,
+        "atelier": is_atelier,
+        # torch's OutOfMemoryError (CUDA) is a RuntimeError, named so; importing torch here to check would be wrong.
+        "memory": isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError",
+        "traceback": tb,
+    }

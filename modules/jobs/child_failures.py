@@ -72,7 +72,7 @@ def from_exit(returncode: int, tail: Sequence[str], memory_limit_mb: int | None,
         text = f"the child process exited with status {status}{note} without returning a result"
         if memory_hint:
             text += _memory_clause(memory_limit_mb)
-    return ChildFailed(text + _quote(tail))
+    return ChildFailed(text + quote_tail(tail))
 
 
 def forced_stop(grace_s: float, sig: str) -> ChildFailed:
@@ -100,7 +100,7 @@ def _before_launcher_traceback(tail: Sequence[str]) -> Sequence[str]:
     return tail[:starts[-1]] if starts else tail
 
 
-def _quote(tail: Sequence[str]) -> str:
+def quote_tail(tail: Sequence[str]) -> str:
     lines = [line for line in tail if line.strip()][-SHOWN_LINES:]
     if not lines:
         return "; it wrote nothing to its log"

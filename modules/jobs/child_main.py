@@ -7,6 +7,7 @@ target, call `function(ctx, request)`, send back its return value or its error.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -38,9 +39,20 @@ def limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def resolve(target: str) -> Callable[[ChildContext, Any], Any]:
-    module_name, _, attribute = target.partition(":")
-    obj: Any = importlib.import_module(module_name)
+def resolve(target: str) -> Callable[..., Any]:
+    """"package.module:name", or "/path/to/file.py:name" (an extension's file, imported without
+    putting its folder on sys.path, where its module names could shadow a library's)."""
+    module_name, _, attribute = target.rpartition(":")
+    obj: Any
+    if module_name.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(f"atelier_child_{Path(module_name).stem}", module_name)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {module_name}")
+        obj = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = obj  # dataclasses and pickling look their module up here
+        spec.loader.exec_module(obj)
+    else:
+        obj = importlib.import_module(module_name)
     for part in attribute.split("."):
         obj = getattr(obj, part)
     return obj

@@ -17,6 +17,11 @@ child → parent (only rank 0 connects and sends):
      "atelier": false, "memory": false, "traceback": "Traceback (most recent call last): …"}
 parent → child:
     {"type": "stop"}        the user pressed Stop: save a checkpoint and return
+
+A persistent worker (worker.py, worker_main.py) answers calls on the same wire until "stop":
+parent → worker:  {"type": "call", "id": 7, "method": "predict", "args": {…}}
+worker → parent:  {"type": "hello", "pid": 123} once, then per call {"type": "reply", "id": 7, "value": …}
+                  or an "error" message as above with "id": 7 ("id": null: the worker could not start)
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Job kind "vision_batch": several images (uploads, or a folder under the data dir), one task.
 
-Each image is decoded, run and written before the next starts: its overlay into
-outputs/vision/<date>/NNNNN-<name>.png (atomically), its JSON line onto the job's stream (the tab
-shows results as they come) and, at the end, every line into one NNNNN-batch.jsonl (atomically, so a
+Each image is decoded, run and written before the next starts: its overlay (unless the request's
+`overlay` is false) into outputs/vision/<date>/NNNNN-<name>.png (atomically), its JSON line onto the
+job's stream (the tab shows results as they come) and, at the end, every line into one NNNNN-batch.jsonl (atomically, so a
 reader never sees half a file). An image that cannot be read or run is reported in its line and
 skipped; the rest go on. Progress is per image; Interrupt stops after the current image and keeps
 what is done.
@@ -46,13 +46,12 @@ def _sources(services: VisionServices, req: VisionBatchRequest) -> list[tuple[st
 def run_vision_batch(ctx: "JobContext", req: VisionBatchRequest) -> dict:
     services: VisionServices = ctx.services
     sources = _sources(services, req)
-    item_req = req.model_copy(update={"overlay": True})
     lines, started, n = [], time.perf_counter(), len(sources)
     for i, (name, load) in enumerate(sources):
         if ctx.interrupted:
             break
         ctx.progress(i, n, text=f"image {i + 1} of {n}: {name}")
-        lines.append(_one(services, item_req, i, name, load, ctx))
+        lines.append(_one(services, req, i, name, load, ctx))
         ctx.emit(lines[-1])
     ctx.progress(len(lines), n, text=f"{len(lines)} of {n} images")
     jsonl = services.outputs.save_files(OUTPUT_SUBDIR, "batch", {".jsonl": "".join(
@@ -79,11 +78,13 @@ def _one(services: VisionServices, req: VisionBatchRequest, index: int, name: st
         return _failed(ctx, index, name, exc.message)
     except Exception as exc:  # one image the model chokes on must not end the batch
         return _failed(ctx, index, name, f"{type(exc).__name__}: {str(exc)[:300]}")
-    buf = io.BytesIO()
-    result.overlay.save(buf, format="PNG")
-    written = services.outputs.save_files(OUTPUT_SUBDIR, Path(name).stem, {".png": buf.getvalue()})[".png"]
-    return {"index": index, "source": name, "overlay": written.relative_to(services.outputs.root).as_posix(),
-            **result.to_json()}
+    overlay = None
+    if result.overlay is not None:
+        buf = io.BytesIO()
+        result.overlay.save(buf, format="PNG")
+        written = services.outputs.save_files(OUTPUT_SUBDIR, Path(name).stem, {".png": buf.getvalue()})[".png"]
+        overlay = written.relative_to(services.outputs.root).as_posix()
+    return {"index": index, "source": name, "overlay": overlay, **result.to_json()}
 
 
 def _failed(ctx: "JobContext", index: int, name: str, message: str) -> dict:

@@ -67,7 +67,9 @@ def validator(services: VisionServices) -> Callable[[object], None]:
         if not isinstance(req, VisionOptions):
             raise InvalidRequest("send a vision request (model, task, image …)", "request")
         spec = catalog.spec_of(services, req.task)
-        catalog.resolve_model(services, spec, req.model)
+        entry = catalog.resolve_model(services, spec, req.model)
+        if spec.check is not None:  # an extension task's own options, refused now rather than per image
+            spec.check(task_options(spec, req, entry))
         if req.task == "segment" and spec.owner == catalog.BUILTIN_OWNER:
             services.decoders.get(catalog.decoder_path(services))  # missing or broken: refused now, naming the file
         if isinstance(req, VisionBatchRequest) and req.folder:
@@ -96,16 +98,20 @@ def run_one(services: VisionServices, req: VisionOptions, image, stop: Callable[
     if spec.owner == catalog.BUILTIN_OWNER:
         result = _builtin(services, req, entry, image, stop)
     else:
-        options = {**spec.options, **req.options, "model": entry.name if entry else None, "objects": req.objects,
-                   "prompt": req.prompt, "question": req.question, "language": req.language,
-                   "max_new_tokens": req.max_new_tokens}
-        value = spec.run(image, options)
+        value = spec.run(image, task_options(spec, req, entry))
         result = results.from_extension(value, model=entry.name if entry else "", task=req.task,
                                         prompt=req.prompt, width=image.width, height=image.height)
     if req.overlay:
         result.overlay = overlay.draw(image, result.objects)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def task_options(spec: VisionTaskSpec, req: VisionOptions, entry) -> dict:
+    """What an extension's task gets as `options`: its defaults, the request's options and its text fields."""
+    return {**spec.options, **req.options, "model": entry.name if entry else None, "objects": req.objects,
+            "prompt": req.prompt, "question": req.question, "language": req.language,
+            "max_new_tokens": req.max_new_tokens}
 
 
 def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -> results.VisionResult:

@@ -25,6 +25,7 @@ DEFAULT_MAX_NEW_TOKENS = {"caption": 32, "describe": 128, "ocr": 128, "answer": 
                           "segment": 64, "raw": 128, "question": 256}
 MAX_OBJECTS = 32
 MAX_BATCH_IMAGES = 256
+_BASE64 = re.compile(r"^\s*(data:[\w/+.-]+;base64,)?[A-Za-z0-9+/=_\s-]+$")  # standard or URL-safe alphabet
 _LANGUAGE = re.compile(r"^[a-z]{2,3}([-_][A-Za-z0-9]{2,8})?$")  # en, de, pt-BR, zh_Hans: PaliGemma's codes
 
 
@@ -127,6 +128,31 @@ class VisionBatchRequest(VisionOptions):
                              description="a name per image for the results (default: image-1, image-2, …)")
     folder: str | None = Field(None, max_length=1024, description="a folder under the data dir (its images, "
                                                                    "sorted by name; not its sub-folders)")
+    overlay: bool = Field(True, description="write each image's overlay PNG beside the JSONL (false: the JSONL only)")
+    save: bool = Field(True, description="a batch always writes its results into outputs/vision/<date>/")
+
+    @field_validator("save")
+    @classmethod
+    def _always_saved(cls, value: bool) -> bool:
+        if not value:  # accepted must mean acted on: a batch's results are its files
+            raise ValueError("a batch always writes its results (one JSONL file, and each image's overlay unless "
+                             "overlay is false) into outputs/vision/DATE/; leave save out")
+        return value
+
+    @field_validator("images")
+    @classmethod
+    def _images_are_base64(cls, value: list) -> list:
+        """What is plainly no image (not a string, empty, not base64) is refused now, naming it; whether a base64
+        string decodes to an image is that image's outcome in the batch (skipped, reported, the rest go on)."""
+        from PIL import Image
+
+        for i, item in enumerate(value):
+            if isinstance(item, str) and _BASE64.match(item):
+                continue
+            if isinstance(item, (bytes, bytearray, Image.Image)):  # the Vision tab's uploads
+                continue
+            raise _FieldError(f"images.{i}", "is not an image: send base64 of a PNG / JPEG / WebP file, or a data: URL")
+        return value
 
     @model_validator(mode="after")
     def _one_source(self):

@@ -1,5 +1,7 @@
-"""REST for vision: POST /atelier/v1/vision (one image, one task, through the job queue) and
-GET /atelier/v1/vision/tasks (every task, built-in and extensions', with the models that run it)."""
+"""REST for vision: POST /atelier/v1/vision (one image, one task, through the job queue), POST
+/atelier/v1/vision/batch (several images or a folder → a job id; the job's result holds every image's
+outcome and the JSONL file) and GET /atelier/v1/vision/tasks (every task, built-in and extensions', with
+the models that run it)."""
 from __future__ import annotations
 
 from starlette.requests import Request  # at module level: FastAPI resolves endpoint annotations by name
@@ -10,7 +12,8 @@ def router(studio):
     from fastapi import APIRouter
     from fastapi.concurrency import run_in_threadpool
 
-    from modules.vision.params import VisionRequest, parse_vision
+    from modules.vision.batch import folder_images
+    from modules.vision.params import VisionBatchRequest, VisionRequest, parse_vision
 
     r = APIRouter(prefix="/atelier/v1/vision", tags=["vision"])
     waiter = Waiter()
@@ -37,6 +40,19 @@ def router(studio):
         if req.overlay and result.overlay is not None:
             out["overlay"] = await run_in_threadpool(b64_png, result.overlay)
         return out
+
+    @r.post("/batch", openapi_extra=request_schema(VisionBatchRequest))
+    async def batch(request: Request) -> dict:
+        """Images (base64 / data: URLs, with optional names) or a folder under the data dir, one task → {"id", "kind",
+        "images"} at once; GET /atelier/v1/jobs/{id} follows it, /stream gives each image's line as it is done."""
+        body = await read_json_object(request)
+        req = await run_in_threadpool(parse_vision, VisionBatchRequest, body)
+        await ensure_ready(studio, waiter)
+        return await run_in_threadpool(submit_batch, req)  # listing a folder stays off the event loop
+
+    def submit_batch(req) -> dict:
+        job = studio.submit("vision_batch", req)  # the validator refuses a folder outside the data dir
+        return {"id": job.id, "kind": job.kind, "images": len(req.images) or len(folder_images(services(), req.folder))}
 
     @r.get("/tasks")
     async def tasks() -> dict:

@@ -127,7 +127,8 @@ def build(studio) -> dict:
     with gr.Row():
         c["source"] = gr.Textbox(label="Install from a git URL, a local folder or a .zip", elem_id="extensions_source",
                                  scale=3)
-        c["confirm"] = gr.Checkbox(False, label="Also install its Python requirements (pip, this studio's Python)",
+        c["confirm"] = gr.Checkbox(False, label="Also install its Python requirements (pip: into this studio's "
+                                   "Python, or into the extension's own environment)",
                                    elem_id="extensions_confirm_requirements")
         c["install"] = gr.Button("Install", variant="primary", elem_id="extensions_install", scale=0)
     c["message"] = gr.Markdown("", elem_id="extensions_message")

@@ -171,7 +171,7 @@ def build(studio) -> dict:
         except AtelierError as exc:
             raise gr.Error(str(exc), title="Batch failed") from None
         r = job.result
-        failed = "".join(f"\n- {item['name']}: {item['error']}" for item in r["items"] if item.get("error"))
+        failed = "".join(f"\n- {item['source']}: {item['error']}" for item in r["items"] if item.get("error"))
         yield (progress_html(None), f"{r['done']} of {r['total']} images done in {r['seconds']:.1f} s "
                f"({r['images_per_second']:.2f}/s); results in `{r['jsonl']}`" + (f"\n\nSkipped:{failed}" if failed else ""))
 
