@@ -30,7 +30,7 @@ def run_training(ctx, request: Any) -> dict:
     run.prepare(req.model_dump(mode="json"), {"base": base, "dataset": str(checked.dataset_dir),
                                                "skipped": checked.scan.skipped, "steps": checked.steps.to_json(),
                                                "created_at": time.time()}, fresh=not req.resume)
-    if req.kind == "lm_lora":
+    if req.OUTPUT_KIND == "lm_adapter":  # datasets of lines: say so even when none was skipped
         ctx.log(f"{len(checked.scan.skipped)} example(s) skipped" if checked.scan.skipped else "no example skipped")
     for path, why in checked.scan.skipped[:50]:
         ctx.log(f"skipped {path}: {why}")
@@ -51,12 +51,8 @@ def run_training(ctx, request: Any) -> dict:
             raise ChildFailed(f"{exc.message}\n{memory_hint(req, services.device_name())}", exc.field) from None
         raise
     if isinstance(result, dict) and result.get("output"):
-        services.registry.refresh(_output_kind(req))  # in the LoRA picker at once
+        services.registry.refresh(req.OUTPUT_KIND)  # in the LoRA / adapter pickers at once
     return result
-
-
-def _output_kind(req: TrainingRequest) -> str:
-    return "lm_adapter" if req.kind == "lm_lora" else "lora"
 
 
 def memory_hint(req: TrainingRequest, device_name: str) -> str:

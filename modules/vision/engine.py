@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -65,7 +66,8 @@ def validator(services: VisionServices) -> Callable[[object], None]:
         if not isinstance(req, VisionOptions):
             raise InvalidRequest("send a vision request (model, task, image …)", "request")
         spec = catalog.spec_of(services, req.task)
-        catalog.resolve_model(services, spec, req.model)
+        entry = catalog.resolve_model(services, spec, req.model)
+        catalog.resolve_adapter(services, spec, entry, req.adapter)
         if req.task == "segment" and spec.owner == catalog.BUILTIN_OWNER:
             services.decoders.get(catalog.decoder_path(services))  # missing or broken: refused now, naming the file
         if isinstance(req, VisionBatchRequest) and req.folder:
@@ -91,8 +93,9 @@ def run_one(services: VisionServices, req: VisionOptions, image, stop: Callable[
     started = time.perf_counter()
     spec = catalog.spec_of(services, req.task)
     entry = catalog.resolve_model(services, spec, req.model)
+    adapter = catalog.resolve_adapter(services, spec, entry, req.adapter)
     if spec.owner == catalog.BUILTIN_OWNER:
-        result = _builtin(services, req, entry, image, stop)
+        result = _builtin(services, req, entry, adapter, image, stop)
     else:
         options = {**spec.options, **req.options, "model": entry.name if entry else None, "objects": req.objects,
                    "prompt": req.prompt, "question": req.question, "language": req.language,
@@ -106,12 +109,12 @@ def run_one(services: VisionServices, req: VisionOptions, image, stop: Callable[
     return result
 
 
-def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -> results.VisionResult:
+def _builtin(services: VisionServices, req: VisionOptions, entry, adapter, image, stop) -> results.VisionResult:
     from modules.vision import chat_turn, decode, paligemma
 
     segment = req.task == "segment"
     decoder = services.decoders.get(catalog.decoder_path(services)) if segment else None
-    with services.models.use(catalog.VLM_KIND, entry.name) as lm:
+    with services.models.use(catalog.VLM_KIND, entry.name) as lm, adapter_applied(lm, adapter):
         if req.task == "question":
             prompt = (req.question or req.prompt).strip()
             text = chat_turn.ask(lm, image, prompt, req.new_tokens, stop)
@@ -119,7 +122,7 @@ def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -
             prompt = paligemma.prefix(req)
             text = paligemma.generate(lm, image, prompt, req.new_tokens, stop)
     result = results.VisionResult(model=entry.name, task=req.task, prompt=prompt, text=text,
-                                  width=image.width, height=image.height)
+                                  width=image.width, height=image.height, adapter=adapter.name if adapter else None)
     if req.task in OBJECT_TASKS:
         result.objects, result.invalid = decode.objects_from_text(text, image.width, image.height, segment,
                                                                   req.objects, decoder)
@@ -127,6 +130,20 @@ def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -
         result.notes.append(f"the mask decoder is Atelier's demo {catalog.vqvae.FILE_NAME} (random weights): put "
                             "big_vision's real file into models/VLM for real masks")
     return result
+
+
+@contextmanager
+def adapter_applied(lm, adapter):
+    """The chosen adapter answers for the block; the base model answers again after it (chat shares the model)."""
+    if adapter is None:
+        yield lm
+        return
+    lm.load_adapter(adapter.path, adapter.name)  # read once; kept loaded (inactive) beside the model
+    lm.set_adapter(adapter.name)
+    try:
+        yield lm
+    finally:
+        lm.disable_adapters()
 
 
 def save(services: VisionServices, result: results.VisionResult, name: str) -> dict:
