@@ -13,6 +13,7 @@ from webui.ui.progress import follow, progress_html
 
 OBJECT_COLUMNS = ["#", "Label", "Box (x1, y1, x2, y2)", "Score", "Mask"]
 LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "ja", "ko", "zh", "ar", "hi", "tr", "sv")
+NO_ADAPTER = ("(none: the model alone)", "")
 STARTING = "The studio is still starting; try again in a moment."
 
 
@@ -60,8 +61,9 @@ def build(studio) -> dict:
                 c["task"] = gr.Dropdown([], label="Task", elem_id="vision_task", scale=2, allow_custom_value=True)
                 c["model"] = gr.Dropdown([], label="Model", elem_id="vision_model", scale=3, allow_custom_value=True)
                 # The PEFT adapters made for the chosen model (models/LLM-loras), e.g. a PaliGemma fine-tune.
-                c["adapter"] = gr.Dropdown([], label="Adapter", elem_id="vision_adapter", scale=2,
-                                           allow_custom_value=True)
+                # Starts at "" (none), so a script calling /vision without it still works.
+                c["adapter"] = gr.Dropdown([NO_ADAPTER], value="", label="Adapter", elem_id="vision_adapter",
+                                           scale=2, allow_custom_value=True)
             c["objects"] = gr.Textbox(label="Objects (detect / segment), e.g. cat ; dog", elem_id="vision_objects")
             c["question"] = gr.Textbox(label="Question (answer / question)", elem_id="vision_question")
             with gr.Row():
@@ -112,7 +114,7 @@ def build(studio) -> dict:
         rows = task_rows(studio) if rows is None else rows
         row = next((r for r in rows if r["name"] == task), None)
         names = (row or {}).get("adapters", {}).get(model, [])
-        return gr.Dropdown(choices=[("(none: the model alone)", "")] + [(n, n) for n in names], value="")
+        return gr.Dropdown(choices=[NO_ADAPTER] + [(n, n) for n in names], value="")
 
     c["task"].input(lambda t: models_update(t), [c["task"]], [c["model"], c["adapter"], c["task_note"]],
                     queue=False, api_visibility="private")
