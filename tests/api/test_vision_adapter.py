@@ -12,31 +12,17 @@ import pytest
 from modules.models.demo_lm import DEMO_PALIGEMMA_NAME
 from tests.api.conftest import assert_json_error, b64_of
 from tests.conftest import make_data_dir, start_live_server
+from tests.fixtures_models import save_demo_paligemma_adapter
 
 ADAPTER = "shapes-test"
 TIMEOUT = 180
 
 
-def _write_adapter(base_folder, out) -> None:
-    """A LoRA on the language model's attention with random (not zero) B matrices, so it changes the output."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import PaliGemmaForConditionalGeneration
-
-    torch.manual_seed(0)
-    model = PaliGemmaForConditionalGeneration.from_pretrained(str(base_folder), local_files_only=True)
-    config = LoraConfig(r=4, lora_alpha=64, init_lora_weights=False, task_type="CAUSAL_LM",
-                        target_modules=r"^model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj$")
-    get_peft_model(model, config).save_pretrained(str(out))
-    adapter_config = json.loads((out / "adapter_config.json").read_text())
-    adapter_config["base_model_name_or_path"] = DEMO_PALIGEMMA_NAME
-    (out / "adapter_config.json").write_text(json.dumps(adapter_config))
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, demo_checkpoint, demo_language_models):
     data = make_data_dir(tmp_path_factory.mktemp("vision-adapter"), demo_checkpoint)
-    _write_adapter(data / "models" / "VLM" / DEMO_PALIGEMMA_NAME, data / "models" / "LLM-loras" / ADAPTER)
+    save_demo_paligemma_adapter(data / "models" / "VLM" / DEMO_PALIGEMMA_NAME, data / "models" / "LLM-loras" / ADAPTER,
+                                DEMO_PALIGEMMA_NAME)
     s = start_live_server(data)
     yield s
     s.stop()
