@@ -9,12 +9,11 @@ skipped. Read on the server (validation, step math) and in the training process;
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from modules.errors import InvalidRequest
-from modules.training.lm_dataset import dataset_files
+from modules.training.lm_dataset import dataset_files, jsonl_records
 
 
 @dataclass(frozen=True)
@@ -54,15 +53,7 @@ def read_rows(path: Path, data_root: Path, tokenizer, image_tokens: int, cutoff:
         if file.suffix.lower() != ".jsonl":
             continue
         out.files.append(file.name)
-        for n, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{file.name}:{n}"
-            try:
-                record = json.loads(line)
-            except ValueError:
-                out.skipped.append((where, "not JSON"))
-                continue
+        for where, record in jsonl_records(file, out.skipped):
             why = _missing(record)
             if why:
                 out.skipped.append((where, why))

@@ -355,6 +355,17 @@ def resolve_lm_dataset(name: str, root: Path) -> Path:
         raise InvalidRequest(exc.message, "dataset") from None
 
 
+def _tokenizer(base):
+    """The base folder's tokenizer (the examples are measured with it), or a refusal naming base_model."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
+    except Exception as exc:  # a folder without a usable tokenizer cannot render its examples
+        raise InvalidRequest(f"{base.name}'s tokenizer cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}",
+                             "base_model") from None
+
+
 def _check_lm_lora(request: LmLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
     from modules.training.lm_dataset import check_examples, read_examples
 
@@ -365,13 +376,7 @@ def _check_lm_lora(request: LmLoraRequest, services: "TrainingServices", outputs
                              "(config.json + safetensors)", "base_model")
     _check_device(request, services.device_name())
     dataset = resolve_lm_dataset(request.dataset, paths.root)
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
-    except Exception as exc:  # a folder without a usable tokenizer cannot render its examples
-        raise InvalidRequest(f"{base.name}'s tokenizer cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}",
-                             "base_model") from None
+    tokenizer = _tokenizer(base)
     try:
         examples = read_examples(dataset, tokenizer, request.format, request.cutoff_len, request.packing)
     except OSError as exc:
@@ -437,13 +442,7 @@ def _check_paligemma_lora(request: PaliGemmaLoraRequest, services: "TrainingServ
         raise InvalidRequest(f"{request.cutoff_len} tokens do not hold {base.name}'s {image_tokens} image tokens and "
                              f"an answer; raise cutoff_len above {image_tokens + 4}", "cutoff_len")
     dataset = resolve_lm_dataset(request.dataset, paths.root)
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
-    except Exception as exc:  # a folder without a usable tokenizer cannot measure its prefixes
-        raise InvalidRequest(f"{base.name}'s tokenizer cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}",
-                             "base_model") from None
+    tokenizer = _tokenizer(base)
     try:
         examples = read_rows(dataset, paths.root, tokenizer, image_tokens, request.cutoff_len)
     except OSError as exc:
