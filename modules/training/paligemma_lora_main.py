@@ -7,7 +7,8 @@ trained), the suffix and <eos> the answer — the only labelled tokens. The visi
 projector stay frozen (LoRA on them only with train_vision_tower); LoRA goes on the language
 model's linear layers (all, or the attention projections), through the loop every kind shares
 (checkpoints, Stop, exact resume; peft_train.py). The result is a PEFT adapter folder in
-models/LLM-loras naming its base, which the Vision tab offers under that model.
+models/LLM-loras naming its base, which the Vision tab offers under that model; with save_merged also
+the base with the adapter merged in, as a model folder of models/VLM.
 """
 from __future__ import annotations
 
@@ -79,6 +80,24 @@ def collate(rows, processor, cutoff: int, dtype) -> dict:
     return dict(batch)
 
 
+def save_merged(base: dict, adapter: Path, output: Path, report) -> dict:
+    """The base (at its own dtype) with the adapter merged in, as a model folder with the base's processor."""
+    import shutil
+
+    from peft import PeftModel
+    from transformers import AutoProcessor, PaliGemmaForConditionalGeneration
+
+    model = PaliGemmaForConditionalGeneration.from_pretrained(base["path"], dtype="auto", local_files_only=True)
+    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    temp = output.with_name(f".{output.name}.tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    merged.save_pretrained(str(temp), safe_serialization=True)
+    AutoProcessor.from_pretrained(base["path"], local_files_only=True).save_pretrained(str(temp))
+    peft_train.publish(temp, output)
+    report.log(f"wrote the merged model {output.name}/ into {output.parent.name}/")
+    return {"merged_output": str(output)}
+
+
 def train(ctx, payload: dict) -> dict:
     from modules.training.paligemma_dataset import read_rows
 
@@ -96,4 +115,7 @@ def train(ctx, payload: dict) -> dict:
     rows = examples.rows
     return peft_train.fit(ctx, payload, begun, model, len(rows),
                           lambda batch: collate([rows[i] for i in batch], processor, req.cutoff_len, dtype),
-                          examples.digest(), "image + prefix → suffix lines")
+                          examples.digest(), "image + prefix → suffix lines",
+                          after_save=(lambda: save_merged(payload["base"], Path(payload["output"]),
+                                                          Path(payload["merged_output"]), report))
+                          if payload.get("merged_output") else None)

@@ -147,6 +147,9 @@ class PaliGemmaLoraRequest(PeftAdapterRequest):
                                   '(q/k/v/o projections) or names such as ["q_proj", "v_proj"]')
     train_vision_tower: bool = Field(False, description="also put LoRA on the vision tower and the projector "
                                                         "(frozen by default, as Google's fine-tuning recipe)")
+    save_merged: bool = Field(False, description="also write the base with the adapter merged in as a model "
+                                                 "folder models/VLM/<output_name> (as large as the base; no adapter "
+                                                 "needed to run it)")
 
 
 AnyTrainingRequest = Annotated[Union[SdLoraRequest, LmLoraRequest, PaliGemmaLoraRequest], Field(discriminator="kind")]
@@ -193,6 +196,7 @@ class Checked:
     run_dir: Path
     steps: "StepMath"
     processes: int
+    merged: Path | None = None  # paligemma_lora with save_merged: the merged model folder in models/VLM
 
 
 def check(request: TrainingRequest, services: "TrainingServices", outputs: bool = True) -> Checked:
@@ -448,7 +452,16 @@ def _check_paligemma_lora(request: PaliGemmaLoraRequest, services: "TrainingServ
     except OSError as exc:
         raise InvalidRequest(f"the dataset cannot be read: {exc.strerror or exc}", "dataset") from None
     check_rows(examples, request.dataset)
-    return _adapter_checked(request, services, base, dataset, len(examples.rows), examples.skipped, outputs)
+    checked = _adapter_checked(request, services, base, dataset, len(examples.rows), examples.skipped, outputs)
+    if request.save_merged:
+        checked.merged = resolve_inside(paths.model_dir("vlm"), request.output_name, "output_name", must_exist=False)
+        if checked.merged == base.path.resolve():
+            raise InvalidRequest(f"{request.output_name!r} is the base model's own folder: the merged model needs "
+                                 "another name", "output_name")
+        if outputs and checked.merged.exists() and not (request.overwrite or request.resume):
+            raise OutputExists(f"{checked.merged.name} exists in {checked.merged.parent.name}/; pick another name, "
+                               "or set overwrite", "output_name")
+    return checked
 
 
 def validator(services: "TrainingServices"):

@@ -82,6 +82,11 @@ def save_adapter(model, base: dict, output: Path) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = base["name"]  # the registry lists it under this model (adapters_for)
     config_file.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    publish(temp, output)
+
+
+def publish(temp: Path, output: Path) -> None:
+    """A folder written beside its final place takes that place in one rename (an old one is replaced)."""
     if output.exists():
         old = output.with_name(f".{output.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -103,10 +108,11 @@ def peak_rss_bytes() -> int:
 
 def fit(ctx, payload: dict, begun: tuple, model, rows: int, collate: Callable[[list[int]], dict], digest: str,
         rows_text: str, after_step: Callable[[int], list[str]] | None = None,
-        at_end: Callable[[int], list[str]] | None = None) -> dict:
+        at_end: Callable[[int], list[str]] | None = None, after_save: Callable[[], dict] | None = None) -> dict:
     """Train `model` (a peft model) on `rows` examples batched by `collate(indices)` through loop.py's Loop,
     resume from the run's latest checkpoint when asked, save the adapter when done; returns the job's result.
-    `after_step(step)` / `at_end(step)` return the sample files they wrote."""
+    `after_step(step)` / `at_end(step)` return the sample files they wrote; `after_save()` (rank 0, once the
+    adapter is written) returns what it adds to the result."""
     import torch
     from diffusers.optimization import get_scheduler
     from torch.utils.data import DataLoader
@@ -169,6 +175,8 @@ def fit(ctx, payload: dict, begun: tuple, model, rows: int, collate: Callable[[l
             save_adapter(accelerator.unwrap_model(prepared_model), payload["base"], Path(payload["output"]))
             result["output"] = payload["output"]
             report.log(f"wrote the adapter {Path(payload['output']).name}/")
+            if after_save is not None:
+                result.update(after_save())
     if torch.cuda.is_available():
         result["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
     result["peak_rss_bytes"] = peak_rss_bytes()

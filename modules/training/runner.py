@@ -40,7 +40,7 @@ def run_training(ctx, request: Any) -> dict:
     child_request = {
         "request": req.model_dump(mode="json"), "base": base, "data_root": str(services.paths.root),
         "dataset_dir": str(checked.dataset_dir), "run_dir": str(run.root), "output": str(checked.output),
-        "steps": checked.steps.to_json(),
+        "steps": checked.steps.to_json(), "merged_output": str(checked.merged) if checked.merged else None,
     }
     launcher = accelerate_launcher(services.device_name(), services.gpu_count(), req.mixed_precision, req.gpus)
     try:
@@ -52,6 +52,8 @@ def run_training(ctx, request: Any) -> dict:
         raise
     if isinstance(result, dict) and result.get("output"):
         services.registry.refresh(req.OUTPUT_KIND)  # in the LoRA / adapter pickers at once
+    if isinstance(result, dict) and result.get("merged_output"):
+        services.registry.refresh("vlm")  # the merged PaliGemma, in the Vision tab's models at once
     return result
 
 

@@ -209,6 +209,14 @@ def test_resume_after_a_stop_is_bit_identical(studio, straight):
     assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
 
 
+def test_save_merged_writes_a_model_that_answers_as_base_plus_adapter(studio, straight):
+    job = train(studio, pg_request("shapes-merged", save_merged=True))  # straight's training, another name
+    merged = studio.paths.model_dir("vlm") / "shapes-merged"
+    assert job.result["merged_output"] == str(merged) and (merged / "config.json").is_file()
+    assert "shapes-merged" in [e.name for e in studio.registry.list("vlm")], "listed at once"
+    assert _vision(studio, model="shapes-merged").text == _vision(studio, adapter="shapes-lora").text
+
+
 def test_attention_only_with_the_vision_tower_and_qlora(studio):
     job = train(studio, pg_request("shapes-qlora", target_modules="attention", train_vision_tower=True,
                                    quantization="nf4", max_steps=2))
@@ -232,6 +240,7 @@ def test_an_empty_dataset_is_refused_naming_dataset(studio):
     ({"cutoff_len": 16}, "cutoff_len"),
     ({"target_modules": "everything"}, "target_modules"),
     ({"rank": 0}, "rank"),
+    ({"save_merged": True, "output_name": DEMO_PALIGEMMA_NAME}, "output_name"),
 ])
 def test_refusals_name_the_field(studio, overrides, field):
     with pytest.raises(AtelierError) as info:
