@@ -134,6 +134,9 @@ class PaliGemmaLoraRequest(PeftAdapterRequest):
     adapter folder in models/LLM-loras, listed under its base and chosen as "Adapter" in the Vision tab."""
 
     kind: Literal["paligemma_lora"] = "paligemma_lora"
+    # For the check and the Train tab's pickers: a PaliGemma folder of models/VLM; .jsonl files as datasets.
+    BASE_MODEL_KIND: ClassVar[str] = "vlm"
+    DATASET_FILES: ClassVar[tuple[str, ...]] = (".jsonl",)
     dataset: str = Field(..., min_length=1, max_length=1024,
                          description='a .jsonl file (or a folder of them) inside the data dir, a line per example: '
                                      '{"image": "images/1.png", "prefix": "caption en", "suffix": "a red car"}; '
@@ -432,7 +435,7 @@ def _check_paligemma_lora(request: PaliGemmaLoraRequest, services: "TrainingServ
     from modules.training.paligemma_dataset import check_rows, read_rows
 
     paths = services.registry.paths
-    base = _base_entry(request, services, "vlm", ())
+    base = _base_entry(request, services, request.BASE_MODEL_KIND, ())
     if (base.metadata or {}).get("model_type") != "paligemma":
         raise InvalidRequest(f"{base.name} is not a PaliGemma model (model_type "
                              f"{(base.metadata or {}).get('model_type')!r}); pick a PaliGemma folder of models/VLM",

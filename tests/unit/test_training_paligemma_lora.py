@@ -125,9 +125,8 @@ def test_bad_lines_are_skipped_and_reported(studio, straight):
         assert f"skipped train.jsonl:{n}: " in logs and why in logs, why
     assert "4 image + prefix → suffix lines" in logs
     from modules.training import runs
-    from modules.training.task import TrainingServices
 
-    plan = runs.plan(pg_request("planned"), TrainingServices(studio.models, studio.registry, studio.settings))
+    plan = runs.plan(pg_request("planned"), studio.jobs.services_of("train_paligemma_lora"))
     assert plan["steps"]["images"] == len(GOOD) and len(plan["skipped"]) == len(BAD) + 1
     assert plan["memory"]["total_bytes"] > 0
 
@@ -156,12 +155,10 @@ def _vision(studio, **fields):
 
 def test_the_adapter_is_listed_under_its_base_and_changes_the_vision_answer(studio, straight):
     from modules.vision.catalog import listing
-    from modules.vision.engine import VisionServices
 
     base = studio.registry.get("vlm", DEMO_PALIGEMMA_NAME)
     assert "shapes-lora" in [e.name for e in studio.registry.adapters_for(base)]
-    services = VisionServices(studio.models, studio.registry, studio.outputs, studio.vision_tasks)
-    raw = next(r for r in listing(services) if r["name"] == "raw")
+    raw = next(r for r in listing(studio.jobs.services_of("vision")) if r["name"] == "raw")
     assert "shapes-lora" in raw["adapters"][DEMO_PALIGEMMA_NAME]
     before = _vision(studio)
     tuned = _vision(studio, adapter="shapes-lora")
