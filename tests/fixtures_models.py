@@ -160,3 +160,23 @@ def save_demo_upscaler(path: Path, fmt: str = "safetensors", seed: int = 0) -> P
     else:
         torch.save({"params_ema": sd}, str(path))
     return path
+
+
+def save_demo_paligemma_adapter(base_folder: Path, out: Path, base_name: str, seed: int = 0) -> Path:
+    """A PEFT LoRA for the demo PaliGemma's language model (attention q/v) with random, not zero, B matrices,
+    so it changes the answer; its adapter_config names `base_name`, as a paligemma_lora training writes it."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import PaliGemmaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = PaliGemmaForConditionalGeneration.from_pretrained(str(base_folder), local_files_only=True)
+    config = LoraConfig(r=4, lora_alpha=64, init_lora_weights=False, task_type="CAUSAL_LM",
+                        target_modules=r"^model\.language_model\.layers\.\d+\.self_attn\.(q|v)_proj$")
+    get_peft_model(model, config).save_pretrained(str(out))
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    adapter_config["base_model_name_or_path"] = base_name
+    (out / "adapter_config.json").write_text(json.dumps(adapter_config))
+    return out

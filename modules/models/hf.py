@@ -45,13 +45,14 @@ class LanguageModel:
     processor: Any | None
     info: ModelInfo
     adapters: dict[str, Path] = field(default_factory=dict)  # name -> folder, as loaded
+    adapter_stamps: dict[str, tuple] = field(default_factory=dict)  # name -> the folder's files when loaded
     active_adapter: str | None = None  # None: the base model answers
 
     def load_adapter(self, path: Path, name: str) -> None:
         """Read a PEFT adapter folder into the model under `name`; the active adapter stays as it was."""
         path = Path(path)
-        if self.adapters.get(name) == path:
-            return
+        if self.adapters.get(name) == path and self.adapter_stamps.get(name) == _folder_stamp(path):
+            return  # loaded, and not retrained (overwritten) since
         if not (path / "adapter_config.json").exists():
             raise ModelLoadError(f"{path.name}/ has no adapter_config.json: it is not a PEFT adapter folder", "adapter")
         if name in self.adapters:
@@ -65,6 +66,7 @@ class LanguageModel:
                                  f"({type(exc).__name__}: {str(exc)[:300]}); pick an adapter made for this "
                                  "base model", "adapter") from None
         self.adapters[name] = path
+        self.adapter_stamps[name] = _folder_stamp(path)
         self._apply()
 
     def set_adapter(self, name: str) -> None:
@@ -80,6 +82,7 @@ class LanguageModel:
         self._apply()
 
     def remove_adapter(self, name: str) -> None:
+        self.adapter_stamps.pop(name, None)
         if self.adapters.pop(name, None) is None:
             return
         self.model.delete_adapter(name)
@@ -96,6 +99,15 @@ class LanguageModel:
             # peft's set_adapter leaves a disabled model disabled: enable first.
             self.model.enable_adapters()
             self.model.set_adapter(self.active_adapter)
+
+
+def _folder_stamp(folder: Path) -> tuple:
+    """(name, size, mtime) of the folder's files: changes when a training writes the adapter again."""
+    try:
+        return tuple(sorted((p.name, st.st_size, st.st_mtime_ns) for p in folder.iterdir()
+                            if p.is_file() and (st := p.stat())))
+    except OSError:
+        return ()
 
 
 class TransformersAdapter:
@@ -147,6 +159,7 @@ class TransformersAdapter:
             remove_hook_from_module(handle.model, recurse=True)  # the hooks hold the offloaded weights
         handle.model = handle.tokenizer = handle.processor = None
         handle.adapters.clear()
+        handle.adapter_stamps.clear()
         free_accelerator_memory(loaded.device)
 
 

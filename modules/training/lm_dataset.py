@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 from modules.errors import InvalidRequest
 
@@ -77,6 +78,18 @@ def chat_row(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
     return ids, labels
 
 
+def jsonl_records(file: Path, skipped: list[tuple[str, str]]) -> Iterator[tuple[str, Any]]:
+    """("file.jsonl:line", the parsed value) of each non-blank line; a line that is not JSON goes to `skipped`."""
+    for n, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{file.name}:{n}"
+        try:
+            yield where, json.loads(line)
+        except ValueError:
+            skipped.append((where, "not JSON"))
+
+
 def read_examples(path: Path, tokenizer, fmt: str, cutoff: int, packing: bool) -> LmExamples:
     """Every example of the dataset as (ids, labels) rows of at most `cutoff` tokens."""
     out = LmExamples(format=fmt)
@@ -86,15 +99,7 @@ def read_examples(path: Path, tokenizer, fmt: str, cutoff: int, packing: bool) -
         if file.suffix.lower() == ".txt":
             texts.append(file.read_text(encoding="utf-8", errors="replace"))
             continue
-        for n, line in enumerate(file.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
-            if not line.strip():
-                continue
-            where = f"{file.name}:{n}"
-            try:
-                record = json.loads(line)
-            except ValueError:
-                out.skipped.append((where, "not JSON"))
-                continue
+        for where, record in jsonl_records(file, out.skipped):
             if not isinstance(record, dict):
                 out.skipped.append((where, "not a JSON object"))
                 continue

@@ -67,6 +67,8 @@ class TrainingRequest(BaseModel):
     def run_name(self) -> str:
         return self.output_name
 
+    # The model kind the result is listed as (the registry refreshes it when the training is done).
+    OUTPUT_KIND: ClassVar[str] = "lora"
     # Fields a resume may change: they do not alter the training's state or schedule.
     RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("resume", "overwrite", "save_every", "keep_checkpoints", "stop_after_steps", "gpus")
     # What `base_model` names and `dataset` may be, for the check and the Train tab's pickers: the model kind
@@ -156,7 +158,24 @@ class DreamBoothRequest(SdTrainingRequest):
         return self
 
 
-class LmLoraRequest(TrainingRequest):
+class PeftAdapterRequest(TrainingRequest):
+    """What the kinds that write a PEFT adapter folder into models/LLM-loras share: LoRA, optional QLoRA."""
+
+    OUTPUT_KIND: ClassVar[str] = "lm_adapter"
+
+    rank: int = Field(8, ge=1, le=1024, description="LoRA rank (r)")
+    alpha: PositiveFloat = Field(16.0, description="LoRA alpha; the update is scaled by alpha / rank")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout")
+    learning_rate: PositiveFloat = 2e-4
+    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA (a 4-bit base, double quant)")
+    double_quant: bool = Field(True, description="nf4: quantize the quantization constants too")
+
+    @property
+    def network_alpha(self) -> float:
+        return float(self.alpha)
+
+
+class LmLoraRequest(PeftAdapterRequest):
     """A LoRA / QLoRA adapter for a causal LM of models/LLM (a PEFT adapter folder in models/LLM-loras)."""
 
     kind: Literal["lm_lora"] = "lm_lora"
@@ -165,26 +184,44 @@ class LmLoraRequest(TrainingRequest):
     format: Literal["auto", "chat", "text"] = Field("auto", description="chat: JSONL messages; text: raw text")
     cutoff_len: int = Field(512, ge=16, le=32_768, description="tokens per example; longer ones are cut")
     packing: bool = Field(False, description="join examples into rows of cutoff_len tokens")
-    rank: int = Field(8, ge=1, le=1024)
-    alpha: PositiveFloat = 16.0
-    dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Union[Literal["all-linear"], list[Annotated[str, Field(min_length=1, max_length=100)]]] = (
         Field("all-linear", description='"all-linear" or module names such as ["q_proj", "v_proj"]'))
-    learning_rate: PositiveFloat = 2e-4
-    quantization: Literal["none", "nf4"] = Field("none", description="nf4: QLoRA (a 4-bit base, double quant)")
-    double_quant: bool = True
     sample_every: int = Field(0, ge=0, le=1_000_000, description="steps between sample replies; 0: at the end")
     sample_prompts: list[Annotated[str, Field(max_length=2000)]] = Field(default_factory=list, max_length=8)
     sample_max_new_tokens: int = Field(32, ge=1, le=512)
 
-    @property
-    def network_alpha(self) -> float:
-        return float(self.alpha)
+
+class PaliGemmaLoraRequest(PeftAdapterRequest):
+    """A LoRA / QLoRA adapter for a PaliGemma model of models/VLM, taught image + prefix → suffix; a PEFT
+    adapter folder in models/LLM-loras, listed under its base and chosen as "Adapter" in the Vision tab."""
+
+    kind: Literal["paligemma_lora"] = "paligemma_lora"
+    # For the check and the Train tab's pickers: a PaliGemma folder of models/VLM; .jsonl files as datasets.
+    BASE_MODEL_KIND: ClassVar[str] = "vlm"
+    DATASET_FILES: ClassVar[tuple[str, ...]] = (".jsonl",)
+    dataset: str = Field(..., min_length=1, max_length=1024,
+                         description='a .jsonl file (or a folder of them) inside the data dir, a line per example: '
+                                     '{"image": "images/1.png", "prefix": "caption en", "suffix": "a red car"}; '
+                                     "image paths are relative to the file's folder")
+    cutoff_len: int = Field(512, ge=16, le=16_384,
+                            description="tokens per example: the image's (256 at 224 px, 1024 at 448, 4096 at 896) "
+                                        "+ prefix + suffix; a longer suffix is cut")
+    target_modules: Union[Literal["all-linear", "attention"],
+                          list[Annotated[str, Field(min_length=1, max_length=100)]]] = Field(
+        "all-linear", description='the language model\'s layers that get LoRA: "all-linear", "attention" '
+                                  '(q/k/v/o projections) or names such as ["q_proj", "v_proj"]')
+    train_vision_tower: bool = Field(False, description="also put LoRA on the vision tower and the projector "
+                                                        "(frozen by default, as Google's fine-tuning recipe)")
+    save_merged: bool = Field(False, description="also write the base with the adapter merged in as a model "
+                                                 "folder models/VLM/<output_name> (as large as the base; no adapter "
+                                                 "needed to run it)")
 
 
-AnyTrainingRequest = Annotated[Union[SdLoraRequest, LmLoraRequest, DreamBoothRequest], Field(discriminator="kind")]
+AnyTrainingRequest = Annotated[Union[SdLoraRequest, LmLoraRequest, DreamBoothRequest, PaliGemmaLoraRequest],
+                              Field(discriminator="kind")]
 _ADAPTER = TypeAdapter(AnyTrainingRequest)
-KINDS = {"sd_lora": SdLoraRequest, "lm_lora": LmLoraRequest, "dreambooth": DreamBoothRequest}
+KINDS = {"sd_lora": SdLoraRequest, "lm_lora": LmLoraRequest, "dreambooth": DreamBoothRequest,
+         "paligemma_lora": PaliGemmaLoraRequest}
 
 
 def job_kind(kind: str) -> str:
@@ -208,7 +245,8 @@ def parse(data: Any) -> TrainingRequest:
 
 def _named(exc: ValidationError) -> InvalidRequest:
     err = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in err.get("loc", ()) if str(p) not in KINDS]
+    # Kind tags and union members' tags ("literal['all-linear']", "list[str]") are not fields.
+    loc = [str(p) for p in err.get("loc", ()) if str(p) not in KINDS and "[" not in str(p)]
     msg = str(err.get("msg", "is invalid")).removeprefix("Value error, ")
     return InvalidRequest(msg, ".".join(loc) or "body")
 
@@ -228,6 +266,7 @@ class Checked:
     class_dir: Path | None = None  # DreamBooth's class images (made when fewer than asked)
     class_images: int = 0  # readable class images in it now
     also_written: tuple[Path, ...] = ()  # more results than `output` (a full checkpoint's diffusers folder)
+    merged: Path | None = None  # paligemma_lora with save_merged: the merged model folder in models/VLM
 
 
 def check(request: TrainingRequest, services: "TrainingServices", outputs: bool = True) -> Checked:
@@ -241,6 +280,8 @@ def check(request: TrainingRequest, services: "TrainingServices", outputs: bool 
         from modules.training.dreambooth_check import check_dreambooth
 
         return check_dreambooth(request, services, outputs)
+    if isinstance(request, PaliGemmaLoraRequest):
+        return _check_paligemma_lora(request, services, outputs)
     raise InvalidRequest(f"no checks for {type(request).__name__}", "kind")
 
 
@@ -400,9 +441,19 @@ def resolve_lm_dataset(name: str, root: Path) -> Path:
         raise InvalidRequest(exc.message, "dataset") from None
 
 
+def _tokenizer(base):
+    """The base folder's tokenizer (the examples are measured with it), or a refusal naming base_model."""
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
+    except Exception as exc:  # a folder without a usable tokenizer cannot render its examples
+        raise InvalidRequest(f"{base.name}'s tokenizer cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}",
+                             "base_model") from None
+
+
 def _check_lm_lora(request: LmLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
     from modules.training.lm_dataset import check_examples, read_examples
-    from modules.training.plan import step_math
 
     paths = services.registry.paths
     base = _base_entry(request, services, request.BASE_MODEL_KIND, ())
@@ -411,29 +462,88 @@ def _check_lm_lora(request: LmLoraRequest, services: "TrainingServices", outputs
                              "(config.json + safetensors)", "base_model")
     _check_device(request, services.device_name())
     dataset = resolve_lm_dataset(request.dataset, paths.root)
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(base.path), local_files_only=True)
-    except Exception as exc:  # a folder without a usable tokenizer cannot render its examples
-        raise InvalidRequest(f"{base.name}'s tokenizer cannot be loaded: {type(exc).__name__}: {str(exc)[:200]}",
-                             "base_model") from None
+    tokenizer = _tokenizer(base)
     try:
         examples = read_examples(dataset, tokenizer, request.format, request.cutoff_len, request.packing)
     except OSError as exc:
         raise InvalidRequest(f"the dataset cannot be read: {exc.strerror or exc}", "dataset") from None
     check_examples(examples, request.dataset)
-    output = resolve_inside(paths.model_dir("lm_adapter"), request.output_name, "output_name", must_exist=False)
+    return _adapter_checked(request, services, base, dataset, len(examples.rows), examples.skipped, outputs)
+
+
+def _adapter_checked(request: "PeftAdapterRequest", services: "TrainingServices", base, dataset: Path, rows: int,
+                     skipped: list, outputs: bool) -> Checked:
+    """The output folder in models/LLM-loras, the run folder and the step math of a PEFT adapter training."""
+    from modules.training.dataset import DatasetScan
+    from modules.training.plan import step_math
+
+    paths = services.registry.paths
+    output = resolve_inside(paths.model_dir(request.OUTPUT_KIND), request.output_name, "output_name",
+                            must_exist=False)
     run_dir = resolve_inside(paths.training, request.run_name, "output_name", must_exist=False)
     if outputs:
         _check_output(request, output, run_dir)
     processes = services.processes(request.gpus)
-    steps = step_math(len(examples.rows), len(examples.rows), request.epochs, request.batch_size,
-                      request.gradient_accumulation, max_steps=request.max_steps, processes=processes)
-    from modules.training.dataset import DatasetScan
+    steps = step_math(rows, rows, request.epochs, request.batch_size, request.gradient_accumulation,
+                      max_steps=request.max_steps, processes=processes)
+    return Checked(request, base, dataset, DatasetScan(dataset, skipped=skipped), output, run_dir, steps, processes)
 
-    scan = DatasetScan(dataset, skipped=examples.skipped)
-    return Checked(request, base, dataset, scan, output, run_dir, steps, processes)
+
+def paligemma_image_tokens(base_path: Path) -> int:
+    """The image's soft tokens of a PaliGemma folder, read from disk: config.json's text_config, or the
+    processor's image_seq_length (preprocessor_config.json, or transformers 5's processor_config.json)."""
+    def read(name: str) -> dict:
+        try:
+            value = json.loads((base_path / name).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    config, processor = read("config.json"), read("processor_config.json")
+    for value in ((config.get("text_config") or {}).get("num_image_tokens"),
+                  read("preprocessor_config.json").get("image_seq_length"),
+                  (processor.get("image_processor") or {}).get("image_seq_length")):
+        if isinstance(value, int) and value > 0:
+            return value
+    raise InvalidRequest(f"{base_path.name} names no image token count (config.json text_config.num_image_tokens "
+                         "or the processor's image_seq_length): it is not a complete PaliGemma folder; download "
+                         "it again", "base_model")
+
+
+def _check_paligemma_lora(request: PaliGemmaLoraRequest, services: "TrainingServices", outputs: bool) -> Checked:
+    from modules.training.paligemma_dataset import check_rows, read_rows
+
+    paths = services.registry.paths
+    base = _base_entry(request, services, request.BASE_MODEL_KIND, ())
+    if (base.metadata or {}).get("model_type") != "paligemma":
+        raise InvalidRequest(f"{base.name} is not a PaliGemma model (model_type "
+                             f"{(base.metadata or {}).get('model_type')!r}); pick a PaliGemma folder of models/VLM",
+                             "base_model")
+    if base.format != "hf":
+        raise InvalidRequest(f"{base.name} is a {base.format} file; LoRA training needs a transformers folder",
+                             "base_model")
+    _check_device(request, services.device_name())
+    image_tokens = paligemma_image_tokens(base.path)
+    if image_tokens + 4 > request.cutoff_len:
+        raise InvalidRequest(f"{request.cutoff_len} tokens do not hold {base.name}'s {image_tokens} image tokens and "
+                             f"an answer; raise cutoff_len above {image_tokens + 4}", "cutoff_len")
+    dataset = resolve_lm_dataset(request.dataset, paths.root)
+    tokenizer = _tokenizer(base)
+    try:
+        examples = read_rows(dataset, paths.root, tokenizer, image_tokens, request.cutoff_len)
+    except OSError as exc:
+        raise InvalidRequest(f"the dataset cannot be read: {exc.strerror or exc}", "dataset") from None
+    check_rows(examples, request.dataset)
+    checked = _adapter_checked(request, services, base, dataset, len(examples.rows), examples.skipped, outputs)
+    if request.save_merged:
+        checked.merged = resolve_inside(paths.model_dir("vlm"), request.output_name, "output_name", must_exist=False)
+        if checked.merged == base.path.resolve():
+            raise InvalidRequest(f"{request.output_name!r} is the base model's own folder: the merged model needs "
+                                 "another name", "output_name")
+        if outputs and checked.merged.exists() and not (request.overwrite or request.resume):
+            raise OutputExists(f"{checked.merged.name} exists in {checked.merged.parent.name}/; pick another name, "
+                               "or set overwrite", "output_name")
+    return checked
 
 
 def validator(services: "TrainingServices"):

@@ -34,7 +34,7 @@ def run_training(ctx, request: Any) -> dict:
     run.prepare(req.model_dump(mode="json"), {"base": base, "dataset": str(checked.dataset_dir),
                                                "skipped": checked.scan.skipped, "steps": checked.steps.to_json(),
                                                "created_at": time.time()}, fresh=not req.resume)
-    if req.kind == "lm_lora":
+    if req.OUTPUT_KIND == "lm_adapter":  # datasets of lines: say so even when none was skipped
         ctx.log(f"{len(checked.scan.skipped)} example(s) skipped" if checked.scan.skipped else "no example skipped")
     for path, why in checked.scan.skipped[:50]:
         ctx.log(f"skipped {path}: {why}")
@@ -45,6 +45,7 @@ def run_training(ctx, request: Any) -> dict:
         "request": req.model_dump(mode="json"), "base": base, "data_root": str(services.paths.root),
         "dataset_dir": str(checked.dataset_dir), "run_dir": str(run.root), "output": str(checked.output),
         "steps": checked.steps.to_json(), "class_dir": str(checked.class_dir) if checked.class_dir else None,
+        "merged_output": str(checked.merged) if checked.merged else None,
     }
     launcher = accelerate_launcher(services.device_name(), services.gpu_count(), req.mixed_precision, req.gpus)
     try:
@@ -55,14 +56,16 @@ def run_training(ctx, request: Any) -> dict:
             raise ChildFailed(f"{exc.message}\n{memory_hint(req, services.device_name())}", exc.field) from None
         raise
     if isinstance(result, dict) and result.get("output"):
-        services.registry.refresh(_output_kind(req))  # in the LoRA picker (or the checkpoint list) at once
+        services.registry.refresh(_output_kind(req))  # in the LoRA / adapter pickers (or the checkpoint list) at once
+    if isinstance(result, dict) and result.get("merged_output"):
+        services.registry.refresh("vlm")  # the merged PaliGemma, in the Vision tab's models at once
     return result
 
 
 def _output_kind(req: TrainingRequest) -> str:
     if isinstance(req, DreamBoothRequest) and req.mode == "full":
         return "checkpoint"
-    return "lm_adapter" if req.kind == "lm_lora" else "lora"
+    return req.OUTPUT_KIND
 
 
 def memory_hint(req: TrainingRequest, device_name: str) -> str:

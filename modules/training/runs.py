@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from modules.errors import NotFound
 from modules.paths import resolve_inside
-from modules.training.params import check, load_saved_request, parse
+from modules.training.params import PeftAdapterRequest, check, load_saved_request, parse
 from modules.training.runfolder import RunFolder
 
 if TYPE_CHECKING:
@@ -24,7 +24,7 @@ def plan(data: Any, services: "TrainingServices") -> dict:
 
     req = parse(data)
     checked = check(req, services, outputs=False)
-    if req.kind == "lm_lora":
+    if isinstance(req, PeftAdapterRequest):  # an LLM or PaliGemma (its language model dominates) adapter
         memory = estimate_lm_lora(checked.base.size, req.quantization, req.mixed_precision, req.batch_size,
                                   req.cutoff_len, req.rank, req.gradient_checkpointing, req.optimizer)
     elif req.kind == "dreambooth":

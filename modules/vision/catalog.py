@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 BUILTIN_OWNER = "builtin"
 VLM_KIND = "vlm"
+ADAPTER_KIND = "lm_adapter"  # PEFT adapter folders (models/LLM-loras), listed under the model they were made for
 # name: (title, description, the request fields it reads)
 BUILTIN = {
     "caption": ("Caption (short)", "PaliGemma: caption {language}", ["language"]),
@@ -89,6 +90,31 @@ def resolve_model(services: "VisionServices", spec, name: str | None) -> "ModelE
     return entry
 
 
+def resolve_adapter(services: "VisionServices", spec, entry: "ModelEntry | None",
+                    name: str | None) -> "ModelEntry | None":
+    """The PEFT adapter (models/LLM-loras) chosen for `entry`, or None; refusals name `adapter`."""
+    from modules.errors import NotFound
+
+    if not name:
+        return None
+    if spec.owner != BUILTIN_OWNER or entry is None:
+        raise InvalidRequest(f"{spec.name!r} is an extension's task: adapters apply to the built-in tasks' models",
+                             "adapter")
+    registry = services.registry
+    try:
+        adapter = registry.get(ADAPTER_KIND, name, field="adapter")
+    except NotFound:
+        registry.refresh(ADAPTER_KIND)  # one trained or copied in since the last scan
+        adapter = registry.get(ADAPTER_KIND, name, field="adapter")
+    if adapter.problem:
+        raise InvalidRequest(f"{adapter.name} cannot be used: {adapter.problem}", "adapter")
+    made_for = [a.name for a in registry.adapters_for(entry)]
+    if adapter.name not in made_for:
+        raise InvalidRequest(f"{adapter.name} was made for {adapter.metadata.get('base_model')!r}, not {entry.name}; "
+                             f"adapters of {entry.name}: {', '.join(made_for) or 'none'}", "adapter")
+    return adapter
+
+
 def listing(services: "VisionServices") -> list[dict]:
     """Every task with the models that can run it and whether it is ready (segment: the VQ-VAE file)."""
     rows = []
@@ -101,6 +127,8 @@ def listing(services: "VisionServices") -> list[dict]:
             "name": spec.name, "title": spec.title, "description": spec.description, "owner": spec.owner,
             "model_kind": VLM_KIND if builtin else spec.model_kind,
             "models": [e.name for e in models_for(services, spec)],
+            "adapters": {e.name: [a.name for a in services.registry.adapters_for(e)]
+                         for e in models_for(services, spec)} if builtin else {},
             "fields": BUILTIN[spec.name][2] if builtin else ["options"],
             "options": dict(spec.options), "ready": problem is None, "problem": problem,
         })

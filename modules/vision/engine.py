@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -70,6 +71,7 @@ def validator(services: VisionServices) -> Callable[[object], None]:
         entry = catalog.resolve_model(services, spec, req.model)
         if spec.check is not None:  # an extension task's own options, refused now rather than per image
             spec.check(task_options(spec, req, entry))
+        catalog.resolve_adapter(services, spec, entry, req.adapter)
         if req.task == "segment" and spec.owner == catalog.BUILTIN_OWNER:
             services.decoders.get(catalog.decoder_path(services))  # missing or broken: refused now, naming the file
         if isinstance(req, VisionBatchRequest) and req.folder:
@@ -95,8 +97,9 @@ def run_one(services: VisionServices, req: VisionOptions, image, stop: Callable[
     started = time.perf_counter()
     spec = catalog.spec_of(services, req.task)
     entry = catalog.resolve_model(services, spec, req.model)
+    adapter = catalog.resolve_adapter(services, spec, entry, req.adapter)
     if spec.owner == catalog.BUILTIN_OWNER:
-        result = _builtin(services, req, entry, image, stop)
+        result = _builtin(services, req, entry, adapter, image, stop)
     else:
         value = spec.run(image, task_options(spec, req, entry))
         result = results.from_extension(value, model=entry.name if entry else "", task=req.task,
@@ -114,12 +117,12 @@ def task_options(spec: VisionTaskSpec, req: VisionOptions, entry) -> dict:
             "max_new_tokens": req.max_new_tokens}
 
 
-def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -> results.VisionResult:
+def _builtin(services: VisionServices, req: VisionOptions, entry, adapter, image, stop) -> results.VisionResult:
     from modules.vision import decode, paligemma
 
     segment = req.task == "segment"
     decoder = services.decoders.get(catalog.decoder_path(services)) if segment else None
-    with services.models.use(catalog.VLM_KIND, entry.name) as lm:
+    with services.models.use(catalog.VLM_KIND, entry.name) as lm, adapter_applied(lm, adapter):
         if req.task == "question":
             prompt = (req.question or req.prompt).strip()
             question = [{"role": "user", "content": [{"type": "image", "image": image.convert("RGB")},
@@ -129,7 +132,7 @@ def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -
             prompt = paligemma.prefix(req)
             text = paligemma.generate(lm, image, prompt, req.new_tokens, stop)
     result = results.VisionResult(model=entry.name, task=req.task, prompt=prompt, text=text,
-                                  width=image.width, height=image.height)
+                                  width=image.width, height=image.height, adapter=adapter.name if adapter else None)
     if req.task in OBJECT_TASKS:
         result.objects, result.invalid = decode.objects_from_text(text, image.width, image.height, segment,
                                                                   req.objects, decoder)
@@ -137,6 +140,20 @@ def _builtin(services: VisionServices, req: VisionOptions, entry, image, stop) -
         result.notes.append(f"the mask decoder is Atelier's demo {catalog.vqvae.FILE_NAME} (random weights): put "
                             "big_vision's real file into models/VLM for real masks")
     return result
+
+
+@contextmanager
+def adapter_applied(lm, adapter):
+    """The chosen adapter answers for the block; the base model answers again after it (chat shares the model)."""
+    if adapter is None:
+        yield lm
+        return
+    lm.load_adapter(adapter.path, adapter.name)  # read once; kept loaded (inactive) beside the model
+    lm.set_adapter(adapter.name)
+    try:
+        yield lm
+    finally:
+        lm.disable_adapters()
 
 
 def save(services: VisionServices, result: results.VisionResult, name: str) -> dict:

@@ -39,6 +39,9 @@ class VisionOptions(BaseModel):
     model: str | None = Field(None, max_length=1024,
                               description="a model name as listed (models/VLM, or an extension's kind); "
                                           "empty: the first model that can run the task")
+    adapter: str | None = Field(None, max_length=1024,
+                                description="a PEFT adapter of models/LLM-loras made for the model (listed under it, "
+                                            "e.g. a PaliGemma fine-tune from the Train tab); empty: the model alone")
     task: str = Field(..., min_length=1, max_length=64,
                       description="caption, describe, ocr, answer, detect, segment, raw, question, or an "
                                   "extension's task (GET /atelier/v1/vision/tasks lists them)")

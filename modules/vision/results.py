@@ -64,11 +64,14 @@ class VisionResult:
     overlay: Any = None  # PIL image, or None
     seconds: float | None = None
     saved: dict = field(default_factory=dict)  # "png" / "json" -> path under outputs/, when saved
+    adapter: str | None = None  # the PEFT adapter applied to the model, when one was chosen
 
     def to_json(self) -> dict:
         out = {"model": self.model, "task": self.task, "prompt": self.prompt, "text": self.text,
                "width": self.width, "height": self.height, "objects": [o.to_json() for o in self.objects],
                "invalid": int(self.invalid)}
+        if self.adapter is not None:
+            out["adapter"] = self.adapter
         if self.classes is not None:
             out["classes"] = self.classes
         if self.notes:

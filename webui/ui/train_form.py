@@ -51,6 +51,12 @@ LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
         "Samples": ("sample_every", "sample_prompts", "sample_steps", "sample_seed"),
         "Advanced": ("min_snr_gamma", "noise_offset"),
     },
+    "paligemma_lora": {
+        "Dataset": ("cutoff_len",),
+        "Network": ("rank", "alpha", "dropout", "target_modules", "train_vision_tower", "quantization", "double_quant"),
+        "Optimizer": ("learning_rate",),
+        "Options": ("save_merged",),
+    },
     "lm_lora": {
         "Dataset": ("format", "cutoff_len", "packing"),
         "Network": ("rank", "alpha", "dropout", "target_modules", "quantization", "double_quant"),

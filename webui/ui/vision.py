@@ -13,6 +13,7 @@ from webui.ui.progress import follow, progress_html
 
 OBJECT_COLUMNS = ["#", "Label", "Box (x1, y1, x2, y2)", "Score", "Mask"]
 LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "ja", "ko", "zh", "ar", "hi", "tr", "sv")
+NO_ADAPTER = ("(none: the model alone)", "")
 STARTING = "The studio is still starting; try again in a moment."
 
 
@@ -35,8 +36,9 @@ def _labels(result) -> list[str]:
     return [f"{i}: {o.label}" for i, o in enumerate(result.objects)]
 
 
-def _request(task, model, objects, question, prompt, language, max_new_tokens) -> dict:
-    return {"task": task, "model": model or None, "objects": objects or [], "question": question or "",
+def _request(task, model, objects, question, prompt, language, max_new_tokens, adapter=None) -> dict:
+    return {"task": task, "model": model or None, "adapter": adapter or None, "objects": objects or [],
+            "question": question or "",
             "prompt": prompt or "", "language": language or "en",
             "max_new_tokens": int(max_new_tokens) if max_new_tokens else None, "overlay": True, "save": True}
 
@@ -56,6 +58,10 @@ def build(studio) -> dict:
                 # script may name any task or model, the job's validation answers for it.
                 c["task"] = gr.Dropdown([], label="Task", elem_id="vision_task", scale=2, allow_custom_value=True)
                 c["model"] = gr.Dropdown([], label="Model", elem_id="vision_model", scale=3, allow_custom_value=True)
+                # The PEFT adapters made for the chosen model (models/LLM-loras), e.g. a PaliGemma fine-tune.
+                # Starts at "" (none), so a script calling /vision without it still works.
+                c["adapter"] = gr.Dropdown([NO_ADAPTER], value="", label="Adapter", elem_id="vision_adapter",
+                                           scale=2, allow_custom_value=True)
             c["objects"] = gr.Textbox(label="Objects (detect / segment), e.g. cat ; dog", elem_id="vision_objects")
             c["question"] = gr.Textbox(label="Question (answer / question)", elem_id="vision_question")
             with gr.Row():
@@ -99,12 +105,23 @@ def build(studio) -> dict:
         row = next((r for r in rows if r["name"] == task), None)
         models = row["models"] if row else []
         note = "" if not row or row["ready"] else f"⚠️ {row['problem']}"
-        return gr.Dropdown(choices=models, value=models[0] if models else None), note
+        model = models[0] if models else None
+        return gr.Dropdown(choices=models, value=model), adapters_update(task, model, rows), note
 
-    c["task"].input(lambda t: models_update(t), [c["task"]], [c["model"], c["task_note"]], queue=False,
-                    api_visibility="private")
+    def adapters_update(task, model, rows=None):
+        rows = task_rows(studio) if rows is None else rows
+        row = next((r for r in rows if r["name"] == task), None)
+        names = (row or {}).get("adapters", {}).get(model, [])
+        return gr.Dropdown(choices=[NO_ADAPTER] + [(n, n) for n in names], value="")
 
-    inputs = [c["task"], c["model"], c["objects"], c["question"], c["prompt"], c["language"], c["max_new_tokens"]]
+    c["task"].input(lambda t: models_update(t), [c["task"]], [c["model"], c["adapter"], c["task_note"]],
+                    queue=False, api_visibility="private")
+    c["model"].input(lambda t, m: adapters_update(t, m), [c["task"], c["model"]], [c["adapter"]], queue=False,
+                     api_visibility="private")
+
+    # The adapter last: scripts written before it existed call /vision with the fields before it.
+    inputs = [c["task"], c["model"], c["objects"], c["question"], c["prompt"], c["language"], c["max_new_tokens"],
+              c["adapter"]]
 
     def run(image, *fields):
         if not studio.ready.is_set():
@@ -177,7 +194,7 @@ def build(studio) -> dict:
 
     c["batch_run"].click(endpoint(run_batch, "vision_batch"), [c["batch_files"], c["batch_folder"], *inputs],
                          [c["batch_progress"], c["batch_summary"]], concurrency_id="vision", api_name="vision_batch")
-    c["_on_show"] = (tasks_update, [c["task"]], [c["task"], c["model"], c["task_note"]])
+    c["_on_show"] = (tasks_update, [c["task"]], [c["task"], c["model"], c["adapter"], c["task_note"]])
     return c
 
 
