@@ -15,11 +15,16 @@ from tests.training_support import make_dataset
 from webui.ui.train_form import error_text, form_fields, to_form, to_request
 
 FILL = {"text": "abc", "model": "", "dataset": "datasets/x", "lines": "a prompt", "words": "abc"}
+# Fields a kind's defaults leave to the person, beside the required ones (DreamBooth's prior preservation,
+# on by default, needs a class prompt).
+KIND_FILL = {"dreambooth": {"class_prompt": "a photo of a dog"}}
 
 
-def _required_values(specs) -> list:
+def _required_values(specs, kind: str) -> list:
     """The form's defaults, with every required field filled in as a person would."""
-    return [FILL[s.widget] if s.required and s.widget in FILL else s.default for s in specs]
+    extra = KIND_FILL.get(kind, {})
+    return [extra[s.name] if s.name in extra else FILL[s.widget] if s.required and s.widget in FILL else s.default
+            for s in specs]
 
 
 def _changed(spec, value):
@@ -38,9 +43,9 @@ def test_every_kinds_form_round_trips_to_its_request(kind):
     model = KINDS[kind]
     specs = form_fields(kind, model)
     assert {s.name for s in specs} == set(model.model_fields) - {"kind"}, "every field has a widget"
-    values = _required_values(specs)
+    values = _required_values(specs, kind)
     req = parse(to_request(kind, specs, values))
-    required = {s.name: req.model_dump()[s.name] for s in specs if s.required}
+    required = {s.name: req.model_dump()[s.name] for s in specs if s.required or s.name in KIND_FILL.get(kind, {})}
     assert isinstance(req, model) and req == model(**required), "the form's defaults are the model's"
     changed = [_changed(s, v) for s, v in zip(specs, values)]
     req2 = parse(to_request(kind, specs, changed))
@@ -87,7 +92,7 @@ def test_a_field_the_layout_table_does_not_name_goes_to_the_default_group():
                                                  ("resolution", 100, "multiple of 64")])
 def test_a_bad_value_is_refused_naming_the_field(field, value, word):
     specs = form_fields("sd_lora", KINDS["sd_lora"])
-    values = [value if s.name == field else v for s, v in zip(specs, _required_values(specs))]
+    values = [value if s.name == field else v for s, v in zip(specs, _required_values(specs, "sd_lora"))]
     with pytest.raises(InvalidRequest) as err:
         parse(to_request("sd_lora", specs, values))
     assert err.value.field == field and word in err.value.message
