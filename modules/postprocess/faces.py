@@ -49,7 +49,7 @@ def detect(image) -> list[tuple[int, int, int, int]]:
     import cv2
     import numpy as np
 
-    gray = cv2.equalizeHist(cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY))
+    gray = cv2.cvtColor(np.asarray(image.convert("RGB")), cv2.COLOR_RGB2GRAY)
     boxes = _cascade().detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(MIN_FACE, MIN_FACE))
     return sorted((tuple(int(v) for v in box) for box in boxes), key=lambda b: -b[2] * b[3])
 
