@@ -25,6 +25,9 @@ CODEFORMER_MISSING = ("CodeFormer is not available in Atelier: its architecture 
 
 
 def gfpgan_entries(registry: "ModelRegistry") -> list["ModelEntry"]:
+    """The usable files of models/GFPGAN, read again at each use (a small folder; A1111 lists it each time):
+    a file put there or taken away counts at once."""
+    registry.refresh(GFPGAN_KIND)
     return [e for e in registry.list(GFPGAN_KIND) if not e.problem]
 
 
@@ -49,8 +52,7 @@ def find(registry: "ModelRegistry", name: str, field: str) -> "ModelEntry":
     entries = gfpgan_entries(registry)
     if not entries:
         folder = registry.paths.model_dir(GFPGAN_KIND)
-        raise InvalidRequest(f"no GFPGAN model: put GFPGANv1.4.pth (or a .safetensors of it) in {folder} and "
-                             "refresh the models", field)
+        raise InvalidRequest(f"no GFPGAN model: put GFPGANv1.4.pth (or a .safetensors of it) in {folder}", field)
     preferred = [e for e in entries if "1.4" in e.stem]  # A1111 uses GFPGANv1.4 when several are there
     return (preferred or entries)[0]
 
