@@ -131,11 +131,17 @@ def test_face_restorers_lists_gfpgan_and_extras_restores_the_face_through_webuia
     assert not changed[:, :12].any() and not changed[:, -12:].any()  # the sides, outside the face's square: untouched
 
 
-def test_restore_faces_in_txt2img_through_webuiapi_says_so_in_the_infotext(api):
+def test_restore_faces_in_txt2img_through_webuiapi_and_gradio_client_says_so_in_the_infotext(api, server):
+    from gradio_client import Client
+
     r = api.txt2img(prompt="a portrait", steps=1, width=64, height=64, seed=3, restore_faces=True)
     assert "Face restoration: GFPGAN" in r.info["infotexts"][0]
     assert r.info["restore_faces"] is True and r.info["face_restoration_model"] == "GFPGAN"
     assert r.image.size == (64, 64)
+    client = Client(server.url + "/", verbose=False)
+    _, text, _ = client.predict(prompt="a portrait", steps=1, width=64, height=64, seed=3, restore_faces=True,
+                                api_name="/txt2img")
+    assert "Face restoration: GFPGAN" in text
     refused = httpx.post(api.baseurl + "/txt2img", json={"prompt": "a", "steps": 1, "width": 64, "height": 64,
                                                         "restore_faces": True, "override_settings": {
                                                             "face_restoration_model": "CodeFormer"}}, timeout=60)
