@@ -29,6 +29,7 @@ MODEL_FOLDERS = {
     "swinir": "SwinIR",
     "dat": "DAT",
     "hat": "HAT",
+    "gfpgan": "GFPGAN",  # face restorers (GFPGANv1.4), loaded by spandrel too
 }
 
 

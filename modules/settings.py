@@ -50,6 +50,9 @@ class Settings(BaseModel):
     ESRGAN_tile: int = Field(192, ge=0, le=1024, description="Upscaler models run in tiles of this many pixels (0: the whole "
                              "image at once); every spandrel upscaler (ESRGAN, Real-ESRGAN, SwinIR, DAT, HAT) uses it")
     ESRGAN_tile_overlap: int = Field(8, ge=0, le=128, description="Overlap of the upscaler tiles, pixels (blended)")
+    face_restoration_model: Literal["GFPGAN", "CodeFormer"] = Field(
+        "GFPGAN", description="Face restorer of \"Restore faces\" (a file in models/GFPGAN; CodeFormer is not available)")
+    code_former_weight: float = Field(0.5, ge=0.0, le=1.0, description="CodeFormer's fidelity (0: most restored)")
     grid_save: bool = Field(True, description="Save the X/Y/Z plot's grid (when its cells are saved)")
     save_images_default: bool = True
     ui_updates_per_second: float = Field(5.0, gt=0, le=30)

@@ -59,6 +59,26 @@ _LM_FOLDERS = {"llm": "LLM", "vlm": "VLM"}
 
 
 @pytest.fixture(scope="session")
+def demo_gfpgan(tmp_path_factory) -> Path:
+    """The random-weight GFPGANv1.4-layout restorer (~174 MB fp16), built once: link it into a data dir
+    with `link_model`."""
+    from tests.fixtures_models import save_demo_gfpgan
+
+    return save_demo_gfpgan(tmp_path_factory.mktemp("gfpgan") / "GFPGANv1.4.safetensors")
+
+
+def link_model(source: Path, folder: Path) -> Path:
+    """A big session model placed in a data dir's model folder: a hard link where the disk allows, else a copy."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / source.name
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+    return target
+
+
+@pytest.fixture(scope="session")
 def second_checkpoint(tmp_path_factory) -> Path:
     """Another tiny SD1.x folder with other random weights (seed 1): a second checkpoint to switch to."""
     from modules.models.demo import save_demo_checkpoint

@@ -180,3 +180,36 @@ def save_demo_paligemma_adapter(base_folder: Path, out: Path, base_name: str, se
     adapter_config["base_model_name_or_path"] = base_name
     (out / "adapter_config.json").write_text(json.dumps(adapter_config))
     return out
+
+
+def save_demo_gfpgan(path: Path) -> Path:
+    """The random-weight GFPGANv1.4-layout face restorer as a .safetensors file (fp16, ~174 MB)."""
+    from safetensors.torch import save_file
+
+    from modules.models.demo_faces import gfpgan_state_dict
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(gfpgan_state_dict(), str(path))
+    return path
+
+
+def schematic_face(size: int = 256, background=(90, 120, 160)):
+    """A drawn face (head, brows, eyes, nose, mouth, blurred) that OpenCV's frontal-face cascade finds."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    image = Image.new("RGB", (size, size), background)
+    draw = ImageDraw.Draw(image)
+    s = size / 256
+
+    def ellipse(box, fill):
+        draw.ellipse([v * s for v in box], fill=fill)
+
+    ellipse((58, 30, 198, 220), (225, 185, 150))  # head
+    draw.rectangle([v * s for v in (80, 78, 120, 86)], fill=(70, 50, 40))  # brows
+    draw.rectangle([v * s for v in (136, 78, 176, 86)], fill=(70, 50, 40))
+    ellipse((86, 96, 116, 112), (40, 30, 30))  # eyes
+    ellipse((140, 96, 170, 112), (40, 30, 30))
+    draw.polygon([(s * 128, s * 110), (s * 118, s * 150), (s * 138, s * 150)], fill=(200, 155, 125))  # nose
+    ellipse((100, 166, 156, 184), (150, 60, 60))  # mouth
+    return image.filter(ImageFilter.GaussianBlur(2 * s))

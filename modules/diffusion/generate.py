@@ -2,7 +2,7 @@
 
 The order of one job, as in A1111's process_images:
   before_generate hook → checkpoint → LoRAs from the prompt → for each batch (batch count):
-  encode prompts, sample (txt2img.py / img2img.py / inpaint.py), after_generate hook, save
+  encode prompts, sample (txt2img.py / img2img.py / inpaint.py), restore faces, after_generate hook, save
   each PNG, on_image_saved hook; stop on interrupt, go on after skip.
 Hooks run here, on the job worker, never in the UI event loop. Runners see
 `ctx.services` (DiffusionServices), never the Studio.
@@ -20,6 +20,8 @@ from modules.diffusion.seeds import SeedPlan
 from modules.diffusion.styles import StyledPrompts
 from modules.errors import AtelierError, InvalidRequest
 from modules.jobs import JobContext
+from modules.models import face_restorers
+from modules.postprocess.faces import restore_images
 
 if TYPE_CHECKING:
     from modules.diffusion.samplers import SamplerRegistry
@@ -43,15 +45,17 @@ class DiffusionServices:
     styles: "StyleStore"
 
 
-def validator(samplers: "SamplerRegistry", styles: "StyleStore", registry: "ModelRegistry"):
+def validator(samplers: "SamplerRegistry", styles: "StyleStore", registry: "ModelRegistry", settings: "SettingsStore"):
     """The job kinds' submit-time check: what the request types cannot see alone (sampler, upscaler,
-    style and, for an X/Y/Z plot's cells, checkpoint names live in registries), refused before the
+    style, face restorer and, for an X/Y/Z plot's cells, checkpoint names live in registries), refused before the
     request waits in the queue. Everything else (LoRA tags, the mask's shape, the plot's arguments) the
     request types check themselves (params.py)."""
     def check(req) -> None:
         samplers.resolve(req.sampler_name, req.scheduler)
         hires.check(samplers, req, registry)
         styles.resolve(req.styles)
+        if req.restore_faces:
+            face_restorers.find(registry, req.face_restorer(settings.get().face_restoration_model), "restore_faces")
 
     def validate(req) -> None:
         if not isinstance(req, GenerationRequest):
@@ -99,7 +103,7 @@ def _run_or_plot(ctx: JobContext, req, make_batch, outdir: str, grid_dir: str) -
 def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
     services: DiffusionServices = ctx.services
     req = services.hooks.before_generate(req)
-    validator(services.samplers, services.styles, services.models.registry)(req)  # a hook may have changed it
+    validator(services.samplers, services.styles, services.models.registry, services.settings)(req)  # a hook may have changed it
     texts = StyledPrompts.of(req, services.styles.resolve(req.styles))  # A1111 applies styles as the job starts
     spec, schedule = services.samplers.resolve(req.sampler_name, req.scheduler)
     plan = SeedPlan.for_request(req.seed, req.subseed, req.subseed_strength, req.n_iter * req.batch_size)
@@ -113,6 +117,7 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
                   schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
                   fix_steps=settings.img2img_fix_steps,
+                  face_restorer=req.face_restorer(settings.face_restoration_model) if req.restore_faces else "",
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
         ctx.set_parts(req.n_iter * run.passes)
         for iteration in range(req.n_iter):
@@ -126,6 +131,8 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
                 return make_batch(run, _iteration)
 
             made = models.retry_on_oom(ckpt, one_batch)
+            if req.restore_faces:  # A1111: after decoding, before the infotext's hooks and the save
+                made = restore_images(models, run.face_restorer, made, 1.0, "restore_faces")
             batch = results.batch_result(run, made, list(batch_range), texts.prompt, texts.negative_prompt, applied)
             batch = services.hooks.after_generate(batch)  # extensions post-process before the save
             for generated in batch.images:

@@ -118,6 +118,7 @@ FIELD_FOR_KEY = {
     "Hires resize-1": ("hr_resize_x", int),
     "Hires resize-2": ("hr_resize_y", int),
     "Tiling": ("tiling", lambda v: str(v).strip().lower() == "true"),
+    "Face restoration": ("restore_faces", lambda v: bool(str(v).strip())),  # its value names the restorer
 }
 
 

@@ -21,7 +21,6 @@ from pydantic import (
 
 from modules.diffusion.prompts import extract_loras
 from modules.errors import InvalidRequest
-from modules.models.upscalers import FACE_RESTORATION_MISSING
 from modules.requests import ImageInput
 
 MAX_PROMPT_CHARS = 20_000
@@ -64,6 +63,7 @@ class GenerationRequest(BaseModel):
     hr_scheduler: str = Field("", max_length=64, description="hires pass schedule type; empty: the same")
     hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass prompt; empty: the same")
     hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="hires pass negative prompt; empty: the same")
+    restore_faces: bool = Field(False, description="restore faces after generation (the face_restoration_model setting)")
     tiling: bool = Field(False, description="seamless: the picture wraps around (circular padding in UNet and VAE)")
     script_name: str = Field("", max_length=80, description='"x/y/z plot" (A1111\'s script); no other script exists')
     script_args: list[Any] = Field(default_factory=list, max_length=64, description="the script's arguments, A1111's order")
@@ -78,13 +78,11 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _a1111_conventions(cls, data: Any) -> Any:
         """A1111's: null means the default (an empty number box in the UI too); `sampler_index` is the old
-        name of `sampler_name`; scripts and restore_faces are refused, not skipped."""
+        name of `sampler_name`; scripts are refused, not skipped."""
         if not isinstance(data, dict):
             return data
         data = {k: v for k, v in data.items() if v is not None}
         _refuse_scripts(data)
-        if data.get("restore_faces") is True:  # accepted, it would be ignored
-            raise InvalidRequest(f"{FACE_RESTORATION_MISSING}; send restore_faces false", "restore_faces")
         index = data.get("sampler_index")
         if not data.get("sampler_name") and isinstance(index, str) and index:
             data["sampler_name"] = index
@@ -101,6 +99,11 @@ class GenerationRequest(BaseModel):
     def checkpoint_override(self) -> str | None:
         value = self.override_settings.get("sd_model_checkpoint")
         return str(value) if value else None
+
+    def face_restorer(self, default: str) -> str:
+        """The face restorer of `restore_faces`: override_settings' face_restoration_model, else the setting's."""
+        value = self.override_settings.get("face_restoration_model")
+        return str(value) if value else default
 
     @property
     def effective_clip_skip(self) -> int:

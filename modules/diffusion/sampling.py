@@ -32,6 +32,7 @@ class Run:
     texts: Any = None  # styles.StyledPrompts: the prompts with the request's styles applied
     fix_steps: bool = False  # A1111's img2img_fix_steps: img2img runs exactly the steps asked
     conditioning: Any = None  # conditioning.StepConditioning of the batch being made
+    face_restorer: str = ""  # the face restorer of restore_faces (the setting or override_settings), else ""
 
     @property
     def arch(self) -> str:

@@ -19,7 +19,7 @@ def register(reg: "Registrar") -> None:
     from modules.requests import parse_request
 
     services = DiffusionServices(reg.models, reg.samplers, reg.hooks, reg.outputs, reg.settings, reg.styles)
-    validate = validator(reg.samplers, reg.styles, reg.registry)
+    validate = validator(reg.samplers, reg.styles, reg.registry, reg.settings)
     # parse: other tasks submit plain dicts (DreamBooth's class images), as an API client would.
     reg.add_job_kind(JobKind("txt2img", run_txt2img, queue=QUEUE, validate=validate,
                              parse=partial(parse_request, Txt2ImgRequest)), services)

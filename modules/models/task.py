@@ -35,6 +35,7 @@ class ModelServices:
 def register(reg: "Registrar") -> None:
     from modules.models.diffusion_adapter import DiffusionAdapter
     from modules.models.hf import KINDS, TransformersAdapter
+    from modules.models.face_restorers import GFPGAN_KIND, FaceRestorerModel
     from modules.models.upscalers import KINDS as UPSCALER_KINDS
     from modules.models.upscalers import SpandrelAdapter
 
@@ -45,6 +46,7 @@ def register(reg: "Registrar") -> None:
     upscalers = SpandrelAdapter()  # one for every upscaler folder: spandrel's registry is read once
     for kind in UPSCALER_KINDS:  # esrgan, realesrgan, swinir, dat, hat
         reg.add_model_kind(kind, upscalers)
+    reg.add_model_kind(GFPGAN_KIND, SpandrelAdapter(purposes=("FaceSR",), handle=FaceRestorerModel))
     reg.add_job_kind(JobKind("load_checkpoint", run_load_checkpoint, queue=QUEUE), services)
     reg.add_job_kind(JobKind("load_model", run_load_model, queue=QUEUE), services)
     reg.add_job_kind(JobKind("download", run_download, queue=QUEUE, validate=download_validator(services)), services)

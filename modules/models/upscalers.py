@@ -19,9 +19,6 @@ if TYPE_CHECKING:
 
 KINDS = ("esrgan", "realesrgan", "swinir", "dat", "hat")
 BUILTIN = ("None", "Lanczos", "Nearest")  # A1111's upscalers without a model
-# Face restoration (GFPGAN, CodeFormer) is not built yet: every field that asks for it is refused with this.
-FACE_RESTORATION_MISSING = ("face restoration (GFPGAN / CodeFormer) is not available in Atelier yet; nothing would "
-                            "restore the faces")
 MAX_PASSES = 3  # A1111 runs a model again while the image is smaller than asked (a 4x model for 8x: twice)
 
 
@@ -130,11 +127,12 @@ def read_state_dict(entry: "ModelEntry") -> dict:
 
 
 class SpandrelAdapter:
-    """load / move / release for every spandrel kind (upscalers here; face restorers reuse it). The
-    architecture registry is read once, when the first such model loads."""
+    """load / move / release for every spandrel kind (upscalers here; face restorers reuse it with their
+    own purpose and handle). The architecture registry is read once, when the first such model loads."""
 
-    def __init__(self, purposes: tuple[str, ...] = ("SR", "Restoration")):
+    def __init__(self, purposes: tuple[str, ...] = ("SR", "Restoration"), handle: type = UpscalerModel):
         self.purposes = purposes
+        self.handle = handle
         self._registry = None
 
     def residency(self, settings) -> dict:
@@ -160,7 +158,7 @@ class SpandrelAdapter:
         if device != "cpu" and descriptor.supports_half:
             descriptor.half()
         footprint = sum(p.numel() * p.element_size() for p in descriptor.model.parameters())
-        handle = UpscalerModel(entry=entry, descriptor=descriptor, device=device)
+        handle = self.handle(entry=entry, descriptor=descriptor, device=device)
         return Loaded(kind=entry.kind, entry=entry, options=options, handle=handle, footprint=int(footprint),
                       device=device)
 

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modules.errors import FieldError
-from modules.models.upscalers import FACE_RESTORATION_MISSING
+from modules.models.face_restorers import CODEFORMER_MISSING
 from modules.requests import ImageInput, check_image_source
 
 MAX_BATCH_IMAGES = 256
@@ -37,9 +37,9 @@ class ExtrasRequest(BaseModel):
     upscaler_1: str = Field("None", max_length=256, description="None, Lanczos, Nearest or an upscaler model's name")
     upscaler_2: str = Field("None", max_length=256, description="a second upscaler blended over the first")
     extras_upscaler_2_visibility: float = Field(0.0, ge=0.0, le=1.0, description="how much of upscaler 2 shows")
-    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0)
-    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0)
-    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0)
+    gfpgan_visibility: float = Field(0.0, ge=0.0, le=1.0, description="restore faces with GFPGAN, blended this much")
+    codeformer_visibility: float = Field(0.0, ge=0.0, le=1.0, description="CodeFormer: not available (refused above 0)")
+    codeformer_weight: float = Field(0.0, ge=0.0, le=1.0, description="CodeFormer's fidelity (with codeformer_visibility)")
     upscale_first: bool = False
     save_images: bool = Field(True, description="write each result into outputs/extras-images/<date>/")
 
@@ -51,13 +51,14 @@ class ExtrasRequest(BaseModel):
     @model_validator(mode="after")
     def _what_to_do(self):
         check_image_source(self.images, self.names, self.folder)
-        for field in ("gfpgan_visibility", "codeformer_visibility"):
-            if getattr(self, field) > 0:
-                raise FieldError(field, f"{FACE_RESTORATION_MISSING}; set it to 0")
+        if self.codeformer_visibility > 0:
+            raise FieldError("codeformer_visibility", f"{CODEFORMER_MISSING}; set it to 0")
         if self.upscaler_1 == "None":
             if self.upscaler_2 != "None" and self.extras_upscaler_2_visibility > 0:
                 raise FieldError("upscaler_1", "upscaler 2 is blended over upscaler 1: choose upscaler_1 too")
-            raise FieldError("upscaler_1", "nothing to do: choose an upscaler (Lanczos, Nearest or a model)")
+            if self.gfpgan_visibility == 0:
+                raise FieldError("upscaler_1", "nothing to do: choose an upscaler (Lanczos, Nearest or a model) "
+                                               "or restore faces (gfpgan_visibility)")
         for image in self.images:
             width, height = self.target_size(image.width, image.height)
             if max(width, height) > MAX_OUTPUT_SIDE:
@@ -72,8 +73,14 @@ class ExtrasRequest(BaseModel):
             return self.upscaling_resize
         return max(self.upscaling_resize_w / width, self.upscaling_resize_h / height)
 
+    @property
+    def upscales(self) -> bool:
+        return self.upscaler_1 != "None"  # A1111: upscaler "None" leaves the size alone (faces only)
+
     def target_size(self, width: int, height: int) -> tuple[int, int]:
         """The size of the result: scaled, or (scale to with crop) exactly the width x height asked."""
+        if not self.upscales:
+            return width, height
         if self.resize_mode == 1 and self.upscaling_crop:
             return self.upscaling_resize_w, self.upscaling_resize_h
         factor = self.upscale_by(width, height)
@@ -82,14 +89,17 @@ class ExtrasRequest(BaseModel):
     def infotext(self, width: int, height: int) -> str:
         """A1111's postprocessing parameters of one image."""
         parts = []
-        if self.resize_mode == 0:
-            parts.append(f"Postprocess upscale by: {self.upscaling_resize:g}")
-        else:
-            parts.append(f"Postprocess upscale to: {self.upscaling_resize_w}x{self.upscaling_resize_h}")
-            if self.upscaling_crop:
-                parts.append(f"Postprocess crop to: {self.upscaling_resize_w}x{self.upscaling_resize_h}")
-        parts.append(f"Postprocess upscaler: {self.upscaler_1}")
+        if self.upscales:
+            if self.resize_mode == 0:
+                parts.append(f"Postprocess upscale by: {self.upscaling_resize:g}")
+            else:
+                parts.append(f"Postprocess upscale to: {self.upscaling_resize_w}x{self.upscaling_resize_h}")
+                if self.upscaling_crop:
+                    parts.append(f"Postprocess crop to: {self.upscaling_resize_w}x{self.upscaling_resize_h}")
+            parts.append(f"Postprocess upscaler: {self.upscaler_1}")
         if self.upscaler_2 != "None" and self.extras_upscaler_2_visibility > 0:
             parts.append(f"Postprocess upscaler 2: {self.upscaler_2}")
             parts.append(f"Postprocess upscaler 2 visibility: {self.extras_upscaler_2_visibility:g}")
+        if self.gfpgan_visibility > 0:
+            parts.append(f"GFPGAN visibility: {self.gfpgan_visibility:g}")  # A1111's key
         return ", ".join(parts)

@@ -1,4 +1,5 @@
-"""Runs an Extras job: each image upscaled (upscaler 1, upscaler 2 blended over it), saved with its infotext.
+"""Runs an Extras job: each image upscaled (upscaler 1, upscaler 2 blended over it), its faces restored
+(GFPGAN, faces.py), saved with its infotext.
 
 As A1111's postprocessing: "scale by" multiplies the size, "scale to" scales by the larger ratio and,
 with crop, cuts the centre to exactly the size asked; a model runs at its own scale (again while the
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from modules.errors import InvalidRequest
-from modules.models import upscalers
+from modules.models import face_restorers, upscalers
 from modules.postprocess.params import MAX_OUTPUT_SIDE, ExtrasRequest
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ def validator(registry: "ModelRegistry"):
         upscalers.find(registry, req.upscaler_1, "upscaler_1")
         if req.upscaler_2 != "None":
             upscalers.find(registry, req.upscaler_2, "upscaler_2")
+        if req.gfpgan_visibility > 0:
+            face_restorers.find(registry, "GFPGAN", "gfpgan_visibility")
         if req.folder:
             folder_images(registry.paths.root, req.folder)
     return validate
@@ -66,6 +69,7 @@ def validator(registry: "ModelRegistry"):
 
 def run_extras(ctx: "JobContext", req: ExtrasRequest) -> ExtrasResult:
     from modules.images import encode_image, extension
+    from modules.postprocess.faces import restore_images
 
     services: "ExtrasServices" = ctx.services
     settings = services.settings.get()
@@ -82,9 +86,12 @@ def run_extras(ctx: "JobContext", req: ExtrasRequest) -> ExtrasResult:
             result.skipped.append(f"{name}: {getattr(exc, 'message', exc)}")
             continue
         try:
-            out = upscale(ctx, services, req, image, index)
+            out = upscale(ctx, services, req, image, index) if req.upscales else image.convert("RGB")
         except _Stopped:
             break
+        if req.gfpgan_visibility > 0:  # after the upscale: A1111's order of the postprocessing steps
+            ctx.progress(0, 1, part=index, text=f"{name}: restoring faces")
+            out = restore_images(services.models, "GFPGAN", [out], req.gfpgan_visibility, "gfpgan_visibility")[0]
         infotext = _infotext(image, req.infotext(image.width, image.height))
         done = ExtrasImage(name=name, image=out, infotext=infotext)
         if req.save_images:

@@ -1,6 +1,7 @@
 """A1111's Extras, upscaler listings and interrogate over a real server, with the real `webuiapi` client
 and the real gradio_client (img2img's Interrogate button). Upscalers: tiny random-weight 4x RRDBNets in
-Real-ESRGAN's layout (.safetensors and a {"params_ema": …} .pth); captions: the demo PaliGemma."""
+Real-ESRGAN's layout (.safetensors and a {"params_ema": …} .pth); face restoration: a random-weight network in
+GFPGANv1.4's layout and a drawn face OpenCV's cascade finds; captions: the demo PaliGemma."""
 from __future__ import annotations
 
 import httpx
@@ -10,13 +11,14 @@ import webuiapi
 from PIL import Image
 
 from tests.api.conftest import assert_json_error, b64_of
-from tests.conftest import make_data_dir, start_live_server
-from tests.fixtures_models import save_demo_upscaler
+from tests.conftest import link_model, make_data_dir, start_live_server
+from tests.fixtures_models import save_demo_upscaler, schematic_face
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_checkpoint):
+def server(tmp_path_factory, demo_checkpoint, demo_gfpgan):
     data = make_data_dir(tmp_path_factory.mktemp("extras-server"), demo_checkpoint)
+    link_model(demo_gfpgan, data / "models" / "GFPGAN")
     save_demo_upscaler(data / "models" / "ESRGAN" / "tiny-x4.safetensors")
     save_demo_upscaler(data / "models" / "RealESRGAN" / "tiny-real.pth", "pth", seed=1)
     live = start_live_server(data)
@@ -64,7 +66,7 @@ def test_upscaler_listings_have_a1111s_shape(server):
 
 @pytest.mark.parametrize("body, field", [
     ({"upscaler_1": "no-such-model"}, "upscaler_1"),
-    ({"upscaler_1": "tiny-x4", "gfpgan_visibility": 0.5}, "gfpgan_visibility"),
+    ({"upscaler_1": "tiny-x4", "gfpgan_visibility": 1.5}, "gfpgan_visibility"),
     ({"upscaler_1": "tiny-x4", "codeformer_visibility": 1}, "codeformer_visibility"),
     ({"upscaler_1": "None"}, "upscaler_1"),
     ({"upscaler_1": "None", "upscaler_2": "tiny-x4", "extras_upscaler_2_visibility": 1}, "upscaler_1"),
@@ -115,9 +117,47 @@ def test_img2img_interrogate_button_puts_the_caption_in_the_prompt(server, tmp_p
     assert prompt == direct["caption"]
 
 
-def test_restore_faces_is_refused_not_ignored(api, server):
-    assert httpx.get(server.url + "/sdapi/v1/face-restorers", timeout=30).json() == []
-    r = httpx.post(server.url + "/sdapi/v1/txt2img", json={"prompt": "a face", "steps": 1, "width": 64, "height": 64,
-                                                            "restore_faces": True}, timeout=60)
-    assert assert_json_error(r)["field"] == "restore_faces"
+def test_face_restorers_lists_gfpgan_and_extras_restores_the_face_through_webuiapi(api, server):
+    assert httpx.get(server.url + "/sdapi/v1/face-restorers", timeout=30).json() == [
+        {"name": "GFPGAN", "cmd_dir": str(server.data_dir / "models" / "GFPGAN")}]
+    face = Image.new("RGB", (480, 240), (30, 90, 40))
+    face.paste(schematic_face(200), (140, 20))
+    r = api.extra_single_image(face, upscaler_1="Lanczos", upscaling_resize=1.5, gfpgan_visibility=0.8)
+    assert r.image.size == (720, 360)
+    assert r.info == "Postprocess upscale by: 1.5, Postprocess upscaler: Lanczos, GFPGAN visibility: 0.8"
+    plain = api.extra_single_image(face, upscaler_1="Lanczos", upscaling_resize=1.5)
+    changed = np.abs(np.asarray(r.image, dtype=int) - np.asarray(plain.image, dtype=int)).max(axis=2) > 0
+    assert changed[140:200, 330:390].mean() > 0.9  # the middle of the face: restored
+    assert not changed[:, :12].any() and not changed[:, -12:].any()  # the sides, outside the face's square: untouched
+
+
+def test_restore_faces_in_txt2img_through_webuiapi_and_gradio_client_says_so_in_the_infotext(api, server):
+    from gradio_client import Client
+
+    r = api.txt2img(prompt="a portrait", steps=1, width=64, height=64, seed=3, restore_faces=True)
+    assert "Face restoration: GFPGAN" in r.info["infotexts"][0]
+    assert r.info["restore_faces"] is True and r.info["face_restoration_model"] == "GFPGAN"
+    assert r.image.size == (64, 64)
+    client = Client(server.url + "/", verbose=False)
+    _, text, _ = client.predict(prompt="a portrait", steps=1, width=64, height=64, seed=3, restore_faces=True,
+                                api_name="/txt2img")
+    assert "Face restoration: GFPGAN" in text
+    refused = httpx.post(api.baseurl + "/txt2img", json={"prompt": "a", "steps": 1, "width": 64, "height": 64,
+                                                        "restore_faces": True, "override_settings": {
+                                                            "face_restoration_model": "CodeFormer"}}, timeout=60)
+    assert "spandrel-extra-arches" in assert_json_error(refused)["detail"]
+
+
+def test_restore_faces_without_a_model_is_refused_naming_the_folder(plain_server):
+    import webuiapi as client
+
+    assert httpx.get(plain_server.url + "/sdapi/v1/face-restorers", timeout=30).json() == []
+    r = httpx.post(plain_server.url + "/sdapi/v1/txt2img", json={"prompt": "a face", "steps": 1, "width": 64,
+                                                                 "height": 64, "restore_faces": True}, timeout=60)
+    body = assert_json_error(r)
+    assert body["field"] == "restore_faces" and "models/GFPGAN" in body["detail"].replace("\\", "/")
+    extras = httpx.post(plain_server.url + "/sdapi/v1/extra-single-image", json={
+        "image": b64_of(schematic_face(64)), "upscaler_1": "None", "gfpgan_visibility": 1}, timeout=60)
+    assert assert_json_error(extras)["field"] == "gfpgan_visibility"
+    api = client.WebUIApi(baseurl=plain_server.url + "/sdapi/v1")
     assert api.txt2img(prompt="a face", steps=1, width=64, height=64, restore_faces=False).image.size == (64, 64)

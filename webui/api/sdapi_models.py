@@ -154,7 +154,11 @@ def add_routes(r, studio, waiter: Waiter) -> None:
 
     @r.get("/face-restorers")
     def face_restorers():
-        return []
+        """A1111's FaceRestorerItem list of the restorers that can run: GFPGAN when a model is in models/GFPGAN."""
+        from modules.models import face_restorers as restorers
+
+        folder = str(studio.paths.model_dir(restorers.GFPGAN_KIND))
+        return [{"name": name, "cmd_dir": folder} for name in restorers.installed(studio.registry)]
 
 
 def _script_info() -> list[dict]:

@@ -126,7 +126,7 @@ def _wire_styles(studio, c: dict) -> None:
 
 
 def params_block(studio, tab: str, hires: bool) -> dict:
-    """Sampler, steps, tiling, hires fix, size, batch, CFG, seed, CLIP skip — A1111's order."""
+    """Sampler, steps, restore faces, tiling, hires fix, size, batch, CFG, seed, CLIP skip — A1111's order."""
     import gradio as gr
 
     s = studio.settings.get()
@@ -138,8 +138,11 @@ def params_block(studio, tab: str, hires: bool) -> dict:
         c["scheduler"] = gr.Dropdown(list(SCHEDULE_TYPES), value=SCHEDULE_TYPES[0], label="Schedule type",
                                      elem_id=f"{tab}_scheduler")
     c["steps"] = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
-    c["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{tab}_tiling",
-                              info="seamless: the picture continues across its edges")
+    with gr.Row():
+        c["restore_faces"] = gr.Checkbox(False, label="Restore faces", elem_id=f"{tab}_restore_faces",
+                                         info="GFPGAN after generation (a model in models/GFPGAN)")
+        c["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{tab}_tiling",
+                                  info="seamless: the picture continues across its edges")
     if hires:
         with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires"):
             c["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}_enable_hr")

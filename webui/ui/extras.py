@@ -1,6 +1,6 @@
 """Extras tab (A1111's): upscale a single image, a batch of uploads or a folder inside the data dir —
-scale by a factor or to a size, upscaler 2 blended over upscaler 1 by its visibility — through the
-"extras" job; results go to outputs/extras-images/ with their infotext."""
+scale by a factor or to a size, upscaler 2 blended over upscaler 1 by its visibility, faces restored by
+GFPGAN — through the "extras" job; results go to outputs/extras-images/ with their infotext."""
 from __future__ import annotations
 
 from modules.errors import AtelierError
@@ -24,13 +24,15 @@ def upscaler_choices(studio, rescan: bool = False) -> list[str]:
 
 
 def request_body(source: str, image, files, folder: str, resize_mode: int, by: float, width, height, crop: bool,
-                 upscaler_1: str, upscaler_2: str, visibility: float) -> dict:
+                 upscaler_1: str, upscaler_2: str, visibility: float, gfpgan: bool = False,
+                 gfpgan_visibility: float = 1.0) -> dict:
     """The widgets' values → the Extras request's fields (the same names as A1111's API)."""
     from PIL import Image
 
     body = {"resize_mode": int(resize_mode or 0), "upscaling_resize": by, "upscaling_resize_w": int(width or 512),
             "upscaling_resize_h": int(height or 512), "upscaling_crop": bool(crop), "upscaler_1": upscaler_1 or "None",
-            "upscaler_2": upscaler_2 or "None", "extras_upscaler_2_visibility": visibility or 0.0}
+            "upscaler_2": upscaler_2 or "None", "extras_upscaler_2_visibility": visibility or 0.0,
+            "gfpgan_visibility": (gfpgan_visibility or 0.0) if gfpgan else 0.0}
     if source == "folder":
         body["folder"] = (folder or "").strip() or None
     elif source == "batch":
@@ -84,6 +86,10 @@ def build(studio) -> dict:
                                               elem_id="extras_upscaler_2")
             c["extras_upscaler_2_visibility"] = gr.Slider(0, 1, value=0, step=0.001, label="Upscaler 2 visibility",
                                                           elem_id="extras_upscaler_2_visibility")
+            with gr.Row():  # A1111's GFPGAN section (CodeFormer is not available: its package needs torchvision)
+                c["gfpgan"] = gr.Checkbox(False, label="GFPGAN (restore faces)", elem_id="extras_gfpgan")
+                c["gfpgan_visibility"] = gr.Slider(0, 1, value=1, step=0.001, label="GFPGAN visibility",
+                                                   elem_id="extras_gfpgan_visibility")
             c["run"] = gr.Button("Generate", variant="primary", elem_id="extras_generate")
         with gr.Column(scale=5):
             c["progress"] = gr.HTML(progress_html(None), elem_id="extras_progress")
@@ -91,7 +97,8 @@ def build(studio) -> dict:
             c["info"] = gr.HTML("", elem_id="extras_info")
 
     fields = ["source", "image", "files", "folder", "resize_mode", "upscaling_resize", "upscaling_resize_w",
-              "upscaling_resize_h", "upscaling_crop", "upscaler_1", "upscaler_2", "extras_upscaler_2_visibility"]
+              "upscaling_resize_h", "upscaling_crop", "upscaler_1", "upscaler_2", "extras_upscaler_2_visibility", "gfpgan",
+              "gfpgan_visibility"]
 
     def run(*values):
         import html

@@ -21,7 +21,8 @@ PUBLIC = ("txt2img", "img2img", "inpaint", "png_info", "interrupt", "skip", "cha
 GPU = "gpu"  # the generation events' concurrency group (generation.py)
 # Request fields a script may set, in A1111's order; a tab offers those it has components for.
 GENERATION_FIELDS = (
-    "prompt", "negative_prompt", "styles", "sampler_name", "scheduler", "steps", "tiling", "width", "height",
+    "prompt", "negative_prompt", "styles", "sampler_name", "scheduler", "steps", "restore_faces", "tiling",
+    "width", "height",
     "batch_size", "n_iter", "cfg_scale", "seed", "subseed", "subseed_strength", "clip_skip", "enable_hr",
     "hr_upscaler", "hr_second_pass_steps", "hr_scale", "hr_resize_x", "hr_resize_y", "denoising_strength",
     "resize_mode", "mask_blur", "inpainting_mask_invert", "inpainting_fill", "inpaint_full_res",
