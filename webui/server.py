@@ -164,8 +164,8 @@ def create_app(studio: Studio, access: Access | None = None):
                        keys=list(access.api_keys))
     if access.ui_pairs:
         app.add_middleware(HideApiInfoBeforeLogin)
-    if access.ui_pairs or access.api_pairs or access.api_keys:
-        app.add_middleware(LoginLimiter)
+    if studio.options.exposed and (access.ui_pairs or access.api_pairs or access.api_keys):
+        app.add_middleware(LoginLimiter)  # others can reach it: guessing the login gets slow
     app.add_middleware(ErrorShield)
 
     import gradio as gr

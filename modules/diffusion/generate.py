@@ -156,9 +156,7 @@ def _clip_skip(req, settings) -> int:
 
 @contextlib.contextmanager
 def _loras(models: "ModelManager", ckpt, wanted: list[tuple[str, float]]):
-    """The prompt's LoRAs applied for the job (the model manager makes it reversible)."""
-    if not wanted:
-        yield []
-        return
+    """The prompt's LoRAs applied for the job (the model manager makes it reversible). Called with none too:
+    LoRAs fused by an earlier job come out of the weights then."""
     with models.loras(ckpt, wanted) as applied:
         yield list(applied)

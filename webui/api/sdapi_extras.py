@@ -15,6 +15,23 @@ from modules.requests import parse_request
 from webui.api.common import Waiter, b64_image, ensure_ready, read_json_object, request_schema
 
 _NOT_REQUEST_FIELDS = ("image", "imageList", "show_extras_results")
+_ROUTE_FILLED = ("images", "names", "folder")  # the job request's own image fields: the routes fill them
+
+
+def _a1111_schema(single: bool) -> dict:
+    """The body A1111 takes: the Extras fields, with "image" (single) or "imageList" (batch) for the images."""
+    extra = request_schema(ExtrasRequest)
+    schema = extra["requestBody"]["content"]["application/json"]["schema"]
+    for name in _ROUTE_FILLED:
+        schema["properties"].pop(name, None)
+    schema["required"] = ["image" if single else "imageList"]
+    if single:
+        schema["properties"]["image"] = {"type": "string", "format": "base64", "description": "the image, base64"}
+    else:
+        schema["properties"]["imageList"] = {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["data"],
+            "properties": {"data": {"type": "string", "format": "base64"}, "name": {"type": "string"}}}}
+    return extra
 
 
 def add_routes(r, studio, waiter: Waiter) -> None:
@@ -24,6 +41,10 @@ def add_routes(r, studio, waiter: Waiter) -> None:
         if body.get("show_extras_results") is False:  # A1111 honours it only for a folder batch, which the API lacks
             raise InvalidRequest("these routes always return their images; leave show_extras_results true",
                                  "show_extras_results")
+        for name in _ROUTE_FILLED:
+            if name in body:  # not an A1111 field here: refused rather than overwritten
+                raise InvalidRequest(f"{name!r} is not a field of this route; send the images as "
+                                     f"{'image' if single else 'imageList'}", name)
         fields = {k: v for k, v in body.items() if k not in _NOT_REQUEST_FIELDS}
         data = {"save_images": False, **fields, "images": images, "names": names}
         try:
@@ -40,7 +61,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
                                            settings.jpeg_quality) for done in job.result.images]
         return [job.result.info, encoded]
 
-    @r.post("/extra-single-image", openapi_extra=request_schema(ExtrasRequest))
+    @r.post("/extra-single-image", openapi_extra=_a1111_schema(single=True))
     async def extra_single_image(request: Request):
         """Upscale one image: A1111's ExtrasSingleImageRequest ("image" + the Extras fields) → {html_info, image}."""
         body = await read_json_object(request)
@@ -50,7 +71,7 @@ def add_routes(r, studio, waiter: Waiter) -> None:
         info, encoded = await extras(body, [image], ["image"], True)
         return {"html_info": info, "image": encoded[0] if encoded else None}
 
-    @r.post("/extra-batch-images", openapi_extra=request_schema(ExtrasRequest))
+    @r.post("/extra-batch-images", openapi_extra=_a1111_schema(single=False))
     async def extra_batch_images(request: Request):
         """Upscale several images: A1111's ExtrasBatchImagesRequest ("imageList": [{data, name}]) → {html_info, images}."""
         body = await read_json_object(request)
