@@ -198,13 +198,15 @@ def applied(registry, ckpt, wanted: list[tuple[str, float]]):
         return
     names, weights = [], []
     for entry, weight in entries:
-        adapter = state.ensure(pipe, entry)
+        adapter = adapter_name(entry)
         if weight != 0.0 and adapter not in names:  # weight 0 is left out: the base output, bit-exact
             names.append(adapter)
             weights.append(weight)
     fuse = can_fuse(ckpt)
     if state.fused != tuple(zip(names, weights)) or not fuse:
-        state.unfuse(pipe)
+        state.unfuse(pipe)  # before loading more adapters: peft would unmerge (inexactly) on its own
+    for entry, _ in entries:
+        state.ensure(pipe, entry)
     state.evict(pipe, set(names))
     try:
         try:
