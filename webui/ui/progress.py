@@ -27,13 +27,14 @@ class Snapshot:
     text: str
     preview: Any  # PIL image or None
     finished: bool
+    device: str | None = None  # the device it runs on, with several (`--device cuda` on a multi-GPU machine)
 
 
 def snapshot(job: Job) -> Snapshot:
     p = job.progress
     return Snapshot(state=job.state, step=p.step, total=p.total, part=p.part, parts=p.parts,
                     fraction=p.fraction, eta=job.eta, text=p.text, preview=job.preview,
-                    finished=job.state.finished)
+                    finished=job.state.finished, device=job.device)
 
 
 def follow(job: Job, updates_per_second: float = 5.0, clock=time.monotonic) -> Iterator[Snapshot]:
@@ -79,6 +80,8 @@ def progress_html(s: Snapshot | None, message: str = "") -> str:
             parts.append(f"batch {min(s.part + 1, s.parts)}/{s.parts}")
         if s.text:
             parts.append(s.text)
+        if s.device:
+            parts.append(f"on {s.device}")
         eta = _eta_text(s.eta) if not s.finished else ""
         if eta:
             parts.append(eta)
