@@ -107,7 +107,7 @@ class Studio:
             self.models.attach(*self.devices)
             if len(self.devices) > 1:  # one worker per device for the device-bound queues (image generation)
                 self.jobs.use_pool(DevicePool(tuple(d.lane for d in self.devices), self.models.on_device,
-                                              self.models.lane_of))
+                                              self.models.lane_of, self.models.holding))
             for step in self._registrar.startup:  # the tasks' start-up steps (demo models)
                 step()
             self.registry.refresh()

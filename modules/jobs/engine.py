@@ -243,7 +243,9 @@ class JobEngine:
             return queued[0] if queued else None
         busy = {job.model_key: running_lane for (name, running_lane), job in self._current.items()
                 if name == queue and job is not None and job.model_key is not None}
-        return pick(queued, lane, busy, self._pool)
+        idle = {running_lane for (name, running_lane), job in self._current.items()
+                if name == queue and running_lane is not None and job is None} | {lane}
+        return pick(queued, lane, busy, idle, self._pool)
 
     def _work(self, queue: str, lane: str | None) -> None:
         while True:

@@ -175,6 +175,10 @@ class ModelManager:
         except AtelierError:
             return None
 
+    def holding(self, lane: str) -> int:
+        """How many models are resident on the pool device `lane`."""
+        return sum(1 for s in self._slots_list() if s.lane == lane)
+
     def lane_of(self, key: tuple[str, str]) -> str | None:
         """The pool device a model (its `model_key`) is resident on; None when it is not on one."""
         with self._cond:

@@ -146,8 +146,46 @@ def test_interrupting_one_job_stops_that_job_and_not_the_other(pool):
 def test_the_engine_reports_each_device_job(pool):
     job = _submit(pool, pool.holds.add("shown"), SECOND)
     _held(pool, "shown")
-    other = {"cpu:0": "cpu:1", "cpu:1": "cpu:0"}[job.device]  # SECOND is on no device: either may take it
-    assert pool.jobs.on_devices("images") == {job.device: job, other: None}
-    assert job.snapshot()["device"] == job.device
+    # SECOND is on no device: the least busy free one takes it (cpu:0 holds the demo checkpoint).
+    assert pool.jobs.on_devices("images") == {"cpu:0": None, "cpu:1": job}
+    assert job.snapshot()["device"] == "cpu:1"
     pool.holds.release("shown")
     _done(job)
+
+
+# -- the flag -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("value", ["cuda", "cuda:0,cuda:2", "cpu", "auto", "mps", "cuda:1", "cpu,cpu"])
+def test_device_lists_are_accepted_by_the_flag(value, tmp_path):
+    from webui.flags import build_parser, check_args, options_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["--device", value])
+    check_args(parser, args)
+    assert options_from_args(args, tmp_path).device == value
+
+
+@pytest.mark.parametrize("value", ["gpu", "cuda:", "cuda:0,", "cuda:a", "cuda:0;cuda:1", "mps,cpu"])
+def test_a_malformed_device_is_a_usage_error(value, capsys):
+    from webui.flags import build_parser, check_args
+
+    parser = build_parser()
+    args = parser.parse_args(["--device", value])
+    with pytest.raises(SystemExit) as exc:
+        check_args(parser, args)
+    assert exc.value.code == 2 and "--device" in capsys.readouterr().err
+
+
+def test_one_device_is_named_as_before_and_a_cpu_list_simulates_a_pool():
+    from modules.devices import DeviceChoice, choose_devices
+
+    assert choose_devices("cpu") == [DeviceChoice("cpu", "float32")]
+    assert choose_devices("cpu")[0].lane == "cpu"
+    assert [(d.name, d.lane) for d in choose_devices("cpu,cpu")] == [("cpu", "cpu:0"), ("cpu", "cpu:1")]
+
+
+@pytest.mark.parametrize("value, words", [("cuda:0,cuda:0", "twice"), ("cuda:0,cuda:2", "torch sees")])
+def test_gpus_that_are_not_there_or_listed_twice_are_refused_by_name(value, words):
+    from modules.devices import choose_devices
+
+    with pytest.raises(ValueError, match=words):
+        choose_devices(value)
