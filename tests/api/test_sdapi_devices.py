@@ -42,6 +42,11 @@ def test_idle_progress_lists_both_devices(server):
     assert p["state"]["job"] == "" and p["progress"] == 0.0  # A1111's fields: idle
 
 
+def test_interrupting_an_unknown_job_id_is_a_404_naming_it(server):
+    r = httpx.post(server.url + "/sdapi/v1/interrupt", params={"id": "no-such-job"}, timeout=10)
+    assert r.status_code == 404 and r.json().get("field") == "id", r.text[:300]
+
+
 def test_progress_shows_both_jobs_and_an_interrupt_by_id_stops_only_that_one(server):
     demo = httpx.get(server.url + "/sdapi/v1/sd-models", timeout=30).json()
     first = next(m["model_name"] for m in demo if m["model_name"] != SECOND)
