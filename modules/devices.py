@@ -7,6 +7,7 @@ from dataclasses import dataclass
 # One device ("auto", "cpu", "cuda", "mps", "cuda:1") or a list of them ("cuda:0,cuda:2"; "cpu,cpu" simulates
 # a pool of two devices on the CPU, for tests and the bench).
 DEVICE_FLAG = re.compile(r"^(auto|cpu|cuda|mps|cuda:\d+)$|^((cpu|cuda:\d+)(,(cpu|cuda:\d+))+)$")
+DEVICE_FLAG_FORMS = "auto, cpu, cuda, mps, cuda:N or a list like cuda:0,cuda:2"
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def choose_devices(preference: str = "auto") -> list[DeviceChoice]:
 
     pref = (preference or "auto").lower()
     if not DEVICE_FLAG.match(pref):
-        raise ValueError(f"--device must be auto, cpu, cuda, mps, cuda:N or a list like cuda:0,cuda:2; not {preference!r}")
+        raise ValueError(f"--device must be {DEVICE_FLAG_FORMS}; not {preference!r}")
     names = pref.split(",")
     if len(names) == 1 and not names[0].startswith("cuda:"):
         one = choose_device(pref)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from modules.devices import DEVICE_FLAG
+from modules.devices import DEVICE_FLAG, DEVICE_FLAG_FORMS
 from modules.studio import StudioOptions
 
 
@@ -74,7 +74,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
     except ValueError as exc:
         parser.error(str(exc))
     if not DEVICE_FLAG.match(args.device.lower()):
-        parser.error(f"--device must be auto, cpu, cuda, mps, cuda:N or a list like cuda:0,cuda:2; not {args.device!r}")
+        parser.error(f"--device must be {DEVICE_FLAG_FORMS}; not {args.device!r}")
     if not 0 < args.port < 65536:
         parser.error(f"--port must be between 1 and 65535, not {args.port}")
     if args.root_path and (not args.root_path.startswith("/") or "://" in args.root_path or " " in args.root_path):
