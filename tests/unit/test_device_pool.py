@@ -149,6 +149,9 @@ def test_the_engine_reports_each_device_job(pool):
     # SECOND is on no device: the least busy free one takes it (cpu:0 holds the demo checkpoint).
     assert pool.jobs.on_devices("images") == {"cpu:0": None, "cpu:1": job}
     assert job.snapshot()["device"] == "cpu:1"
+    from webui.ui.progress import progress_html, snapshot
+
+    assert "on cpu:1" in progress_html(snapshot(job))  # the tab's progress line names the device
     pool.holds.release("shown")
     _done(job)
 
