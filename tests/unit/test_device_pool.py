@@ -149,11 +149,15 @@ def test_the_engine_reports_each_device_job(pool):
     # SECOND is on no device: the least busy free one takes it (cpu:0 holds the demo checkpoint).
     assert pool.jobs.on_devices("images") == {"cpu:0": None, "cpu:1": job}
     assert job.snapshot()["device"] == "cpu:1"
-    from webui.ui.progress import progress_html, snapshot
+    from webui.ui.progress import devices_text, progress_html, snapshot
 
     assert "on cpu:1" in progress_html(snapshot(job))  # the tab's progress line names the device
+    queued = _submit(pool, "queued", SECOND)  # SECOND is busy on cpu:1: this one waits, and its line says why
+    line = progress_html(snapshot(queued), devices=devices_text(pool.jobs.on_devices("images")))
+    assert queued.state == JobState.QUEUED and "Waiting in the queue… (cpu:0: idle · cpu:1: txt2img step 2/2)" in line
     pool.holds.release("shown")
     _done(job)
+    _done(queued)
 
 
 # -- the flag -----------------------------------------------------------------------------------
