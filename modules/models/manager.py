@@ -261,7 +261,7 @@ class ModelManager:
             slot = Slot(loaded, lane=here.lane)
             with self._cond:
                 self._slots[key] = slot
-            log.info("%s %s loaded on %s (%.0f MiB)", kind, entry.name, here.lane, loaded.footprint / 2**20)
+            log.info("%s %s loaded on %s (%.0f MiB)", kind, entry.name, _location(slot), loaded.footprint / 2**20)
         elif slot.lane != here.lane:
             if slot.lane is not None and self._held_by_others(slot):
                 return None  # in use on another device: it comes here once released (never a second copy)
@@ -274,7 +274,7 @@ class ModelManager:
                 if before != "cpu":
                     free_accelerator_memory(before)
             slot.lane = here.lane
-            log.info("%s %s moved from %s to %s", kind, entry.name, came_from, here.lane)
+            log.info("%s %s moved from %s to %s", kind, entry.name, came_from, _location(slot))
         with self._cond:
             slot.holders[threading.get_ident()] += 1
             slot.last_used = time.monotonic()

@@ -160,6 +160,26 @@ def test_the_engine_reports_each_device_job(pool):
     _done(queued)
 
 
+def test_a_model_in_use_on_one_device_is_waited_for_then_moved_never_loaded_again(pool, caplog):
+    models = pool.models
+    key = models.model_key("checkpoint", DEMO_NAME)
+    took = threading.Event()
+
+    def on_the_other_device():
+        with models.on_device("cpu:1"), models.checkpoint(DEMO_NAME):
+            took.set()
+
+    with models.checkpoint(DEMO_NAME):  # this thread is not bound: the first device, where it is
+        other = threading.Thread(target=on_the_other_device)
+        other.start()
+        assert not took.wait(STAYS_QUEUED_S)  # in use on cpu:0: cpu:1 waits, it does not load a copy
+        assert models.lane_of(key) == "cpu:0"
+    other.join(DEADLINE_S)
+    assert took.is_set() and models.lane_of(key) == "cpu:1"
+    assert _loads(caplog, DEMO_NAME) == 1
+    assert [row["location"] for row in models.describe() if row["name"] == DEMO_NAME] == ["cpu:1"]
+
+
 # -- the flag -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("value", ["cuda", "cuda:0,cuda:2", "cpu", "auto", "mps", "cuda:1", "cpu,cpu"])
 def test_device_lists_are_accepted_by_the_flag(value, tmp_path):
