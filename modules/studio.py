@@ -36,7 +36,7 @@ class StudioOptions:
     ckpt_dir: Path | None = None
     lora_dir: Path | None = None
     extension_envs: Path | None = None  # --extension-envs: extensions' own Python environments, <dir>/<name>
-    device: str = "auto"
+    device: str = "auto"  # also a list: "cuda:0,cuda:2"; "cpu,cpu" simulates two devices on the CPU (tests)
     listen: bool = False
     share: bool = False
     port: int = 7860
@@ -75,7 +75,8 @@ class Studio:
         self.vision_tasks = VisionTaskRegistry()  # built-in and extension vision tasks (the vision tab reads it)
         self.jobs = JobEngine(store=JobStore(self.paths.jobs))
         self.models = ModelManager(self.registry, self.settings)  # cheap; the device is attached in load()
-        self.device = None
+        self.device = None  # the first (or only) compute device, once load() has chosen it
+        self.devices: list = []  # every compute device (--device cuda on several GPUs: all of them)
         self.ready = threading.Event()
         self.load_error: str | None = None
         self._registrar = Registrar(jobs=self.jobs, models=self.models, registry=self.registry,
@@ -94,14 +95,19 @@ class Studio:
         """The heavy part: device, demo models, the default checkpoint. Safe to call once."""
         try:
             from modules import atomic
-            from modules.devices import choose_device
+            from modules.devices import choose_devices
+            from modules.jobs.pool import DevicePool
 
             # A kill -9 mid-write leaves `.name.xxx.tmp` files (the real files were never touched): clean them.
             atomic.remove_stale_temporaries(self.paths.outputs)
             for tmp in self.paths.root.glob(f".{self.paths.config_file.name}.*.tmp"):
                 tmp.unlink(missing_ok=True)
-            self.device = choose_device(self.options.device)
-            self.models.attach(self.device)
+            self.devices = choose_devices(self.options.device)
+            self.device = self.devices[0]
+            self.models.attach(*self.devices)
+            if len(self.devices) > 1:  # one worker per device for the device-bound queues (image generation)
+                self.jobs.use_pool(DevicePool(tuple(d.lane for d in self.devices), self.models.on_device,
+                                              self.models.lane_of, self.models.holding))
             for step in self._registrar.startup:  # the tasks' start-up steps (demo models)
                 step()
             self.registry.refresh()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from modules.devices import DEVICE_FLAG, DEVICE_FLAG_FORMS
 from modules.studio import StudioOptions
 
 
@@ -17,7 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extension-envs", type=Path, default=None,
                    help="where extensions' own Python environments are built, one folder per extension (default: "
                         "<data-dir>/extensions-data/<name>/env); one such folder can serve several data dirs")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="compute device (default: auto)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|mps|cuda:0,cuda:2",
+                   help="compute device (default: auto); cuda on a machine with several GPUs uses every one, "
+                        "cuda:0,cuda:2 picks some (one image job per GPU at a time)")
     p.add_argument("--share", action="store_true", help="ask Gradio for a public link")
     p.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the web UI")
     p.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER2:PASS2]", help="protect the REST API")
@@ -70,6 +73,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parse_keys(args.api_key)
     except ValueError as exc:
         parser.error(str(exc))
+    if not DEVICE_FLAG.match(args.device.lower()):
+        parser.error(f"--device must be {DEVICE_FLAG_FORMS}; not {args.device!r}")
     if not 0 < args.port < 65536:
         parser.error(f"--port must be between 1 and 65535, not {args.port}")
     if args.root_path and (not args.root_path.startswith("/") or "://" in args.root_path or " " in args.root_path):

@@ -5,6 +5,8 @@ persistence). Each queue has one FIFO and one worker thread, so kinds on differe
 run side by side (a chat reply while an image batch renders); whether their models fit
 together is the model manager's call, not the engine's. An exclusive kind (training)
 takes the whole device: it waits for running jobs to finish and holds new ones back.
+With several devices (a DevicePool, pool.py), a device-bound queue (its kinds have a
+`model_key`) has one worker per device instead, and a job goes where its model is.
 
 A job carries progress (step/total/ETA), an optional preview (throttled: readers see
 the latest), an append-only stream of pieces (tokens: every reader sees every piece, in
@@ -16,6 +18,7 @@ means "on disk".
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -28,25 +31,31 @@ from modules.errors import AtelierError, NotFound
 from modules.jobs.context import JobContext
 from modules.jobs.gate import DeviceGate
 from modules.jobs.job import Job, JobKind, JobState, Runner
+from modules.jobs.pool import DevicePool, pick
 
 if TYPE_CHECKING:
     from modules.jobs.store import JobStore
 
 log = logging.getLogger("atelier.jobs")
 
+POOL_POLL_S = 0.2  # a pooled worker looks again this often: where models are can change without a job ending
+
+WorkerKey = tuple[str, "str | None"]  # (queue, device lane); lane None: the queue's one worker
+
 
 class JobEngine:
-    """Queues per lane, one worker thread each; job kinds are registered by name."""
+    """Queues, one worker thread each (one per device for a device-bound queue with a pool); kinds by name."""
 
     def __init__(self, history: int = 500, store: "JobStore | None" = None):
         self._kinds: dict[str, JobKind] = {}
         self._services: dict[str, Any] = {}  # owner -> what that owner's runners see as ctx.services
         self._queues: dict[str, collections.deque[Job]] = {}
-        self._current: dict[str, Job | None] = {}
+        self._current: dict[WorkerKey, Job | None] = {}
         self._jobs: collections.OrderedDict[str, Job] = collections.OrderedDict()
         self._history = history
         self._lock = threading.Condition()
-        self._workers: dict[str, threading.Thread] = {}
+        self._workers: dict[WorkerKey, threading.Thread] = {}
+        self._pool: DevicePool | None = None
         self._stopping = False
         self._gate = DeviceGate()
         self._store = store
@@ -60,7 +69,6 @@ class JobEngine:
             self._kinds[kind.name] = kind
             self._services[kind.name] = services
             self._queues.setdefault(kind.queue, collections.deque())
-            self._current.setdefault(kind.queue, None)
 
     def register_kind(self, kind: str, runner: Runner, queue: str = "default", **options) -> None:
         """Shorthand for add_kind(JobKind(kind, runner, queue, …))."""
@@ -74,6 +82,18 @@ class JobEngine:
 
     def kinds(self) -> list[str]:
         return sorted(self._kinds)
+
+    def use_pool(self, pool: DevicePool) -> None:
+        """Several devices: device-bound queues get one worker per device from now on (the studio's start-up)."""
+        with self._lock:
+            self._pool = pool
+            for queue in [q for q in self._queues if self._pooled(q) and self._queues[q]]:
+                self._ensure_worker(queue)
+            self._lock.notify_all()  # a queue's single worker ends once it is idle; the device workers take over
+
+    def _pooled(self, queue: str) -> bool:
+        return self._pool is not None and any(k.queue == queue and k.model_key is not None
+                                              for k in self._kinds.values())
 
     def services_of(self, kind: str) -> Any:
         """What `kind`'s runners see as ctx.services (e.g. the chat task's conversation store, for its tab)."""
@@ -93,6 +113,8 @@ class JobEngine:
         if spec.validate is not None:
             spec.validate(request)  # raises AtelierError naming the field; nothing is queued
         job = Job(kind=kind, request=request, queue=spec.queue)
+        if self._pool is not None and spec.model_key is not None:
+            job.model_key = spec.model_key(request)
         with self._lock:
             if self._stopping:
                 raise AtelierError("the studio is shutting down", None)
@@ -123,11 +145,21 @@ class JobEngine:
         return job
 
     def current(self, queue: str = "default") -> Job | None:
-        return self._current.get(queue)
+        """The running job of `queue` (with one worker per device: the first device's that runs one)."""
+        for (name, _lane), job in list(self._current.items()):
+            if job is not None and name == queue:
+                return job
+        return None
+
+    def on_devices(self, queue: str) -> dict[str, Job | None]:
+        """Each pool device's running job of `queue` (None: idle); empty when the queue has one worker."""
+        if not self._pooled(queue):
+            return {}
+        return {lane: self._current.get((queue, lane)) for lane in self._pool.lanes}
 
     def last(self, queue: str | None = None) -> Job | None:
         """The running job (of `queue`, or of any) if any, else the most recently submitted one."""
-        for name, job in self._current.items():
+        for (name, _lane), job in list(self._current.items()):
             if job is not None and queue in (None, name):
                 return job
         for job in reversed(list(self._jobs.values())):
@@ -154,14 +186,14 @@ class JobEngine:
     # -- control ------------------------------------------------------
     def interrupt(self, job_id: str | None = None) -> list[Job]:
         """Interrupt one job, or (no id) every running job. Queued ones are cancelled."""
-        targets = [self.get(job_id)] if job_id else [j for j in self._current.values() if j]
+        targets = [self.get(job_id)] if job_id else [j for j in list(self._current.values()) if j]
         for job in targets:
             job.interrupt_requested = True
             job._touch()
         return targets
 
     def skip(self, job_id: str | None = None) -> list[Job]:
-        targets = [self.get(job_id)] if job_id else [j for j in self._current.values() if j]
+        targets = [self.get(job_id)] if job_id else [j for j in list(self._current.values()) if j]
         for job in targets:
             if job.state == JobState.RUNNING:
                 job.skip_requested = True
@@ -176,37 +208,57 @@ class JobEngine:
             if job:
                 job.interrupt_requested = True
                 job._touch()
-        for worker in self._workers.values():
+        for worker in list(self._workers.values()):
             worker.join(timeout)
 
     # -- the workers --------------------------------------------------
     def _ensure_worker(self, queue: str) -> None:
-        worker = self._workers.get(queue)
-        if worker is None or not worker.is_alive():
-            worker = threading.Thread(target=self._work, args=(queue,), name=f"atelier-jobs-{queue}", daemon=True)
-            self._workers[queue] = worker
-            worker.start()
+        for lane in self._pool.lanes if self._pooled(queue) else (None,):
+            key = (queue, lane)
+            worker = self._workers.get(key)
+            if worker is None or not worker.is_alive():
+                name = f"atelier-jobs-{queue}" + (f"@{lane}" if lane else "")
+                worker = threading.Thread(target=self._work, args=(queue, lane), name=name, daemon=True)
+                self._workers[key] = worker
+                self._current.setdefault(key, None)
+                worker.start()
 
-    def _next(self, queue: str) -> Job | None:
+    def _next(self, queue: str, lane: str | None) -> Job | None:
         with self._lock:
-            while not self._queues[queue] and not self._stopping:
-                self._lock.wait()
-            if self._stopping:
-                return None
-            job = self._queues[queue].popleft()
-            self._current[queue] = job
-            return job
+            while not self._stopping:
+                if lane is None and self._pooled(queue):
+                    return None  # a pool came after this worker started: the device workers take over
+                job = self._pick(queue, lane)
+                if job is not None:
+                    self._queues[queue].remove(job)
+                    job.device = lane
+                    self._current[(queue, lane)] = job
+                    return job
+                self._lock.wait(POOL_POLL_S if lane is not None else None)
+            return None
 
-    def _work(self, queue: str) -> None:
+    def _pick(self, queue: str, lane: str | None) -> Job | None:
+        queued = self._queues[queue]
+        if lane is None:
+            return queued[0] if queued else None
+        busy = {job.model_key: running_lane for (name, running_lane), job in self._current.items()
+                if name == queue and job is not None and job.model_key is not None}
+        idle = {running_lane for (name, running_lane), job in self._current.items()
+                if name == queue and running_lane is not None and job is None} | {lane}
+        return pick(queued, lane, busy, idle, self._pool)
+
+    def _work(self, queue: str, lane: str | None) -> None:
         while True:
-            job = self._next(queue)
+            job = self._next(queue, lane)
             if job is None:
                 return
             try:
-                self._execute(job)
+                with self._pool.bind(lane) if lane is not None else contextlib.nullcontext():
+                    self._execute(job)
             finally:
                 with self._lock:
-                    self._current[queue] = None
+                    self._current[(queue, lane)] = None
+                    self._lock.notify_all()  # a device is free, and its model may be what a queued job waits for
 
     def _execute(self, job: Job) -> None:
         if job.interrupt_requested:

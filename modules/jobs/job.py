@@ -66,6 +66,9 @@ class JobKind:
     # Runs first, with the job running but holding no share of the device: work the job hands to other
     # jobs (DreamBooth's class images, made by txt2img jobs), which an exclusive hold would starve.
     prepare: Runner | None = None
+    # The model a job of this kind uses (the manager's model_key), from its request: with several devices
+    # the kind's queue has one worker per device and the job goes where that model is (see pool.py).
+    model_key: Callable[[Any], Any] | None = None
 
 
 @dataclass
@@ -91,6 +94,8 @@ class Job:
     version: int = 0  # bumped on every change, so watchers can wait for the next one
     interrupt_requested: bool = False
     skip_requested: bool = False
+    device: str | None = None  # the pool device it runs on, when its queue has one worker per device
+    model_key: Any = None  # its kind's model_key of its request (set at submit when there is a pool)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
 
     @property
@@ -169,6 +174,7 @@ class Job:
             "progress": self.progress.fraction,
             "eta": self.eta,
             "text": self.progress.text,
+            "device": self.device,
             "error": self.error,
             "created_at": self.created_at,
             "started_at": self.started_at,

@@ -108,7 +108,7 @@ class DiffusionAdapter:
         ckpt = LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=options, quantization=quantization,
                                 footprint=memory.footprint_bytes(pipe))
         # bitsandbytes weights on a GPU are placed by their own config, never moved by .to() or offload hooks.
-        movable = not (quantization and device.name == "cuda")
+        movable = not (quantization and device.type == "cuda")
         loaded = Loaded(kind="checkpoint", entry=entry, options=options, handle=ckpt, footprint=ckpt.footprint,
                         device="cpu", movable=movable)
         self.to(actx, loaded, device.name)

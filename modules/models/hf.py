@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from modules.devices import device_type
 from modules.errors import AtelierError, InvalidRequest, ModelLoadError
 from modules.models.adapters import AdapterContext, Loaded
 
@@ -303,13 +304,13 @@ def _device_map(entry: "ModelEntry", dtype, quant, device: str):
     """None on the CPU; the whole model on the device; accelerate's "auto" split when it does not fit (CUDA)."""
     if device == "cpu":
         return None
-    if device == "cuda" and quant is None:
+    if device_type(device) == "cuda" and quant is None:
         import torch
 
         from modules.models import hf_info
 
         params = entry.metadata.get("parameters") or hf_info.parameter_count(entry.path) or 0
-        free, _total = torch.cuda.mem_get_info()
+        free, _total = torch.cuda.mem_get_info(device)
         if params * dtype.itemsize > free * _OFFLOAD_HEADROOM:
             return "auto"
     return {"": device}

@@ -13,6 +13,7 @@ import json
 import logging
 from pathlib import Path
 
+from modules.devices import device_type
 from modules.errors import AtelierError, ModelLoadError
 from modules.models import detect
 from modules.models.registry import SIDECAR_SUFFIX, ModelEntry
@@ -50,7 +51,7 @@ def load_checkpoint(entry: ModelEntry, dtype, paths, options=None, device_name: 
 
 def _unet_quantization(options, dtype, device_name: str) -> dict:
     """diffusers' BitsAndBytesConfig for the UNet on CUDA (it refuses the CPU; quant.py covers that)."""
-    if options is None or options.quantization == "none" or device_name != "cuda":
+    if options is None or options.quantization == "none" or device_type(device_name) != "cuda":
         return {}
     return {"quantization_config": options.diffusers_config(dtype)}
 

@@ -8,6 +8,13 @@ out — so an SD checkpoint and a chat model stay resident together when they fi
 whose model cannot fit next to models in use waits for them (never an out-of-memory crash).
 Kinds are adapters (adapters.py); a kind may limit its own residency (A1111's checkpoint
 cache: one checkpoint on the device, `sd_checkpoints_limit` in RAM).
+
+Several devices (`--device cuda` on a machine with several GPUs) are one pool under this one
+manager: a model is in memory once, on one device (its slot's `lane`) or in the RAM cache, and
+each device has its own budget. A job worker binds its thread to its device (`on_device`); a job
+that asks for a model resident on another device waits for it to be released there and then
+moves it (never a second copy). The job engine sends a job to the device that holds its model
+(`lane_of`), so that move is rare.
 """
 from __future__ import annotations
 
@@ -18,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from modules.devices import DeviceChoice, free_accelerator_memory
+from modules.devices import DeviceChoice, device_type, free_accelerator_memory
 from modules.errors import AtelierError, Busy, NotFound
 from modules.models.adapters import AdapterContext, Loaded, ModelAdapter
 from modules.models.quant import LoadOptions, OptionsStore
@@ -50,6 +57,7 @@ class Slot:
     """One resident model: what is loaded, who holds it, when it was last used."""
 
     loaded: Loaded
+    lane: str | None = None  # the pool device its weights are on (DeviceChoice.lane); None: in the RAM cache
     lock: threading.RLock = field(default_factory=threading.RLock)  # one job at a time uses a model's state
     holders: collections.Counter = field(default_factory=collections.Counter)  # thread id -> pins
     last_used: float = field(default_factory=time.monotonic)
@@ -64,7 +72,8 @@ class ModelManager:
         self.registry = registry
         self.settings = settings
         settings.add_section(SETTINGS_SECTION, ModelSettings)
-        self.device = device or DeviceChoice("cpu", "float32")
+        self.devices: list[DeviceChoice] = [device or DeviceChoice("cpu", "float32")]  # the pool, first = default
+        self._bound = threading.local()  # .lane: the device a job worker's thread works on
         self.options = OptionsStore(registry.paths.root / "model-options.json")
         self._adapters: dict[str, ModelAdapter] = {}
         self._slots: collections.OrderedDict[tuple[str, str], Slot] = collections.OrderedDict()  # LRU first
@@ -76,9 +85,35 @@ class ModelManager:
         self.last_switch_seconds: float | None = None
 
     # -- set-up ----------------------------------------------------------------
-    def attach(self, device: DeviceChoice) -> None:
-        """The compute device, once torch has chosen it (start-up's heavy part)."""
-        self.device = device
+    def attach(self, device: DeviceChoice, *more: DeviceChoice) -> None:
+        """The compute device(s), once torch has chosen them (start-up's heavy part)."""
+        self.devices = [device, *more]
+
+    @property
+    def device(self) -> DeviceChoice:
+        """The first (or only) device: where work not bound to a device runs (chat, vision, training)."""
+        return self.devices[0]
+
+    @contextlib.contextmanager
+    def on_device(self, lane: str):
+        """The calling thread's models are placed on the pool device `lane` for the block (a job worker's)."""
+        before = getattr(self._bound, "lane", None)
+        self._bound.lane = lane
+        try:
+            yield
+        finally:
+            self._bound.lane = before
+
+    def _here(self) -> DeviceChoice:
+        """The device the calling thread works on: its bound one, else the first."""
+        lane = getattr(self._bound, "lane", None)
+        return self._device_of(lane) if lane is not None else self.devices[0]
+
+    def _device_of(self, lane: str) -> DeviceChoice:
+        for d in self.devices:
+            if d.lane == lane:
+                return d
+        raise NotFound(f"no device {lane!r}; devices: {', '.join(d.lane for d in self.devices)}", "device")
 
     def add_adapter(self, kind: str, adapter: ModelAdapter) -> None:
         self._adapters[kind] = adapter
@@ -105,7 +140,10 @@ class ModelManager:
 
     @property
     def _actx(self) -> AdapterContext:
-        return AdapterContext(self.registry, self.settings, self.device)
+        return self._actx_for(self._here())
+
+    def _actx_for(self, device: DeviceChoice) -> AdapterContext:
+        return AdapterContext(self.registry, self.settings, device)
 
     def _adapter(self, kind: str) -> ModelAdapter:
         if kind not in self._adapters:
@@ -129,6 +167,23 @@ class ModelManager:
 
     def _entry(self, kind: str, name: str | None) -> ModelEntry:
         return self.registry.get(kind, name or self.default_name(kind))
+
+    def model_key(self, kind: str, name: str | None = None) -> tuple[str, str] | None:
+        """What identifies `name` (default: the default one) of `kind` in memory; None when there is none."""
+        try:
+            return (kind, str(self._entry(kind, name).path))
+        except AtelierError:
+            return None
+
+    def holding(self, lane: str) -> int:
+        """How many models are resident on the pool device `lane`."""
+        return sum(1 for s in self._slots_list() if s.lane == lane)
+
+    def lane_of(self, key: tuple[str, str]) -> str | None:
+        """The pool device a model (its `model_key`) is resident on; None when it is not on one."""
+        with self._cond:
+            slot = self._slots.get(key)
+            return slot.lane if slot is not None else None
 
     # -- using a model ------------------------------------------------------------
     @contextlib.contextmanager
@@ -187,8 +242,9 @@ class ModelManager:
                 self._cond.wait(1.0)
 
     def _try_place(self, kind: str, entry: ModelEntry, opts: LoadOptions) -> Slot | None:
-        """Resident on the device and pinned, or None when models in use must be released first."""
+        """Resident on this thread's device and pinned, or None when models in use must be released first."""
         adapter = self._adapter(kind)
+        here = self._here()
         key = (kind, str(entry.path))
         start = time.perf_counter()
         slot = self._slots.get(key)
@@ -199,28 +255,40 @@ class ModelManager:
             slot = None
         if slot is None:
             estimate = _estimate_bytes(entry, opts)
-            if not self._make_room(self.device.name, estimate, key, kind):
+            if not self._make_room(here.lane, estimate, key, kind):
                 return None
-            loaded = adapter.load(self._actx, entry, opts)  # may raise: nothing resident has changed
-            slot = Slot(loaded)
+            loaded = adapter.load(self._actx_for(here), entry, opts)  # may raise: nothing resident has changed
+            slot = Slot(loaded, lane=here.lane)
             with self._cond:
                 self._slots[key] = slot
-            log.info("%s %s loaded on %s (%.0f MiB)", kind, entry.name, loaded.location, loaded.footprint / 2**20)
-        elif slot.loaded.device != self.device.name:
-            if not self._make_room(self.device.name, slot.loaded.footprint, key, kind):
+            log.info("%s %s loaded on %s (%.0f MiB)", kind, entry.name, _location(slot), loaded.footprint / 2**20)
+        elif slot.lane != here.lane:
+            if slot.lane is not None and self._held_by_others(slot):
+                return None  # in use on another device: it comes here once released (never a second copy)
+            if not self._make_room(here.lane, slot.loaded.footprint, key, kind):
                 return None
-            adapter.to(self._actx, slot.loaded, self.device.name)
-            log.info("%s %s moved from the RAM cache to %s", kind, entry.name, slot.loaded.location)
+            came_from = slot.lane or "the RAM cache"
+            before = slot.loaded.device
+            if before != here.name:
+                adapter.to(self._actx_for(here), slot.loaded, here.name)
+                if before != "cpu":
+                    free_accelerator_memory(before)
+            slot.lane = here.lane
+            log.info("%s %s moved from %s to %s", kind, entry.name, came_from, _location(slot))
         with self._cond:
             slot.holders[threading.get_ident()] += 1
             slot.last_used = time.monotonic()
             self._slots.move_to_end(key)
             self._active[kind] = key
         # The real footprint may exceed the estimate, and the budget may have shrunk: idle ones make room.
-        self._make_room(self.device.name, 0, key, kind)
+        self._make_room(here.lane, 0, key, kind)
         self._trim_kind(kind, key)  # the active one changed: the kind's cache limits apply again
         self.last_switch_seconds = time.perf_counter() - start
         return slot
+
+    @staticmethod
+    def _held_by_others(slot: Slot) -> bool:
+        return bool(set(slot.holders) - {threading.get_ident()})
 
     def _release(self, slot: Slot) -> None:
         with self._cond:
@@ -231,28 +299,40 @@ class ModelManager:
             slot.last_used = time.monotonic()
             self._cond.notify_all()
 
+    def _torch_name(self, lane: str) -> str:
+        """The torch device behind a pool device ("cpu:1" of a simulated pool is the CPU); "cpu" is the RAM tier."""
+        for d in self.devices:
+            if d.lane == lane:
+                return d.name
+        return lane
+
     def budget(self, device_name: str) -> int:
-        """Bytes of weights the manager may keep on `device_name`."""
+        """Bytes of weights the manager may keep on `device_name` (a pool device, or "cpu": the RAM tier);
+        `gpu_budget_gb` applies to each GPU."""
         import psutil
 
         s = self.settings.section(SETTINGS_SECTION)
-        if device_name == "cpu":
+        torch_name = self._torch_name(device_name)
+        if torch_name == "cpu":
             return int(s.ram_budget_gb * 1024**3) or int(psutil.virtual_memory().total * AUTO_RAM_FRACTION)
         if s.gpu_budget_gb:
             return int(s.gpu_budget_gb * 1024**3)
         from modules.devices import device_total_memory
 
-        return max(0, device_total_memory(device_name) - GPU_HEADROOM_BYTES)
+        return max(0, device_total_memory(torch_name) - GPU_HEADROOM_BYTES)
 
     def used(self, device_name: str) -> int:
-        return sum(s.loaded.footprint for s in self._slots_list() if s.loaded.device == device_name)
+        """Bytes of weights on a pool device; for "cpu", everything in RAM (parked ones and CPU devices')."""
+        if device_name == "cpu":
+            return sum(s.loaded.footprint for s in self._slots_list() if s.loaded.device == "cpu")
+        return sum(s.loaded.footprint for s in self._slots_list() if s.lane == device_name)
 
     def _make_room(self, device_name: str, need: int, keep: tuple[str, str], kind: str) -> bool:
         """Evict idle models (LRU first) until `need` more bytes fit; False when models in use stand in the way."""
         limit = self._adapter(kind).residency(self.settings.get()).get("max_on_device")
-        same_kind = [s for s in self._slots_list() if s.loaded.kind == kind and s.loaded.device == device_name
+        same_kind = [s for s in self._slots_list() if s.loaded.kind == kind and s.lane == device_name
                      and s.loaded.key != keep]
-        if limit is not None and device_name != "cpu" and len(same_kind) >= limit:
+        if limit is not None and self._torch_name(device_name) != "cpu" and len(same_kind) >= limit:
             for slot in same_kind[:len(same_kind) - limit + 1]:
                 if slot.pinned:
                     return False
@@ -261,12 +341,12 @@ class ModelManager:
         for slot in self._slots_list():
             if self.used(device_name) + need <= budget:
                 return True
-            if slot.loaded.device == device_name and slot.loaded.key != keep and not slot.pinned:
+            if slot.lane == device_name and slot.loaded.key != keep and not slot.pinned:
                 self._evict(slot)
         if self.used(device_name) + need <= budget:
             return True
         mine = threading.get_ident()
-        blocking = [s for s in self._slots_list() if s.loaded.device == device_name and s.pinned
+        blocking = [s for s in self._slots_list() if s.lane == device_name and s.pinned
                     and s.loaded.key != keep and set(s.holders) - {mine}]
         if blocking:
             return False
@@ -280,9 +360,11 @@ class ModelManager:
         loaded = slot.loaded
         if loaded.device != "cpu" and loaded.movable and self._room_in_ram(loaded):
             self._released(loaded)
+            before = loaded.device
             self._adapter(loaded.kind).to(self._actx, loaded, "cpu")
+            slot.lane = None
             log.info("%s %s moved to the RAM cache", loaded.kind, loaded.entry.name)
-            free_accelerator_memory(self.device.name)
+            free_accelerator_memory(before)
             self._trim_kind(loaded.kind, None)
         else:
             self._drop(slot)
@@ -330,8 +412,9 @@ class ModelManager:
         self._released(loaded)
         self._adapter(loaded.kind).release(self._actx, loaded)
         log.info("%s %s unloaded", loaded.kind, loaded.entry.name)
+        device_name = loaded.device
         del slot, loaded
-        free_accelerator_memory(self.device.name)
+        free_accelerator_memory(device_name)
 
     # -- the Models tab and REST ---------------------------------------------------------
     def describe(self) -> list[dict]:
@@ -346,7 +429,7 @@ class ModelManager:
                 loaded = slot.loaded if slot else None
                 rows.append({
                     "kind": kind, "name": e.name, "size": e.size, "arch": e.arch, "format": e.format,
-                    "short_hash": e.short_hash, "location": loaded.location if loaded else "disk",
+                    "short_hash": e.short_hash, "location": _location(slot) if slot else "disk",
                     "active": bool(loaded is not None and self._active.get(kind) == loaded.key),
                     "in_use": bool(slot and slot.pinned),
                     "footprint_bytes": loaded.footprint if loaded else 0,
@@ -358,7 +441,7 @@ class ModelManager:
 
     def budgets(self) -> list[dict]:
         """The memory gauge per device: budget and what resident models use of it."""
-        devices = ["cpu"] + ([self.device.name] if self.device.name != "cpu" else [])
+        devices = ["cpu"] + [d.lane for d in self.devices if d.lane != "cpu"]
         return [{"device": d, "budget_bytes": self.budget(d), "used_bytes": self.used(d)} for d in devices]
 
     def unload(self, name: str | None = None, kind: str | None = None) -> None:
@@ -379,13 +462,13 @@ class ModelManager:
     def vacate_device(self) -> None:
         """Every idle model leaves the compute device (to the RAM cache when it fits there): a training
         process is about to own the device."""
-        if self.device.name == "cpu":
-            return
         with self._place_lock:
             for slot in self._slots_list():
-                if slot.loaded.device == self.device.name and not slot.pinned:
+                if slot.lane is not None and slot.loaded.device != "cpu" and not slot.pinned:
                     self._evict(slot)
-        free_accelerator_memory(self.device.name)
+        for device in self.devices:
+            if device.name != "cpu":
+                free_accelerator_memory(device.name)
 
     def memory(self) -> dict:
         from modules.devices import memory_readings
@@ -414,23 +497,24 @@ class ModelManager:
             if not memory.is_oom(exc):
                 raise
             log.warning("out of memory with policy %s; freeing caches and retrying lighter", ckpt.policy)
-        free_accelerator_memory(self.device.name)
+        here = self._here().name
+        free_accelerator_memory(here)
         policy_before = ckpt.policy
-        nxt = memory.lighter(ckpt.policy) if self.device.name == "cuda" else None
+        nxt = memory.lighter(ckpt.policy) if device_type(here) == "cuda" else None
         slot = self._slots.get(("checkpoint", str(ckpt.entry.path)))
         if nxt is not None and not ckpt.quantization and slot is not None:
             from modules.models import lora
 
             lora.unfuse_keeping_active(ckpt)  # offload hooks take the weights over: no fused deltas under them
-            self._adapters["checkpoint"].apply_policy(slot.loaded, nxt, self.device.name)
+            self._adapters["checkpoint"].apply_policy(slot.loaded, nxt, here)
         memory.lightest_vae(ckpt.pipe)
         try:
             return fn()
         except Exception as exc:
             if not memory.is_oom(exc):
                 raise
-            free_accelerator_memory(self.device.name)
-            raise memory.OutOfMemory(memory.oom_message(self.device.name, nxt or policy_before), "width") from None
+            free_accelerator_memory(here)
+            raise memory.OutOfMemory(memory.oom_message(here, nxt or policy_before), "width") from None
 
     # -- start-up ----------------------------------------------------------------------
     def load_at_start(self):
@@ -451,6 +535,14 @@ def _estimate_bytes(entry: ModelEntry, opts: LoadOptions) -> int:
     """Weights in memory before loading them: the files' size, scaled by the quantization asked for."""
     scale = {"none": 1.0, "int8": 0.55, "nf4": 0.35, "fp4": 0.35}[opts.quantization]
     return int(entry.size * scale)
+
+
+def _location(slot: Slot) -> str:
+    """Where a model is, as the Models tab shows it: its pool device ("cuda:1", "cpu:1"), else its torch device."""
+    loaded = slot.loaded
+    if slot.lane is None or slot.lane == loaded.device:
+        return loaded.location
+    return slot.lane + loaded.location_note
 
 
 def describe_error(exc: BaseException) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from modules.devices import free_accelerator_memory
+from modules.devices import device_type, free_accelerator_memory
 from modules.errors import AtelierError
 
 log = logging.getLogger("atelier.models")
@@ -42,7 +42,7 @@ def _modules(pipe):
 
 def choose_policy(wanted: str, device_name: str, pipe) -> str:
     """The policy to use: `wanted` unless "auto"; auto fits the model to the device's free memory."""
-    if device_name != "cuda":
+    if device_type(device_name) != "cuda":
         return "gpu"
     if wanted in POLICIES:
         return wanted
@@ -122,9 +122,9 @@ def is_oom(exc: BaseException) -> bool:
 
 
 def oom_message(device_name: str, policy: str) -> str:
-    if device_name == "cuda" and lighter(policy):
+    if device_type(device_name) == "cuda" and lighter(policy):
         change = f"set memory_policy to {lighter(policy)} (like --medvram/--lowvram)"
-    elif device_name == "cuda":
+    elif device_type(device_name) == "cuda":
         change = "the lightest policy (sequential_offload) is already in use"
     else:
         change = "close other programs to free RAM"

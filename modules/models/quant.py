@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from modules import atomic
+from modules.devices import device_type
 from modules.errors import InvalidRequest
 
 log = logging.getLogger("atelier.models")
@@ -103,7 +104,7 @@ def quantize_pipeline(pipe, opts: LoadOptions, device_name: str) -> str | None:
     unet = getattr(pipe, "unet", None)
     if unet is None:
         return None
-    if device_name == "cuda":
+    if device_type(device_name) == "cuda":
         return opts.label() if getattr(unet, "is_quantized", False) or _has_bnb(unet) else None
     count = swap_linear_layers(unet, opts)
     log.info("quantized %d UNet linear layers to %s on the CPU", count, opts.label())

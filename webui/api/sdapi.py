@@ -60,13 +60,14 @@ def router(studio):
 
     @r.get("/progress")
     def progress(skip_current_image: bool = False):
-        """Progress of the running job: A1111's ProgressResponse."""
-        return _progress(studio, skip_current_image)
+        """Progress of the running job: A1111's ProgressResponse, plus `devices`: each device's current job."""
+        return _progress(studio, skip_current_image) | {"devices": _devices(studio)}
 
     @r.post("/interrupt")
-    def interrupt():
-        """Stop the running job after its current step; what is done is returned to its caller."""
-        studio.jobs.interrupt()
+    def interrupt(id: str | None = None):  # noqa: A002 - the job id, as /progress's `devices` list names it
+        """Stop the running job(s) after the current step (`?id=` one job: of one device); what is done is
+        returned to its caller."""
+        studio.jobs.interrupt(id)
         return {}
 
     @r.post("/skip")
@@ -171,6 +172,28 @@ def _progress(studio, skip_current_image: bool) -> dict:
             current = None
     return {"progress": round(min(1.0, job.progress.fraction), 4), "eta_relative": round(job.eta or 0.0, 3),
             "state": state, "current_image": current, "textinfo": p.text or None}
+
+
+def _devices(studio) -> list[dict]:
+    """Every compute device and the image job it runs now (with one device, the studio's running job)."""
+    from modules.diffusion.task import QUEUE
+
+    by_device = studio.jobs.on_devices(QUEUE)
+    if not by_device:
+        last = studio.jobs.last()
+        lane = studio.models.device.lane
+        by_device = {lane: last if last is not None and last.state == JobState.RUNNING else None}
+    rows = []
+    for lane, job in by_device.items():
+        row = {"device": lane, "job": "", "id": None, "progress": 0.0, "eta_relative": 0.0, "sampling_step": 0,
+               "sampling_steps": 0, "job_no": 0, "job_count": 0, "textinfo": None}
+        if job is not None:
+            p = job.progress
+            row.update({"job": f"{job.kind}({job.id})", "id": job.id, "progress": round(min(1.0, p.fraction), 4),
+                        "eta_relative": round(job.eta or 0.0, 3), "sampling_step": p.step, "sampling_steps": p.total,
+                        "job_no": p.part, "job_count": p.parts, "textinfo": p.text or None})
+        rows.append(row)
+    return rows
 
 
 # -- png-info -------------------------------------------------------------------

@@ -9,7 +9,8 @@ Every GPU event shares concurrency_id "gpu", so the browser queue and the job qu
 from typing import Callable
 
 from modules.errors import AtelierError
-from webui.ui.progress import follow, progress_html, snapshot
+from modules.jobs import JobState
+from webui.ui.progress import devices_text, follow, progress_html, snapshot
 
 GPU = "gpu"
 
@@ -70,7 +71,9 @@ def wire_generation(studio, tab: str, kind: str, request_cls, fields: dict, aux:
         for snap in follow(job, rate):
             if snap.finished:
                 break
-            update = {c["progress"]: progress_html(snap)}
+            # While it waits, with several devices: what each one runs now.
+            devices = devices_text(studio.jobs.on_devices(job.queue)) if snap.state == JobState.QUEUED else ""
+            update = {c["progress"]: progress_html(snap, devices=devices)}
             if snap.preview is not None:
                 update[c["preview"]] = gr.Image(value=snap.preview, visible=True)
             yield update

@@ -27,13 +27,14 @@ class Snapshot:
     text: str
     preview: Any  # PIL image or None
     finished: bool
+    device: str | None = None  # the device it runs on, with several (`--device cuda` on a multi-GPU machine)
 
 
 def snapshot(job: Job) -> Snapshot:
     p = job.progress
     return Snapshot(state=job.state, step=p.step, total=p.total, part=p.part, parts=p.parts,
                     fraction=p.fraction, eta=job.eta, text=p.text, preview=job.preview,
-                    finished=job.state.finished)
+                    finished=job.state.finished, device=job.device)
 
 
 def follow(job: Job, updates_per_second: float = 5.0, clock=time.monotonic) -> Iterator[Snapshot]:
@@ -64,14 +65,28 @@ def _eta_text(eta: float | None) -> str:
     return f"ETA {eta // 60}m {eta % 60:02d}s" if eta >= 60 else f"ETA {eta}s"
 
 
-def progress_html(s: Snapshot | None, message: str = "") -> str:
-    """A calm one-line bar: `Step 3/20 · batch 1/2 · ETA 4s`."""
+def devices_text(by_device: dict[str, Job | None]) -> str:
+    """Each device's job, with several (`cuda:0: step 3/20 · cuda:1: idle`); empty with one device."""
+    rows = []
+    for device, job in by_device.items():
+        if job is None:
+            rows.append(f"{device}: idle")
+        else:
+            p = job.progress
+            rows.append(f"{device}: {job.kind} step {p.step}/{p.total}" if p.total else f"{device}: {job.kind}")
+    return " · ".join(rows)
+
+
+def progress_html(s: Snapshot | None, message: str = "", devices: str = "") -> str:
+    """A calm one-line bar: `Step 3/20 · batch 1/2 · ETA 4s`; `devices` (devices_text) below it while queued."""
     if s is None:
         if not message:
             return "<div class='atelier-progress idle'></div>"
         return f"<div class='atelier-progress'><div class='atelier-progress-text'>{html.escape(message)}</div></div>"
     if s.state == JobState.QUEUED:
         label = message or "Waiting in the queue…"
+        if devices:
+            label += f" ({devices})"
         pct = 0.0
     else:
         parts = [f"Step {s.step}/{s.total}" if s.total else "Starting…"]
@@ -79,6 +94,8 @@ def progress_html(s: Snapshot | None, message: str = "") -> str:
             parts.append(f"batch {min(s.part + 1, s.parts)}/{s.parts}")
         if s.text:
             parts.append(s.text)
+        if s.device:
+            parts.append(f"on {s.device}")
         eta = _eta_text(s.eta) if not s.finished else ""
         if eta:
             parts.append(eta)
