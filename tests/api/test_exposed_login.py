@@ -1,6 +1,7 @@
-"""Safe public links: `--listen` with no auth flags makes up a login for user `atelier`, prints it, keeps
-it in <data>/login.json (0600) and requires it on the UI and the API; failed logins from one address
-lock that address out for a while. One real `python -m webui --listen` for the module."""
+"""Safe public links: `--share` (offline here: no link is made, the server is the same) with no auth flags
+makes up a login for user `atelier`, prints it, keeps it in <data>/login.json (0600) and requires it on
+the UI and the API; failed logins from one address lock that address out for a while. One real
+`python -m webui --listen --share` for the module."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ from tests.unit.test_extensions_support import git_repo, mark_main
 @pytest.fixture(scope="module")
 def listening(tmp_path_factory, demo_checkpoint):
     data = make_data_dir(tmp_path_factory.mktemp("listen-data"), demo_checkpoint)
-    server = LiveServer(data, "--listen", "--no-demo")
+    dead_proxy = {k: "http://127.0.0.1:9" for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")}
+    server = LiveServer(data, "--listen", "--share", "--no-demo",
+                        env={**dead_proxy, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"})
     try:
         deadline = time.monotonic() + 120
         while not (data / "login.json").exists():
@@ -35,10 +38,12 @@ def test_the_made_up_login_is_printed_kept_private_and_required_on_the_api(liste
     server, login = listening
     assert login[0] == "atelier" and len(login[1]) >= 16
     assert stat.S_IMODE((server.data_dir / "login.json").stat().st_mode) == 0o600
-    deadline = time.monotonic() + 30
-    while login[1] not in server.log_path.read_text():
+    deadline = time.monotonic() + 60
+    while login[1] not in server.log_path.read_text():  # after the (failed, offline) share link, last
         assert time.monotonic() < deadline, "the password is printed at start"
         time.sleep(0.2)
+    log = server.log_path.read_text()
+    assert log.index("no public link could be made") < log.index(login[1]), "the login comes after the link"
     with httpx.Client(base_url=server.url, timeout=60) as c:
         assert c.get("/sdapi/v1/sd-models").status_code == 401
         assert c.get("/v1/models").status_code == 401
