@@ -129,10 +129,12 @@ def _base(path: str) -> dict:
         return {"task": "caption", "image": _png_b64()}
     if path.endswith("/atelier/v1/models/download"):  # a port nothing listens on: an accepted one fails at once
         return {"source": "http://127.0.0.1:9/x.safetensors", "kind": "lora"}
-    if path.endswith("/extra-single-image") or path.endswith("/interrogate"):
+    if path.endswith("/interrogate"):
         return {"image": _png_b64()}
+    if path.endswith("/extra-single-image"):  # an Extras body needs something to do: Lanczos is the cheapest
+        return {"image": _png_b64(), "upscaler_1": "Lanczos"}
     if path.endswith("/extra-batch-images"):
-        return {"imageList": [{"data": _png_b64(), "name": "a.png"}]}
+        return {"imageList": [{"data": _png_b64(), "name": "a.png"}], "upscaler_1": "Lanczos"}
     if path.endswith("/atelier/v1/vision/batch"):
         return {"task": "caption", "images": [_png_b64()], "max_new_tokens": 1}
     if path.endswith("/extensions/install"):  # well-formed, and refused (nothing there) if it ever got that far
