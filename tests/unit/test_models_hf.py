@@ -432,9 +432,9 @@ def test_placement_offloads_only_a_model_larger_than_free_cuda_memory(env, monke
 
     entry = env.registry.get("llm", DEMO_LLM_NAME)
     fp32_bytes = entry.metadata["parameters"] * 4
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (fp32_bytes * 2, fp32_bytes * 4))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fp32_bytes * 2, fp32_bytes * 4))
     assert hf._device_map(entry, torch.float32, None, "cuda") == {"": "cuda"}
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (fp32_bytes // 2, fp32_bytes * 4))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (fp32_bytes // 2, fp32_bytes * 4))
     assert hf._device_map(entry, torch.float32, None, "cuda") == "auto"
     assert hf._device_map(entry, torch.float16, None, "cuda") == "auto"
     assert hf._device_map(entry, torch.float32, object(), "cuda") == {"": "cuda"}  # bnb places on the device
