@@ -54,3 +54,16 @@ def find(registry: "ModelRegistry", models: "ModelManager", name: str | None, ki
             continue
     raise NotFound("no language model in models/LLM or models/VLM; add a model folder (e.g. google/gemma-2-2b-it) "
                    "and press Refresh", "model")
+
+
+def adapter_of(registry: "ModelRegistry", entry: "ModelEntry", name: str | None) -> tuple:
+    """(path, name) of the request's adapter, one made for `entry`; (None, None) for the base model."""
+    if not name:
+        return None, None
+    made_for = registry.adapters_for(entry)
+    for adapter in made_for:
+        if adapter.name == name:
+            return adapter.path, adapter.name
+    known = ", ".join(a.name for a in made_for) or "none"
+    raise InvalidRequest(f"no adapter {name!r} made for {entry.name} in models/LLM-loras; made for it: {known}",
+                         "adapter")

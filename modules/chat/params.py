@@ -132,6 +132,9 @@ class Sampling(BaseModel):
 
     model: str | None = Field(None, max_length=512, description="a name in models/LLM or models/VLM; None: the default")
     kind: Literal["llm", "vlm"] | None = Field(None, description="where to look the model up; None: LLM, then VLM")
+    adapter: str | None = Field(None, max_length=200, description="a PEFT adapter of models/LLM-loras made for this "
+                                                                  "model (an LLM LoRA the Train tab wrote); None: "
+                                                                  "the base model")
     temperature: float = Field(1.0, ge=0.0, le=2.0, description="0: greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, le=100_000, description="0: off")

@@ -32,6 +32,7 @@ def validator(services: "ChatServices"):
             i, j = _first_image(req)
             raise InvalidRequest(f"{entry.name} reads text only; remove the image or choose an image+text model "
                                  "(models/VLM)", f"messages.{i}.content.{j}")
+        choose.adapter_of(services.registry, entry, req.adapter)
         structured.grammar(req.response_format)
     return validate
 
@@ -46,7 +47,8 @@ def run_chat(ctx: "JobContext", req: ChatRequest) -> ChatResult:
     versions: list[str] = []
     if req.conversation_id:
         versions = services.conversations.begin_reply(req.conversation_id, original.messages, entry.name)
-    with services.models.use(entry.kind, entry.name) as lm:
+    adapter = choose.adapter_of(services.registry, entry, req.adapter)
+    with services.models.use(entry.kind, entry.name) as lm, lm.adapter_active(*adapter):
         prompt = prompts.render_chat(lm, req.messages, req.continue_final, req.context_tokens, req.max_new_tokens)
         result = _generate(ctx, services, req, entry, lm, prompt, started)
     result = services.hooks.after_chat(result)
@@ -61,7 +63,8 @@ def run_completion(ctx: "JobContext", req: CompletionRequest) -> ChatResult:
     started = time.perf_counter()
     validator(services)(req)
     entry = choose.find(services.registry, services.models, req.model, req.kind)
-    with services.models.use(entry.kind, entry.name) as lm:
+    adapter = choose.adapter_of(services.registry, entry, req.adapter)
+    with services.models.use(entry.kind, entry.name) as lm, lm.adapter_active(*adapter):
         prompt = prompts.render_completion(lm, req.prompt, req.context_tokens, req.max_new_tokens)
         return _generate(ctx, services, req, entry, lm, prompt, started)
 
@@ -99,7 +102,8 @@ def _generate(ctx, services: "ChatServices", req, entry, lm, prompt, started: fl
             services.hooks.chat_stream(ChatStreamPiece(ctx.job.id, text, count, entry.name, conversation_id))
         count += 1
 
-    key = (req.prefix_key, entry.kind, str(entry.path))  # the model object itself is checked too (cache.py)
+    # The KV prefix depends on the weights: another adapter is another prefix (the model object is checked too).
+    key = (req.prefix_key, entry.kind, str(entry.path), req.adapter)
     gen = run_generation(lm, prompt, req, emit=emit, interrupted=lambda: ctx.interrupted, started=started,
                          prefix=services.prefix_cache if req.reuse_cache else None, cache_key=key,
                          grammars=services.grammars)

@@ -8,6 +8,8 @@ such a model is never moved with .to(): evicting it means unloading it.
 """
 from __future__ import annotations
 
+import contextlib
+
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +78,20 @@ class LanguageModel:
                                  "adapter")
         self.active_adapter = name
         self._apply()
+
+    @contextlib.contextmanager
+    def adapter_active(self, path: Path | None, name: str | None):
+        """The adapter answers for the block and the base model again after it (chat and vision share the
+        model object); None: the base model."""
+        if name is None:
+            yield self
+            return
+        self.load_adapter(path, name)  # read once; kept loaded (inactive) beside the model
+        self.set_adapter(name)
+        try:
+            yield self
+        finally:
+            self.disable_adapters()
 
     def disable_adapters(self) -> None:
         """The base model answers again, exactly as before any adapter was loaded."""

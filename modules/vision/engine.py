@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
@@ -142,18 +141,9 @@ def _builtin(services: VisionServices, req: VisionOptions, entry, adapter, image
     return result
 
 
-@contextmanager
 def adapter_applied(lm, adapter):
-    """The chosen adapter answers for the block; the base model answers again after it (chat shares the model)."""
-    if adapter is None:
-        yield lm
-        return
-    lm.load_adapter(adapter.path, adapter.name)  # read once; kept loaded (inactive) beside the model
-    lm.set_adapter(adapter.name)
-    try:
-        yield lm
-    finally:
-        lm.disable_adapters()
+    """The chosen adapter answers for the request; the base model again after it (chat shares the model)."""
+    return lm.adapter_active(adapter.path if adapter else None, adapter.name if adapter else None)
 
 
 def save(services: VisionServices, result: results.VisionResult, name: str) -> dict:

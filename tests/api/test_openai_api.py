@@ -149,6 +149,7 @@ def test_completions_plain_and_streaming(client):
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}},
      400, "response_format.json_schema.schema"),
     ({"response_format": {"type": "yaml"}}, 400, "response_format.type"),
+    ({"extra_body": {"adapter": "no-such-adapter"}}, 400, "adapter"),  # Atelier's field: an LLM LoRA by name
     ({"messages": [{"role": "user", "content": "overflow " * 9000}]}, 400, "messages"),
 ])
 @pytest.mark.parametrize("stream", [False, True])

@@ -108,7 +108,7 @@ def _refuse_unsupported(body: dict) -> None:
 
 def _sampling(body: dict, max_default: int | None) -> dict:
     fields: dict[str, Any] = {"model": body["model"].strip()}
-    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed"):
+    for name in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "seed", "adapter"):  # + extra_body
         if body.get(name) is not None:
             fields[name] = body[name]
     if fields.get("top_p") == 0:  # OpenAI allows 0: only the most likely token

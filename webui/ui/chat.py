@@ -18,8 +18,8 @@ from modules.extensions.tabs import TabSpec
 from webui.ui.chat_edit import wire_edit
 from webui.ui.chat_presets import build_presets
 from webui.ui.gradio_api import endpoint
-from webui.ui.chat_turn import (SAMPLING, ChatHandlers, chatbot_messages, conversation_choices, conversation_store,
-                                files_dir, gr_error, model_choices, stats_text)
+from webui.ui.chat_turn import (SAMPLING, ChatHandlers, adapter_choices, chatbot_messages, conversation_choices,
+                                conversation_store, files_dir, gr_error, model_choices, stats_text)
 from webui.ui.models import DTYPES, QUANTIZATIONS
 
 
@@ -31,6 +31,8 @@ def build(studio) -> dict:
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=260):
             c["model"] = gr.Dropdown([], label="Model", elem_id="chat_model", allow_custom_value=True)
+            c["adapter"] = gr.Dropdown([("none (the base model)", "")], value="", label="Adapter (models/LLM-loras)",
+                                       elem_id="chat_adapter", allow_custom_value=True)
             with gr.Accordion("Load options", open=False, elem_id="chat_load_acc"):
                 with gr.Row():
                     c["dtype"] = gr.Dropdown(list(DTYPES), value="auto", label="dtype", elem_id="chat_dtype")
@@ -251,6 +253,12 @@ def build(studio) -> dict:
 
     c["import_file"].upload(import_, [c["import_file"]], [c["conversations"], c["conv_id"], c["import_file"]],
                             queue=False, api_visibility="private")
+
+    def adapters_of(model, adapter):
+        choices = adapter_choices(studio, model)
+        return gr.Dropdown(choices=choices, value=adapter if adapter in [v for _, v in choices] else "")
+
+    c["model"].change(adapters_of, [c["model"], c["adapter"]], [c["adapter"]], queue=False, api_visibility="private")
 
     def show(model, conv_id):
         models = model_choices(studio)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from modules.errors import AtelierError
 
-SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed", "stop")
+# The request fields the tab sends beside the messages (restored when a conversation is opened); the adapter last.
+SAMPLING = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_new_tokens", "seed", "stop", "adapter")
 
 
 def conversation_store(studio):
@@ -97,6 +98,15 @@ def conversation_choices(studio) -> list[tuple[str, str]]:
     return [(f"{c['title']} ({c['messages']})", c["id"]) for c in conversation_store(studio).list()]
 
 
+def adapter_choices(studio, model: str | None) -> list[tuple[str, str]]:
+    """The PEFT adapters of models/LLM-loras made for `model` (an LLM LoRA the Train tab wrote), after "none"."""
+    from modules.chat.choose import chat_models
+
+    entry = next((e for e in chat_models(studio.registry) if e.name == model), None) if studio.ready.is_set() else None
+    return [("none (the base model)", "")] + ([(a.name, a.name) for a in studio.registry.adapters_for(entry)]
+                                              if entry else [])
+
+
 def model_choices(studio) -> list[tuple[str, str]]:
     from modules.chat.choose import accepts_images, chat_models
 
@@ -115,7 +125,7 @@ class ChatHandlers:
     def _sampling(self, values) -> dict:
         d = dict(zip(SAMPLING, values))
         stops = [s for s in (d.pop("stop") or "").split("\n") if s]
-        out = {k: v for k, v in d.items() if v is not None}
+        out = {k: v for k, v in d.items() if v is not None and (k != "adapter" or v)}  # "": the base model
         for k in ("top_k", "max_new_tokens", "seed"):
             if k in out:
                 out[k] = int(out[k])
