@@ -15,11 +15,9 @@ def test_restore_faces_checkbox_and_extras_gfpgan(page, live_server, demo_gfpgan
     page.click("#txt2img_generate")
     page.get_by_text("models/GFPGAN").first.wait_for(timeout=180_000)  # refused (no model yet), naming where
 
-    # The refused run gives Generate back (the busy server may take a while to finish the event chain).
-    page.locator("#txt2img_generate").wait_for(state="visible", timeout=120_000)
     model = link_model(demo_gfpgan, live_server.data_dir / "models" / "GFPGAN")
     try:
-        page.click("#txt2img_generate", timeout=60_000)
+        page.click("#txt2img_generate")
         page.wait_for_function("() => document.querySelector('#txt2img_info textarea').value"
                                ".includes('Face restoration: GFPGAN')", timeout=120_000)
         box.uncheck()
