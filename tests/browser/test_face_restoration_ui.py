@@ -13,7 +13,10 @@ def test_restore_faces_checkbox_and_extras_gfpgan(page, live_server, demo_gfpgan
     small_run(page, "txt2img", steps=2, size=64)
     box.check()
     page.click("#txt2img_generate")
-    page.get_by_text("models/GFPGAN").first.wait_for(timeout=180_000)  # refused (no model yet), naming where
+    # Refused at submit (no model yet), in the error toast, naming where. Not any text on the page: the
+    # checkbox's own info names models/GFPGAN too, and matching it would race the run that is still going.
+    page.locator(".toast-body").get_by_text("models/GFPGAN").first.wait_for(timeout=180_000)
+    page.locator("#txt2img_generate").wait_for(state="visible", timeout=60_000)  # the run's buttons are back
 
     model = link_model(demo_gfpgan, live_server.data_dir / "models" / "GFPGAN")
     try:

@@ -16,6 +16,26 @@ def _gradient(path):
     return img
 
 
+def wait_until_shown(canvas, timeout_s: float = 60) -> None:
+    """Until the canvas shows the gradient, fitted and still: a stroke painted before the background has
+    landed makes a white image (a fixed sleep raced it on a loaded machine)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
+        colourful = int((np.abs(shot[..., 2] - 128) < 12).sum() > 0.05 * shot[..., 0].size
+                        and (shot[..., 0] - shot[..., 1]).std() > 20)  # blue 128 and a red/green gradient
+        if colourful and last is not None and np.array_equal(shot, last):
+            return
+        last = shot if colourful else None
+        time.sleep(0.2)
+    raise AssertionError("the uploaded image never showed on the inpaint canvas")
+
+
 def test_paint_mask_and_generate(page, live_server, tmp_path):
     import numpy as np
     from PIL import Image
@@ -26,7 +46,7 @@ def test_paint_mask_and_generate(page, live_server, tmp_path):
     canvas = page.locator("#inpaint_editor .pixi-target canvas").first
     canvas.wait_for(state="visible")
 
-    page.wait_for_timeout(800)  # the editor fits the image to the canvas
+    wait_until_shown(canvas)  # paint only once the image is on the canvas, as a person would
     page.get_by_role("button", name="Brush", exact=True).click()
     # A thin brush (the size picker's slider), so the stroke stays well inside the middle third.
     page.get_by_role("button", name="Brush Size", exact=True).click()

@@ -18,6 +18,7 @@ from modules.extensions.tabs import TabSpec
 from webui.ui.chat_edit import wire_edit
 from webui.ui.chat_presets import build_presets
 from webui.ui.gradio_api import endpoint
+from webui.ui.events import then_always
 from webui.ui.chat_turn import (SAMPLING, ChatHandlers, adapter_choices, chatbot_messages, conversation_choices,
                                 conversation_store, files_dir, gr_error, model_choices, stats_text)
 from webui.ui.models import DTYPES, QUANTIZATIONS
@@ -120,9 +121,13 @@ def build(studio) -> dict:
             yield chatbot, cid, jid, stats, (gr.MultimodalTextbox(value=None) if first else gr.MultimodalTextbox())
             first = False
 
-    gr.on([c["message"].submit], endpoint(send, "chat"), [c["message"], c["conv_id"], c["model"], c["system"], *sampling],
-          [*reply_outs, c["message"]], concurrency_id="chat", api_name="chat", show_progress="hidden"
-          ).then(after_reply, [c["conv_id"]], after_outs, queue=False, api_visibility="private")
+    def refresh_after(event) -> None:
+        """The conversation list, export and title follow every reply — one that failed too."""
+        then_always(event, after_reply, [c["conv_id"]], after_outs, queue=False, api_visibility="private")
+
+    refresh_after(gr.on([c["message"].submit], endpoint(send, "chat"),
+                        [c["message"], c["conv_id"], c["model"], c["system"], *sampling],
+                        [*reply_outs, c["message"]], concurrency_id="chat", api_name="chat", show_progress="hidden"))
 
     def regenerate(conv_id, model, system, *values):
         if not conv_id:
@@ -135,9 +140,8 @@ def build(studio) -> dict:
         yield from h.run(conv_id, model, system, values, continue_final=True)
 
     for button, fn in ((c["regenerate"], regenerate), (c["continue"], continue_)):
-        button.click(fn, [c["conv_id"], c["model"], c["system"], *sampling], reply_outs, concurrency_id="chat",
-                     api_visibility="private", show_progress="hidden"
-                     ).then(after_reply, [c["conv_id"]], after_outs, queue=False, api_visibility="private")
+        refresh_after(button.click(fn, [c["conv_id"], c["model"], c["system"], *sampling], reply_outs,
+                                   concurrency_id="chat", api_visibility="private", show_progress="hidden"))
 
     def stop(job_id):
         if job_id:
@@ -146,8 +150,7 @@ def build(studio) -> dict:
             except AtelierError:
                 pass  # already finished and forgotten: nothing to stop
 
-    wire_edit(studio, h, c["chatbot"], [c["conv_id"], c["model"], c["system"], *sampling], reply_outs
-              ).then(after_reply, [c["conv_id"]], after_outs, queue=False, api_visibility="private")
+    refresh_after(wire_edit(studio, h, c["chatbot"], [c["conv_id"], c["model"], c["system"], *sampling], reply_outs))
 
     c["stop_btn"].click(stop, [c["job_id"]], None, queue=False, api_visibility="private")
 

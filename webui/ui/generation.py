@@ -10,6 +10,7 @@ from typing import Callable
 
 from modules.errors import AtelierError
 from modules.jobs import JobState
+from webui.ui.events import then_always
 from webui.ui.progress import devices_text, follow, progress_html, snapshot
 
 GPU = "gpu"
@@ -100,9 +101,9 @@ def wire_generation(studio, tab: str, kind: str, request_cls, fields: dict, aux:
 
     buttons = [c["generate"], c["interrupt"], c["skip"]]
     # Shift+Enter in the prompt (Gradio's submit for multi-line boxes) generates like the button.
-    gr.on([c["generate"].click, c["prompt"].submit], busy, None, buttons, queue=False).then(
-        run, set(inputs.values()), outputs, concurrency_id=GPU, show_progress="hidden",
-    ).then(idle, None, buttons, queue=False)
+    running = gr.on([c["generate"].click, c["prompt"].submit], busy, None, buttons, queue=False).then(
+        run, set(inputs.values()), outputs, concurrency_id=GPU, show_progress="hidden")
+    then_always(running, idle, None, buttons, queue=False)  # after a refusal too
 
     def interrupt(job_id):
         if job_id:
