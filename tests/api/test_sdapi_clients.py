@@ -144,6 +144,35 @@ def test_listings_have_a1111_shapes(server, api):
     assert c.get("/scripts").json() == {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
 
 
+def test_embeddings_lists_what_the_checkpoint_took_and_what_it_refused(server, api, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.support import save_malicious_pickle
+
+    c = httpx.Client(base_url=server.url + "/sdapi/v1", timeout=30)
+    folder = server.data_dir / "models" / "embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "api-style.safetensors"
+    save_file({"emb_params": torch.randn(2, 32)}, str(good))  # two vectors for the demo's 32-wide text encoder
+    marker = tmp_path / "payload-ran"
+    bad = save_malicious_pickle(folder / "api-payload.pt", marker,
+                                {"string_to_param": {"*": torch.randn(1, 32)}, "name": "api-payload"})
+    try:
+        assert c.post("/refresh-embeddings").status_code == 200
+        gen(api)  # a generation syncs the checkpoint's embeddings
+        listing = c.get("/embeddings").json()
+        assert listing["loaded"]["api-style"]["vectors"] == 2 and listing["loaded"]["api-style"]["shape"] == 32
+        assert "api-payload" not in listing["loaded"]
+        assert "refused" in listing["skipped"]["api-payload"]["error"] and not marker.exists()
+    finally:
+        good.unlink()
+        bad.unlink()
+        c.post("/refresh-embeddings")
+    after = c.get("/embeddings").json()
+    assert "api-style" not in after["loaded"] and "api-payload" not in after["skipped"]  # removed files go
+
+
 def test_refresh_picks_up_new_checkpoints_and_loras(server, demo_checkpoint):
     from safetensors.numpy import save_file
 

@@ -68,11 +68,29 @@ def add_routes(r, studio, waiter: Waiter) -> None:
 
     @r.get("/embeddings")
     def embeddings():
-        loaded = {Path(e.name).stem: {"step": None, "sd_checkpoint": None, "sd_checkpoint_name": None,
-                                      "shape": int(e.metadata.get("shape", 0) or 0) if e.metadata else 0,
-                                      "vectors": int(e.metadata.get("vectors", 0) or 0) if e.metadata else 0}
-                  for e in studio.registry.list("embedding")}
-        return {"loaded": loaded, "skipped": {}}
+        """A1111's EmbeddingsResponse as of the loaded checkpoint's last sync (each generation syncs): `loaded`
+        what it took, `skipped` what did not fit or was refused (a pickle that needs code), with `error` saying
+        why. A file added since shows after the next generation, as in A1111; one removed is not listed."""
+        ckpt = studio.models.active if studio.ready.is_set() else None
+        on_disk = {str(e.path): e for e in studio.registry.list("embedding")}
+        if ckpt is None:
+            return {"loaded": {}, "skipped": {}}
+
+        def item(entry) -> dict:
+            meta = entry.metadata or {}
+            return {"step": None, "sd_checkpoint": ckpt.entry.short_hash, "sd_checkpoint_name": ckpt.entry.stem,
+                    "shape": int(meta.get("shape", 0) or 0), "vectors": int(meta.get("vectors", 0) or 0)}
+
+        loaded = {e.stem: item(e) for e in ckpt.embeddings if str(e.path) in on_disk}
+        skipped = {on_disk[path].stem: {**item(on_disk[path]), "error": why}
+                   for path, why in ckpt.skipped_embeddings.items() if path in on_disk}
+        return {"loaded": loaded, "skipped": skipped}
+
+    @r.post("/refresh-embeddings")
+    def refresh_embeddings():
+        """Rescan models/embeddings; the next generation loads what is new into the checkpoint."""
+        studio.registry.refresh("embedding")
+        return None
 
     @r.get("/sd-vae")
     def sd_vae():
