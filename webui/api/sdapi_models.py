@@ -5,6 +5,7 @@ the registry (what is on disk); switching the model goes through the job queue.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -233,7 +234,7 @@ async def _apply_options(studio, waiter: Waiter, body: dict) -> list[str]:
             raise
     entry = find_checkpoint(studio, wanted) if wanted is not None else None
     if changes:
-        studio.settings.update(changes)
+        await asyncio.to_thread(studio.settings.update, changes)  # an atomic write with fsync: off the event loop
     if entry is not None:
         await ensure_ready(studio, waiter)
         await waiter.run(switch_checkpoint, studio, entry.name)
