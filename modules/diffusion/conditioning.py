@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from modules.diffusion import prompt_schedule, prompts
+from modules.diffusion import flow, prompt_schedule, prompts
 
 
 @dataclass
@@ -131,6 +131,8 @@ def loop_steps(run, pipe, steps: int, sampler: tuple[str, str] | None = None) ->
 def for_pass(run, pipe, positives: list[str], negatives: list[str], steps: int,
              sampler: tuple[str, str] | None = None, hires: bool = False) -> StepConditioning:
     """The conditioning of a pass of the run: the first pass, img2img, or (hires=True) the hires pass."""
+    if flow.is_flow(run.arch):  # the pipeline encodes the text itself
+        return StepConditioning.fixed(flow.conditioning(positives, negatives))
     if not is_scheduled(positives + negatives):  # no scheduler needed to know how many steps
         return StepConditioning.fixed(prompts.encode(pipe, positives, negatives, run.clip_skip, run.arch).kwargs)
     total = loop_steps(run, pipe, steps, sampler)

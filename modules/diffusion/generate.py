@@ -13,7 +13,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from modules.diffusion import conditioning, hires, img2img, prompts, results, tiling, txt2img, xyz
+from modules.diffusion import conditioning, flow, hires, img2img, prompts, results, tiling, txt2img, xyz
 from modules.diffusion.params import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.diffusion.sampling import Run
 from modules.diffusion.seeds import SeedPlan
@@ -111,40 +111,48 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
     _, lora_list = prompts.extract_loras(texts.prompt)  # a style may bring LoRAs too
     settings = services.settings.get()
     models = services.models
-    images: list = []
-    with models.checkpoint(req.checkpoint_override) as ckpt, _loras(models, ckpt, lora_list) as applied, \
-            tiling.maybe(ckpt.pipe, req.tiling):
+    with models.checkpoint(req.checkpoint_override) as ckpt:
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
                   schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
                   fix_steps=settings.img2img_fix_steps,
                   face_restorer=req.face_restorer(settings.face_restoration_model) if req.restore_faces else "",
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
-        ctx.set_parts(req.n_iter * run.passes)
-        for iteration in range(req.n_iter):
-            if ctx.interrupted:
-                break
-            batch_range = run.batch_indices(iteration)
+        flow.check(run)  # what a Flux / SD3 checkpoint cannot do yet, refused by field before any work
+        with _loras(models, ckpt, lora_list) as applied, tiling.maybe(ckpt.pipe, req.tiling):
+            return _batches(ctx, services, run, make_batch, outdir, applied)
 
-            def one_batch(_iteration=iteration, _n=len(batch_range)):
-                run.conditioning = conditioning.for_pass(run, ckpt.pipe, [texts.prompt] * _n,
-                                                         [texts.negative_prompt] * _n, req.steps)
-                return make_batch(run, _iteration)
 
-            made = models.retry_on_oom(ckpt, one_batch)
-            if req.restore_faces:  # A1111: after decoding, before the infotext's hooks and the save
-                made = restore_images(models, run.face_restorer, made, 1.0, "restore_faces")
-            batch = results.batch_result(run, made, list(batch_range), texts.prompt, texts.negative_prompt, applied)
-            batch = services.hooks.after_generate(batch)  # extensions post-process before the save
-            for generated in batch.images:
-                if req.save_images:  # each batch is on disk before the next starts
-                    generated.path = services.outputs.save(generated.image, outdir, generated.seed, generated.infotext,
-                                                           settings.samples_format, settings.jpeg_quality)
-                    services.hooks.image_saved(generated)
-                images.append(generated)
-            ctx.take_skip()  # a skip finished this batch early; the next one starts fresh
-        result = GenerationResult(images=images, request=req, interrupted=ctx.interrupted,
-                                  info=results.info(run, images, req.prompt, req.negative_prompt))
-    return result
+def _batches(ctx: JobContext, services: "DiffusionServices", run: Run, make_batch, outdir: str,
+             applied: list) -> GenerationResult:
+    """Every batch of the run: made, faces restored, post-processed by extensions, saved."""
+    req, texts, models, ckpt = run.req, run.texts, services.models, run.ckpt
+    settings = services.settings.get()
+    images: list = []
+    ctx.set_parts(req.n_iter * run.passes)
+    for iteration in range(req.n_iter):
+        if ctx.interrupted:
+            break
+        batch_range = run.batch_indices(iteration)
+
+        def one_batch(_iteration=iteration, _n=len(batch_range)):
+            run.conditioning = conditioning.for_pass(run, ckpt.pipe, [texts.prompt] * _n,
+                                                     [texts.negative_prompt] * _n, req.steps)
+            return make_batch(run, _iteration)
+
+        made = models.retry_on_oom(ckpt, one_batch)
+        if req.restore_faces:  # A1111: after decoding, before the infotext's hooks and the save
+            made = restore_images(models, run.face_restorer, made, 1.0, "restore_faces")
+        batch = results.batch_result(run, made, list(batch_range), texts.prompt, texts.negative_prompt, applied)
+        batch = services.hooks.after_generate(batch)  # extensions post-process before the save
+        for generated in batch.images:
+            if req.save_images:  # each batch is on disk before the next starts
+                generated.path = services.outputs.save(generated.image, outdir, generated.seed, generated.infotext,
+                                                       settings.samples_format, settings.jpeg_quality)
+                services.hooks.image_saved(generated)
+            images.append(generated)
+        ctx.take_skip()  # a skip finished this batch early; the next one starts fresh
+    return GenerationResult(images=images, request=req, interrupted=ctx.interrupted,
+                            info=results.info(run, images, req.prompt, req.negative_prompt))
 
 
 def _clip_skip(req, settings) -> int:

@@ -99,6 +99,7 @@ FIELD_FOR_KEY = {
     "Sampler": ("sampler_name", str),
     "Schedule type": ("scheduler", str),
     "CFG scale": ("cfg_scale", float),
+    "Distilled CFG Scale": ("distilled_cfg_scale", float),  # Forge writes it for Flux
     "Seed": ("seed", int),
     "Variation seed": ("subseed", int),
     "Variation seed strength": ("subseed_strength", float),

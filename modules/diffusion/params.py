@@ -49,6 +49,8 @@ class GenerationRequest(BaseModel):
     n_iter: int = Field(1, ge=1, le=100, description="batch count")
     steps: int = Field(20, ge=1, le=150)
     cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    distilled_cfg_scale: float = Field(3.5, ge=0.0, le=30.0, description="Flux-dev's distilled guidance "
+                                       "(Forge's field); other checkpoints take only 3.5, its default")
     width: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     height: int = Field(512, ge=64, le=MAX_SIDE, multiple_of=8)
     clip_skip: int | None = Field(None, ge=1, le=12, description="None: the CLIP_stop_at_last_layers setting")

@@ -17,6 +17,8 @@ def latents_to_image(latents, arch: str = "sd1"):
     import torch
     from PIL import Image
 
+    if arch not in ("sd1", "sd2", "sdxl"):
+        return None  # Flux / SD3: 16-channel (Flux: packed) latents, no RGB table here yet
     table = LATENT_RGB["sdxl" if arch == "sdxl" else "sd1"]
     sample = latents[0].detach().float().cpu()
     if sample.shape[0] != 4:

@@ -28,6 +28,9 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         "VAE": getattr(ckpt, "vae_name", None),
         "Quantization": getattr(ckpt, "quantization", None),
     }
+    if run.arch == "flux":  # Forge's key: Flux-dev's distilled guidance
+        params = {**dict(list(params.items())[:4]), "Distilled CFG Scale": _num(req.distilled_cfg_scale),
+                  **dict(list(params.items())[4:])}
     if run.plan.subseed_strength > 0:
         params["Variation seed"] = run.plan.subseeds[index]
         params["Variation seed strength"] = _num(run.plan.subseed_strength)

@@ -11,7 +11,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from modules.diffusion import preview, variation
+from modules.diffusion import flow, preview, variation
 from modules.diffusion.seeds import SeedPlan
 
 
@@ -44,6 +44,8 @@ class Run:
 
     def scheduler_for(self, pipe, seed: int, sampler: tuple[str, str] | None = None):
         name, schedule = sampler or (self.sampler, self.schedule)
+        if flow.is_flow(self.arch):
+            return flow.make_scheduler(self.arch, name, schedule, pipe.scheduler.config)
         return self.samplers.make_scheduler(name, pipe.scheduler.config, schedule, seed=seed)
 
 

@@ -1,7 +1,7 @@
 """One txt2img batch: our own initial noise (seeds, variation seeds) → the pipeline → hires fix."""
 from __future__ import annotations
 
-from modules.diffusion import hires, sampling, seeds
+from modules.diffusion import flow, hires, sampling, seeds
 from modules.diffusion.sampling import Run
 
 
@@ -10,10 +10,16 @@ def batch(run: Run, iteration: int) -> list:
     req = run.req
     pipe = run.ckpt.pipe
     indices = run.batch_indices(iteration)
-    dtype = run.conditioning.initial["prompt_embeds"].dtype
     channels = pipe.vae.config.latent_channels
     factor = getattr(pipe, "vae_scale_factor", 8)
-    noise, gens = seeds.make_noise(run.plan, indices, (channels, req.height // factor, req.width // factor), dtype)
+    shape = (channels, req.height // factor, req.width // factor)
+    if flow.is_flow(run.arch):
+        noise, gens = seeds.make_noise(run.plan, indices, shape, pipe.transformer.dtype)
+        return sampling.call(
+            run, pipe, part=iteration * run.passes, steps_hint=req.steps,
+            latents=flow.initial_latents(pipe, run.arch, noise), generator=gens, num_inference_steps=req.steps,
+            width=req.width, height=req.height, **flow.guidance(run)).images
+    noise, gens = seeds.make_noise(run.plan, indices, shape, run.conditioning.initial["prompt_embeds"].dtype)
     out = sampling.call(
         run, pipe, part=iteration * run.passes, steps_hint=req.steps,
         latents=noise, generator=gens, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,

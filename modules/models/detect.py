@@ -13,6 +13,8 @@ from modules.errors import ModelLoadError
 
 # The text encoder's width tells SD1 (CLIP-L 768), SD2 (OpenCLIP-H 1024) and SDXL (2048 cross-attention) apart.
 _CONTEXT_DIMS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+# The flow-matching transformers (modules/diffusion/flow.py), by the txt2img pipeline class their folder names.
+FLOW_PIPELINES = {"FluxPipeline": "flux", "StableDiffusion3Pipeline": "sd3"}
 
 
 @dataclass
@@ -87,10 +89,12 @@ def kind_from_keys(keys, shapes: dict) -> CheckpointKind:
 
 
 def folder_arch(folder: Path) -> str | None:
-    """SD1 / SD2 / SDXL of a diffusers folder, from model_index.json and the UNet's config."""
+    """SD1 / SD2 / SDXL / SD3 / Flux of a diffusers folder, from model_index.json and the UNet's config."""
     try:
         index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
         cls = str(index.get("_class_name", ""))
+        if cls in FLOW_PIPELINES:
+            return FLOW_PIPELINES[cls]
         if "XL" in cls:
             return "sdxl"
         unet = json.loads((folder / "unet" / "config.json").read_text(encoding="utf-8"))

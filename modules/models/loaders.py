@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from modules.devices import device_type
-from modules.errors import AtelierError, ModelLoadError
+from modules.errors import AtelierError, InvalidRequest, ModelLoadError
 from modules.models import detect
 from modules.models.registry import SIDECAR_SUFFIX, ModelEntry
 
@@ -63,6 +63,10 @@ def _load_diffusers_folder(entry: ModelEntry, dtype, options, device_name: str):
         index = json.loads((entry.path / "model_index.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{entry.name}: model_index.json is unreadable ({exc})", FIELD) from None
+    flow_label = detect.FLOW_PIPELINES.get(str(index.get("_class_name", "")))
+    if flow_label and options is not None and options.quantization != "none":
+        raise InvalidRequest(f"{entry.name}: quantized loads of {flow_label} checkpoints are not available yet; "
+                             "load it with quantization none", "quantization")
     kwargs = {"torch_dtype": dtype, "local_files_only": True}
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -79,6 +83,8 @@ def _load_diffusers_folder(entry: ModelEntry, dtype, options, device_name: str):
 
 
 def _arch_of_pipe(pipe) -> str:
+    if type(pipe).__name__ in detect.FLOW_PIPELINES:
+        return detect.FLOW_PIPELINES[type(pipe).__name__]
     if type(pipe).__name__.startswith("StableDiffusionXL"):
         return "sdxl"
     dim = getattr(getattr(pipe, "unet", None), "config", {}).get("cross_attention_dim", 768)

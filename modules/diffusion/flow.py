@@ -1,0 +1,102 @@
+"""Flow-matching transformer checkpoints (Flux.1, SD3 / SD3.5): what their runs do differently from the UNet
+path, in one place. The rest of a generation (seeds, progress, interrupt, face restoration, the save) is shared.
+
+- Sampling: flow matching has one sampler here, Euler (diffusers' FlowMatchEulerDiscreteScheduler, from the
+  checkpoint's own scheduler config), with the schedule types that class takes (Karras, Exponential).
+- Prompts go to the pipeline as text: T5 reads long prompts whole (no 75-token chunks). A1111's emphasis
+  markup is taken out of the text, not applied (the pipelines' encoders take no per-token weights).
+- Guidance, as Forge maps A1111's fields: Flux-dev's distilled guidance is `distilled_cfg_scale`; `cfg_scale`
+  above 1 runs true CFG with the negative prompt (2 passes a step); SD3 uses `cfg_scale` as the UNet path does.
+- Not yet: img2img / inpaint, hires fix, prompt editing, LoRAs, tiling — each refused by its field.
+"""
+from __future__ import annotations
+
+from modules.diffusion import prompt_schedule, prompts
+from modules.diffusion.samplers import _SIGMA_FLAGS, SCHEDULE_OPTIONS, SamplerSpec
+from modules.errors import InvalidRequest
+
+FLOW_ARCHS = frozenset({"flux", "sd3"})
+LABELS = {"flux": "Flux", "sd3": "SD3"}
+DISTILLED_CFG_DEFAULT = 3.5  # Forge's default for Flux-dev
+SIDE_MULTIPLE = 16  # 8x VAE and 2x2 patches (Flux's packing, SD3's patch size)
+_EULER = SamplerSpec("Euler", "FlowMatchEulerDiscreteScheduler", aliases=("k_euler",))
+
+
+def is_flow(arch: str) -> bool:
+    return arch in FLOW_ARCHS
+
+
+def check(run) -> None:
+    """Refuse, by field, what this checkpoint's run cannot do (before anything is encoded)."""
+    from modules.diffusion.params import Img2ImgRequest
+
+    req, arch = run.req, run.arch
+    if not is_flow(arch):
+        if req.distilled_cfg_scale != DISTILLED_CFG_DEFAULT:
+            raise InvalidRequest("distilled guidance is Flux-dev's; this checkpoint uses cfg_scale — leave "
+                                 f"distilled_cfg_scale at {DISTILLED_CFG_DEFAULT}", "distilled_cfg_scale")
+        return
+    label = LABELS[arch]
+    if isinstance(req, Img2ImgRequest):
+        raise InvalidRequest(f"img2img and inpaint with {label} checkpoints are not available yet; use txt2img, "
+                             "or a Stable Diffusion 1/2/XL checkpoint", "init_images")
+    for name in ("width", "height"):
+        if getattr(req, name) % SIDE_MULTIPLE:
+            raise InvalidRequest(f"{label} needs a multiple of {SIDE_MULTIPLE} (its latents are packed in 2x2 "
+                                 "patches)", name)
+    if req.enable_hr:
+        raise InvalidRequest(f"hires fix with {label} checkpoints is not available yet; turn it off", "enable_hr")
+    if req.tiling:
+        raise InvalidRequest(f"tiling with {label} checkpoints is not available yet; turn it off", "tiling")
+    texts = (run.texts.prompt, run.texts.negative_prompt)
+    if any(prompts.extract_loras(t)[1] for t in texts):
+        raise InvalidRequest(f"LoRAs for {label} are not available yet; remove the <lora:…> tags", "prompt")
+    if any(prompt_schedule.has_schedule(t) for t in texts):
+        raise InvalidRequest(f"prompt editing ([from:to:when], [a|b]) with {label} is not available yet",
+                             "prompt")
+    distilled = arch == "flux" and run.ckpt.pipe.transformer.config.guidance_embeds  # dev has it, schnell not
+    if not distilled and req.distilled_cfg_scale != DISTILLED_CFG_DEFAULT:
+        raise InvalidRequest(f"this {label} checkpoint has no distilled guidance (Flux-dev's); it uses cfg_scale "
+                             f"— leave distilled_cfg_scale at {DISTILLED_CFG_DEFAULT}", "distilled_cfg_scale")
+    make_scheduler(arch, run.sampler, run.schedule, run.ckpt.pipe.scheduler.config)
+
+
+def make_scheduler(arch: str, sampler: str, schedule: str, base_config: dict):
+    """A fresh flow-matching Euler scheduler from the checkpoint's config, with the schedule type's options."""
+    if sampler != _EULER.name:
+        raise InvalidRequest(f"{LABELS[arch]} checkpoints sample by flow matching: use the Euler sampler "
+                             f"({sampler} is a UNet sampler)", "sampler_name")
+    allowed = _EULER.schedule_types()
+    if schedule not in allowed:
+        raise InvalidRequest(f"{LABELS[arch]}'s Euler cannot use the {schedule} schedule; choose one of: "
+                             f"{', '.join(allowed)}", "scheduler")
+    options = {k: False for k in _SIGMA_FLAGS if k in _EULER.accepted_options()}
+    options.update(SCHEDULE_OPTIONS[schedule])
+    return _EULER.cls().from_config(dict(base_config), **options)
+
+
+def plain_text(text: str) -> str:
+    """The prompt without A1111 markup (emphasis brackets and weights, BREAK), as the pipeline reads it."""
+    clean, _ = prompts.extract_loras(text)
+    return "".join(piece for piece, weight in prompts.parse_attention(clean) if weight >= 0).strip()
+
+
+def conditioning(positives: list[str], negatives: list[str]) -> dict:
+    """The pipeline's text arguments: it encodes them itself (CLIP pooled + T5)."""
+    return {"prompt": [plain_text(t) for t in positives], "negative_prompt": [plain_text(t) for t in negatives]}
+
+
+def guidance(run) -> dict:
+    """The pipeline's guidance arguments for this checkpoint (Forge's mapping of the A1111 fields)."""
+    req = run.req
+    if run.arch == "flux":
+        return {"guidance_scale": req.distilled_cfg_scale, "true_cfg_scale": req.cfg_scale}
+    return {"guidance_scale": req.cfg_scale}
+
+
+def initial_latents(pipe, arch: str, noise):
+    """Our seeded noise (batch, 16, h, w) in the layout the pipeline takes: Flux packs 2x2 patches."""
+    if arch != "flux":
+        return noise
+    batch, channels, height, width = noise.shape
+    return pipe._pack_latents(noise, batch, channels, height, width)  # the pipeline's own packing, as it does

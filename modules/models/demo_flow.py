@@ -1,0 +1,117 @@
+"""Tiny random-weight Flux.1 and SD3 pipelines from diffusers' and transformers' real classes (seeded),
+saved as diffusers folders: the tests and the bench load them through the same code as a user's model.
+
+Shapes follow the real models where the code depends on them: a 16-channel VAE with a shift factor,
+Flux's 2×2 packed latents (transformer in_channels 64) and guidance embedding (as dev), SD3's three
+text encoders (two CLIPs with projections, T5)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from modules.models.demo import DEMO_NOTE, write_clip_tokenizer
+
+WIDTH = 32  # every text encoder's hidden size, and the joint attention width
+
+
+def t5_tokenizer():
+    """A T5 tokenizer over printable ASCII (a Unigram model, as T5's own), with T5's specials and `</s>` added."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)] + [(chr(i), -2.0) for i in range(33, 127)]
+    tok = Tokenizer(models.Unigram(vocab, unk_id=2, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0, model_max_length=512)
+
+
+def _clip(tokenizer, projection: bool, seed: int):
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(hidden_size=WIDTH, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=WIDTH,
+                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _t5(tokenizer, seed: int):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=WIDTH, d_ff=37, d_kv=8, num_heads=4,
+                                   num_layers=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
+
+
+def _vae(seed: int, shift: float, scale: float):
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(16, 16, 32, 32),
+                         layers_per_block=1, latent_channels=16, norm_num_groups=8, use_quant_conv=False,
+                         use_post_quant_conv=False, shift_factor=shift, scaling_factor=scale).eval()
+
+
+def _clip_tokenizer():
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp))
+        return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
+
+
+def build_flux_pipeline(seed: int = 0):
+    """Flux.1-dev's layout, tiny: CLIP-L (pooled) + T5, one double and one single block, guidance embeds."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    clip_tok, t5_tok = _clip_tokenizer(), t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
+                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=WIDTH,
+                                         pooled_projection_dim=WIDTH, axes_dims_rope=(4, 4, 8), guidance_embeds=True)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+                                                base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(scheduler=scheduler, vae=_vae(seed + 1, 0.1159, 0.3611), text_encoder=_clip(clip_tok, False, seed + 2),
+                        tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, seed + 3), tokenizer_2=t5_tok,
+                        transformer=transformer.eval())
+
+
+def build_sd3_pipeline(seed: int = 0):
+    """SD3's layout, tiny: CLIP-L and CLIP-G with projections, T5, an MMDiT of two joint blocks."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tok_l, tok_g, t5_tok = _clip_tokenizer(), _clip_tokenizer(), t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=2,
+                                        attention_head_dim=16, num_attention_heads=2, caption_projection_dim=WIDTH,
+                                        joint_attention_dim=WIDTH, pooled_projection_dim=2 * WIDTH, pos_embed_max_size=32)
+    return StableDiffusion3Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_vae(seed + 1, 0.0609, 1.5305),
+        text_encoder=_clip(tok_l, True, seed + 2), tokenizer=tok_l, text_encoder_2=_clip(tok_g, True, seed + 3),
+        tokenizer_2=tok_g, text_encoder_3=_t5(t5_tok, seed + 4), tokenizer_3=t5_tok, transformer=transformer.eval())
+
+
+BUILDERS = {"flux": build_flux_pipeline, "sd3": build_sd3_pipeline}
+
+
+def save_demo_flow(folder: Path, arch: str, seed: int = 0) -> Path:
+    """Build and save a tiny Flux or SD3 checkpoint as a diffusers folder (safetensors), whole or not at all."""
+    pipe = BUILDERS[arch](seed)
+    folder = Path(folder)
+    tmp = folder.with_name("." + folder.name + ".building")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / "ATELIER_DEMO.txt").write_text(DEMO_NOTE + "\n", encoding="utf-8")
+    tmp.rename(folder)
+    return folder
