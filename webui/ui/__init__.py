@@ -43,7 +43,7 @@ def register_builtin(studio) -> None:
 def build_ui(studio):
     import gradio as gr
 
-    from webui.ui import gradio_api, sendto, topbar
+    from webui.ui import components, gradio_api, sendto, topbar
 
     register_builtin(studio)
     # Outputs are served straight from disk (no copy into Gradio's cache), so the gallery stays fast; so are
@@ -70,6 +70,7 @@ def build_ui(studio):
                     fn, inputs, outputs = on_show
                     tab.select(fn, inputs, outputs, queue=False, show_progress="hidden")
         sendto.wire(studio, ui, tabs)
+        components.wire_arch_fields(studio, top["checkpoint"], ui)
         fn, inputs, outputs = top["_on_load"]
         blocks.load(fn, inputs, outputs, queue=False, show_progress="hidden")
         gradio_api.control_endpoints(studio)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from modules.diffusion import infotext as infotext_mod
 from modules.diffusion import hires as hires_fix
 from modules.diffusion.samplers import SCHEDULE_TYPES
+from webui.ui.topbar import active_checkpoint
 
 
 def lora_names(studio) -> list[str]:
@@ -168,6 +169,10 @@ def params_block(studio, tab: str, hires: bool) -> dict:
             c["n_iter"] = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
             c["batch_size"] = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
     c["cfg_scale"] = gr.Slider(0, 30, value=7, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+    # Flux-dev's distilled guidance (Forge's slider): shown while a Flux checkpoint is chosen (wire_arch_fields).
+    c["distilled_cfg_scale"] = gr.Slider(0, 30, value=3.5, step=0.5, label="Distilled CFG Scale",
+                                         visible=checkpoint_arch(studio, active_checkpoint(studio)) == "flux",
+                                         elem_id=f"{tab}_distilled_cfg_scale")
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=5, minimum=-1)
         c["random_seed"] = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
@@ -229,3 +234,30 @@ def updates_for_fields(fields: dict, comps: dict) -> dict:
     if "seed_extra" in comps and ("subseed" in fields or "subseed_strength" in fields):
         out[comps["seed_extra"]] = bool(fields.get("subseed_strength"))
     return out
+
+
+def checkpoint_arch(studio, name: str | None) -> str | None:
+    """The architecture of the checkpoint `name` (sd1, sdxl, flux, …), None when there is no such file."""
+    from modules.errors import AtelierError
+
+    if not name:
+        return None
+    try:
+        return studio.registry.get("checkpoint", name).arch
+    except AtelierError:
+        return None
+
+
+def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
+    """The fields only one architecture has follow the top bar's checkpoint (chosen, or switched by the API)."""
+    import gradio as gr
+
+    sliders = [comps["distilled_cfg_scale"] for comps in tabs.values() if "distilled_cfg_scale" in comps]
+    if not sliders:
+        return
+
+    def show(name):
+        visible = checkpoint_arch(studio, name) == "flux"
+        return [gr.Slider(visible=visible) for _ in sliders]
+
+    checkpoint.change(show, [checkpoint], sliders, queue=False, show_progress="hidden", api_visibility="private")

@@ -1,0 +1,58 @@
+"""A Flux checkpoint (the tiny diffusers folder of modules/models/demo_flow.py) through a real server: the
+official `webuiapi` client's txt2img equals plain diffusers on the same folder and seed, Forge's
+`distilled_cfg_scale` acts, a UNet sampler is a 4xx naming `sampler_name`."""
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import webuiapi
+
+from tests.api.conftest import assert_json_error, png, server_errors
+from tests.conftest import make_data_dir, start_live_server
+
+FLUX = "tiny-flux-dev"
+BODY = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler",
+        "cfg_scale": 1, "override_settings": {"sd_model_checkpoint": FLUX}}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_checkpoint):
+    from modules.models.demo_flow import save_demo_flow
+
+    data = make_data_dir(tmp_path_factory.mktemp("flow-server"), demo_checkpoint)
+    folder = save_demo_flow(data / "models" / "Stable-diffusion" / FLUX, "flux", seed=1)
+    s = start_live_server(data)
+    s.flux_folder = folder
+    yield s
+    s.stop()
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def test_webuiapi_txt2img_on_flux_equals_plain_diffusers(server):
+    import torch
+    from diffusers import FluxPipeline
+
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    result = api.txt2img(prompt=BODY["prompt"], width=64, height=64, steps=3, seed=5, sampler_name="Euler",
+                         cfg_scale=1, override_settings={"sd_model_checkpoint": FLUX})
+    pipe = FluxPipeline.from_pretrained(str(server.flux_folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(BODY["prompt"], num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
+                 generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(_pixels(result.image), _pixels(plain))
+    assert "Distilled CFG Scale: 3.5" in result.info["infotexts"][0]
+
+
+def test_distilled_cfg_scale_acts_and_a_unet_sampler_is_refused_by_name(server):
+    c = httpx.Client(base_url=server.url + "/sdapi/v1", timeout=300)
+    base = png(c.post("/txt2img", json=BODY).json()["images"][0])
+    other = c.post("/txt2img", json={**BODY, "distilled_cfg_scale": 6})
+    assert other.status_code == 200 and "Distilled CFG Scale: 6" in other.json()["info"]
+    assert not np.array_equal(_pixels(base), _pixels(png(other.json()["images"][0])))
+    refused = assert_json_error(c.post("/txt2img", json={**BODY, "sampler_name": "Euler a"}))
+    assert refused.get("field") == "sampler_name" and "Euler" in refused["detail"], refused
+    assert not server_errors(server)

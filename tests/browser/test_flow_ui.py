@@ -1,0 +1,47 @@
+"""A Flux checkpoint in a real browser: choosing it in the top bar shows Forge's Distilled CFG Scale slider
+(hidden for the SD demo), and a txt2img made with it says the value in its infotext."""
+from __future__ import annotations
+
+import pytest
+
+from modules.models.demo import DEMO_NAME
+from tests.browser.helpers import choose, set_number, small_run
+from tests.conftest import make_data_dir, start_live_server
+
+FLUX = "tiny-flux-dev"
+
+
+@pytest.fixture(scope="module")
+def flow_server(tmp_path_factory, demo_checkpoint):
+    from modules.models.demo_flow import save_demo_flow
+
+    data = make_data_dir(tmp_path_factory.mktemp("flow-ui"), demo_checkpoint)
+    save_demo_flow(data / "models" / "Stable-diffusion" / FLUX, "flux", seed=1)
+    server = start_live_server(data)
+    yield server
+    server.stop()
+
+
+def test_choosing_flux_shows_distilled_guidance_and_it_reaches_the_image(browser, flow_server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    try:
+        page.goto(flow_server.url + "/")
+        page.wait_for_selector("#txt2img_prompt textarea")
+        slider = page.locator("#txt2img_distilled_cfg_scale")
+        assert slider.count() == 0 or not slider.is_visible()  # the SD demo is loaded: no distilled guidance
+        choose(page, "setting_sd_model_checkpoint", FLUX)
+        slider.wait_for(state="visible", timeout=120_000)
+        page.fill("#txt2img_prompt textarea", "a red fox")
+        small_run(page, "txt2img", steps=3, size=64)
+        choose(page, "txt2img_sampling", "Euler")
+        set_number(page, "txt2img_cfg_scale", 1)
+        set_number(page, "txt2img_distilled_cfg_scale", 5)
+        page.click("#txt2img_generate")
+        page.wait_for_function("() => document.querySelector('#txt2img_info textarea').value"
+                               ".includes('Distilled CFG Scale: 5')", timeout=180_000)
+        choose(page, "setting_sd_model_checkpoint", DEMO_NAME)
+        slider.wait_for(state="hidden", timeout=120_000)
+    finally:
+        context.close()
