@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import assert_json_error, b64_of, server_errors
-from tests.api.test_yolo_http import make_models, post
+from tests.api.test_yolo_http import enable_over_http, make_models, post
 from tests.conftest import make_data_dir, start_live_server, wait_until
 from tests.unit.test_yolo_extension import BUILD_S, ENVS
 
@@ -73,10 +73,7 @@ def yolo_models(server) -> dict[str, dict]:
 
 @pytest.mark.timeout(BUILD_S + 900)
 def test_export_to_onnx_and_openvino_over_http_runs_and_matches_pytorch(server):
-    r = httpx.post(server.url + "/atelier/extensions/yolo/enable", json={"confirm_requirements": True},
-                   timeout=BUILD_S)
-    assert r.status_code == 200 and r.json()["status"] == "enabled", r.text[:800]
-    environment = r.json()["environment"]
+    environment = enable_over_http(server)
     assert environment, "this machine's torch cannot run ultralytics: the extension's own environment"
     make_models(environment["python"], server.data_dir)
     image = b64_of(picture())
