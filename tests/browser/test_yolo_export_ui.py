@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.api.test_yolo_http import make_models
-from tests.browser.helpers import choose, open_tab, set_number
+from tests.browser.helpers import choose, open_tab, page_of, set_number
 from tests.conftest import make_data_dir, start_live_server
 from tests.unit.test_yolo_extension import BUILD_S, ENVS, enable_yolo, studio_with_envs
 
@@ -34,12 +34,7 @@ def test_export_a_trusted_pt_to_onnx_from_the_yolo_export_tab(browser, yolo_serv
     r = httpx.post(yolo_server.url + "/ext/yolo/trust", json={"name": "yolov8n.pt",
                                                              "sha256": listed["yolov8n.pt"]["sha256"]}, timeout=60)
     assert r.status_code == 200, r.text
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    try:
-        page.goto(yolo_server.url + "/")
-        page.wait_for_selector("#txt2img_prompt textarea")
+    with page_of(browser, yolo_server) as page:
         open_tab(page, "YOLO export")
         choose(page, "yolo_export_model", "yolov8n.pt")
         set_number(page, "yolo_export_imgsz", 320)
@@ -52,7 +47,5 @@ def test_export_a_trusted_pt_to_onnx_from_the_yolo_export_tab(browser, yolo_serv
         page.click("#yolo_export_go")
         status.get_by_text("Exported").wait_for(timeout=300_000)
         assert "yolov8n.onnx" in status.inner_text() and "fp32" in status.inner_text(), status.inner_text()
-    finally:
-        context.close()
     rows = httpx.get(yolo_server.url + "/atelier/v1/models", timeout=60).json()["models"]
     assert "yolov8n.onnx" in [m["name"] for m in rows if m["kind"] == "yolo"], json.dumps(rows)[:800]
