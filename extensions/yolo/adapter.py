@@ -48,9 +48,9 @@ class YoloAdapter:
 
     def load(self, actx, entry, options):
         handle, footprint, digest = self._start(entry, actx.device.name)
-        onnx = Path(entry.path).suffix.lower() == ".onnx"
+        exported = Path(entry.path).suffix.lower() == ".onnx" or entry.format == "openvino"
         return self.loaded_record(kind=entry.kind, entry=entry, options=options, handle=handle, footprint=footprint,
-                                  device=handle.device, movable=not onnx,
+                                  device=handle.device, movable=not exported,
                                   location_note=f" (worker pid {handle.worker.pid})",
                                   extra={"sha256": digest} if digest else {})
 
@@ -64,8 +64,9 @@ class YoloAdapter:
             digest = sha256_of(data)
             if not self.trust.trusted(digest):
                 raise self.invalid(str(NotTrusted(entry.name, digest)), "model")
-        elif suffix != ".onnx":  # ONNX: a graph and weights, no code; needs no trust (and is read lazily)
-            raise self.invalid(f"{entry.name}: models/yolo takes ultralytics .pt and .onnx files", "model")
+        elif suffix != ".onnx" and entry.format != "openvino":  # ONNX / OpenVINO: a graph and weights, no code
+            raise self.invalid(f"{entry.name}: models/yolo takes ultralytics .pt and .onnx files and "
+                               f"_openvino_model folders", "model")
         worker = self.api.start_worker(WORKER, env=self.worker_env)
         try:
             if data is None:
@@ -86,7 +87,7 @@ class YoloAdapter:
 
     def to(self, actx, loaded, device: str) -> None:
         if not loaded.movable:
-            raise self.invalid(f"{loaded.entry.name} runs in ONNX Runtime and stays where it is", "device")
+            raise self.invalid(f"{loaded.entry.name} runs in ONNX Runtime / OpenVINO and stays where it is", "device")
         loaded.handle.worker.call("to", timeout_s=LOAD_TIMEOUT_S, device=device)
         loaded.handle.device = loaded.device = device
 

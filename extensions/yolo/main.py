@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .adapter import TASK_NAMES, YoloAdapter
 from .convert import to_vision
+from .export import register as register_export
 from .trust import PICKLE_SUFFIXES, TrustStore, sha256_of
 
 
@@ -39,9 +40,11 @@ class TrustBody(BaseModel):
 def setup(api):
     invalid = api.types.InvalidRequest
     # Ultralytics writes a settings file and, unless offline, tries to pip-install missing extras at run time.
-    worker_env = {"YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(api.data_dir / "ultralytics")}
+    worker_env = {"YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "False",
+                  "YOLO_CONFIG_DIR": str(api.data_dir / "ultralytics")}
     trust = TrustStore(api.data_dir / "trusted.json")
     folder = api.add_model_kind("yolo", "yolo", adapter=YoloAdapter(api, trust, worker_env))
+    register_export(api, folder, trust, worker_env)  # export to ONNX / OpenVINO: job, REST, tab (export.py)
 
     def predict_options(options: dict) -> dict:
         for key in ("objects", "prompt", "question", "max_new_tokens"):  # accepted must mean used

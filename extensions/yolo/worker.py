@@ -35,10 +35,11 @@ class YoloWorker:
     def load(self, path: str, name: str, device: str) -> dict:
         from ultralytics import YOLO
 
-        self.onnx = Path(name).suffix.lower() == ".onnx"
-        if self.onnx:  # a graph and weights, no code: ONNX Runtime on the CPU
+        self.onnx = Path(name).suffix.lower() == ".onnx" or name.endswith("_openvino_model")
+        if self.onnx:  # a graph and weights, no code: ONNX Runtime (or OpenVINO) on the CPU
             self.model = YOLO(path, task=task_from_name(name))
-            footprint, device = os.path.getsize(path), "cpu"
+            files = [p for p in Path(path).rglob("*") if p.is_file()] if Path(path).is_dir() else [Path(path)]
+            footprint, device = sum(p.stat().st_size for p in files), "cpu"
         else:
             self.model = YOLO(path)
             self.model.to(device)

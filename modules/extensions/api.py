@@ -126,6 +126,13 @@ class ExtensionAPIv1:
         return self._data_dir
 
     @property
+    def datasets_dir(self) -> Path:
+        """The data dir's datasets/ folder (the Train tab's datasets; e.g. calibration images), to read from."""
+        from modules.training.captions import datasets_root
+
+        return datasets_root(self._studio.paths.root)
+
+    @property
     def python(self) -> Path:
         """The interpreter its child processes run: its own environment's (extension.toml `environment`, when
         the studio's Python cannot host its requirements), else the studio's own."""
@@ -284,6 +291,13 @@ class ExtensionAPIv1:
             self._studio.models.add_adapter(kind, adapter)
         self._model_kinds.append(kind)
         return path
+
+    def refresh_models(self, kind: str) -> None:
+        """Scan models/<folder> of one of this extension's kinds again: a file it wrote there is listed (and
+        loadable) at once."""
+        if kind not in self._model_kinds:
+            raise ValueError(f"{kind!r} is not a model kind of {self.name}")
+        self._studio.registry.refresh(kind)
 
     def add_vision_task(self, name: str, run: Callable, title: str = "", description: str = "",
                         model_kind: str | None = None, options: dict | None = None,

@@ -19,6 +19,7 @@ from modules.paths import MODEL_FOLDERS, DataPaths, resolve_inside
 log = logging.getLogger("atelier.models")
 
 WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".gguf")
+OPENVINO_SUFFIX = "_openvino_model"  # ultralytics' OpenVINO export folder
 SIDECAR_SUFFIX = ".config"  # `model.config/` beside `model.safetensors`: its diffusers configs
 
 
@@ -56,6 +57,8 @@ def _format_of(path: Path, kind: str = "") -> str | None:
     if path.is_dir():
         if path.name.endswith(SIDECAR_SUFFIX):
             return None
+        if path.name.endswith(OPENVINO_SUFFIX) and kind not in MODEL_FOLDERS and any(path.glob("*.xml")):
+            return "openvino"  # an extension's kind (a YOLO export): model.xml + model.bin, one model
         if (path / "model_index.json").exists():
             return "diffusers"
         if (path / "config.json").exists():

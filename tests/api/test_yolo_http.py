@@ -57,13 +57,18 @@ def worker_pids(server) -> dict[str, int]:
             if m["kind"] == "yolo" and "worker pid" in m["location"]}
 
 
-@pytest.mark.timeout(BUILD_S + 600)
-def test_yolo_over_http_enable_trust_batch_and_workers_end(server):
-    # The install-on-enable step over HTTP: on a clean clone it builds the environment (minutes), then reuses it.
+def enable_over_http(server) -> dict | None:
+    """The install-on-enable step over HTTP: on a clean clone it builds the environment (minutes), then reuses it;
+    → the environment's description (None: YOLO runs in the studio's Python)."""
     r = httpx.post(server.url + "/atelier/extensions/yolo/enable", json={"confirm_requirements": True},
                    timeout=BUILD_S)
     assert r.status_code == 200 and r.json()["status"] == "enabled", r.text[:800]
-    environment = r.json()["environment"]
+    return r.json()["environment"]
+
+
+@pytest.mark.timeout(BUILD_S + 600)
+def test_yolo_over_http_enable_trust_batch_and_workers_end(server):
+    environment = enable_over_http(server)
     make_models(environment["python"] if environment else sys.executable, server.data_dir)
     for step, body in (("disable", None), ("enable", {"confirm_requirements": False})):  # the folder is rescanned
         r = httpx.post(f"{server.url}/atelier/extensions/yolo/{step}", json=body, timeout=TIMEOUT)

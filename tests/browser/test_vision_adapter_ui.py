@@ -7,7 +7,7 @@ import json
 import pytest
 
 from modules.models.demo_lm import DEMO_PALIGEMMA_NAME
-from tests.browser.helpers import choose, open_tab
+from tests.browser.helpers import choose, open_tab, page_of
 from tests.conftest import make_data_dir, start_live_server
 from tests.fixtures_models import save_demo_paligemma_adapter
 
@@ -28,12 +28,7 @@ def test_choose_the_adapter_under_its_model_and_run(browser, adapter_server, tmp
     from PIL import Image
 
     Image.new("RGB", (64, 48), (30, 90, 200)).save(tmp_path / "blue.png")
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    try:
-        page.goto(adapter_server.url + "/")
-        page.wait_for_selector("#txt2img_prompt textarea")
+    with page_of(browser, adapter_server) as page:
         open_tab(page, "Vision")
         page.wait_for_function("() => document.querySelector('#vision_task input').value !== ''")
         choose(page, "vision_task", "Raw prefix (raw)")
@@ -47,5 +42,3 @@ def test_choose_the_adapter_under_its_model_and_run(browser, adapter_server, tmp
                                timeout=120_000)
         shown = json.loads(page.locator("#vision_json .cm-content").inner_text())
         assert shown["adapter"] == ADAPTER and shown["model"] == DEMO_PALIGEMMA_NAME and shown["prompt"] == "caption en"
-    finally:
-        context.close()
