@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from modules.models.demo import DEMO_NAME
-from tests.browser.helpers import choose, set_number, small_run
+from tests.browser.helpers import choose, page_of, set_number, small_run
 from tests.conftest import make_data_dir, start_live_server
 
 FLUX = "tiny-flux-dev"
@@ -23,12 +23,7 @@ def flow_server(tmp_path_factory, demo_checkpoint):
 
 
 def test_choosing_flux_shows_distilled_guidance_and_it_reaches_the_image(browser, flow_server):
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    try:
-        page.goto(flow_server.url + "/")
-        page.wait_for_selector("#txt2img_prompt textarea")
+    with page_of(browser, flow_server) as page:
         slider = page.locator("#txt2img_distilled_cfg_scale")
         assert slider.count() == 0 or not slider.is_visible()  # the SD demo is loaded: no distilled guidance
         choose(page, "setting_sd_model_checkpoint", FLUX)
@@ -43,5 +38,3 @@ def test_choosing_flux_shows_distilled_guidance_and_it_reaches_the_image(browser
                                ".includes('Distilled CFG Scale: 5')", timeout=180_000)
         choose(page, "setting_sd_model_checkpoint", DEMO_NAME)
         slider.wait_for(state="hidden", timeout=120_000)
-    finally:
-        context.close()
