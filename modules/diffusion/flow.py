@@ -7,7 +7,10 @@ path, in one place. The rest of a generation (seeds, progress, interrupt, face r
   markup is taken out of the text, not applied (the pipelines' encoders take no per-token weights).
 - Guidance, as Forge maps A1111's fields: Flux-dev's distilled guidance is `distilled_cfg_scale`; `cfg_scale`
   above 1 runs true CFG with the negative prompt (2 passes a step); SD3 uses `cfg_scale` as the UNet path does.
-- Not yet: img2img / inpaint, hires fix, prompt editing, LoRAs, tiling — each refused by its field.
+- img2img and inpaint through diffusers' Flux / SD3 img2img and inpaint pipelines (variation seeds blend into
+  flow matching's `scale_noise`, variation.py).
+- Not yet: hires fix, prompt editing, LoRAs, tiling; latent upscale, latent-noise / latent-nothing masked
+  content — each refused by its field.
 """
 from __future__ import annotations
 
@@ -38,8 +41,7 @@ def check(run) -> None:
         return
     label = LABELS[arch]
     if isinstance(req, Img2ImgRequest):
-        raise InvalidRequest(f"img2img and inpaint with {label} checkpoints are not available yet; use txt2img, "
-                             "or a Stable Diffusion 1/2/XL checkpoint", "init_images")
+        _check_img2img(req, label)
     for name in ("width", "height"):
         if getattr(req, name) % SIDE_MULTIPLE:
             raise InvalidRequest(f"{label} needs a multiple of {SIDE_MULTIPLE} (its latents are packed in 2x2 "
@@ -59,6 +61,18 @@ def check(run) -> None:
         raise InvalidRequest(f"this {label} checkpoint has no distilled guidance (Flux-dev's); it uses cfg_scale "
                              f"— leave distilled_cfg_scale at {DISTILLED_CFG_DEFAULT}", "distilled_cfg_scale")
     make_scheduler(arch, run.sampler, run.schedule, run.ckpt.pipe.scheduler.config)
+
+
+def _check_img2img(req, label: str) -> None:
+    if req.resize_mode == 3:
+        raise InvalidRequest(f"latent upscale with {label} checkpoints is not available yet; pick another "
+                             "resize mode", "resize_mode")
+    if req.is_inpaint and req.inpainting_fill in (2, 3):
+        raise InvalidRequest(f"masked content latent noise / latent nothing with {label} checkpoints is not "
+                             "available yet; use fill or original", "inpainting_fill")
+    if req.is_inpaint and req.subseed_strength > 0 and (req.denoising_strength or 0) >= 1:
+        raise InvalidRequest(f"variation seeds for {label} inpaint at full denoising strength are not available "
+                             "yet; lower the denoising strength below 1", "subseed_strength")
 
 
 def make_scheduler(arch: str, sampler: str, schedule: str, base_config: dict):
@@ -87,11 +101,20 @@ def conditioning(positives: list[str], negatives: list[str]) -> dict:
 
 
 def guidance(run) -> dict:
-    """The pipeline's guidance arguments for this checkpoint (Forge's mapping of the A1111 fields)."""
+    """The pipeline's guidance arguments for this checkpoint (Forge's mapping of the A1111 fields for Flux;
+    cfg_scale as it is for the others)."""
     req = run.req
     if run.arch == "flux":
         return {"guidance_scale": req.distilled_cfg_scale, "true_cfg_scale": req.cfg_scale}
     return {"guidance_scale": req.cfg_scale}
+
+
+def img2img_kwargs(run) -> dict:
+    """Guidance, and for Flux / SD3 the work size (their img2img pipelines would otherwise resize the picture
+    to their default 1024²; the UNet img2img pipelines take the picture's size and have no such argument)."""
+    if not is_flow(run.arch):
+        return guidance(run)
+    return {**guidance(run), "width": run.req.width, "height": run.req.height}
 
 
 def initial_latents(pipe, arch: str, noise):

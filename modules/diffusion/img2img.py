@@ -4,7 +4,7 @@ Inpainting (a request with a mask) is img2img with a mask, as in A1111: see inpa
 """
 from __future__ import annotations
 
-from modules.diffusion import hires, inpaint, sampling, seeds
+from modules.diffusion import flow, hires, inpaint, sampling, seeds
 from modules.diffusion.resize import resize_image
 from modules.diffusion.sampling import Run
 
@@ -38,6 +38,6 @@ def batch(run: Run, iteration: int) -> list:
     out = sampling.call(
         run, run.ckpt.pipeline("img2img"), part=iteration, steps_hint=hires.steps_run(req.steps, strength, run.fix_steps),
         image=image, strength=strength, num_inference_steps=hires.img2img_steps(req.steps, strength, run.fix_steps),
-        guidance_scale=req.cfg_scale, generator=gens, output_type="pil", noise_for=run.batch_indices(iteration),
+        generator=gens, output_type="pil", noise_for=run.batch_indices(iteration), **flow.img2img_kwargs(run),
     )
     return out.images

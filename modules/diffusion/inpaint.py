@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from modules.diffusion import hires, sampling, seeds, variation
+from modules.diffusion import flow, hires, sampling, seeds, variation
 from modules.diffusion.resize import resize_image
 from modules.diffusion.sampling import Run
 
@@ -165,7 +165,7 @@ def batch(run: Run, iteration: int, inits: list) -> list:
     out = sampling.call(
         run, pipe, part=iteration, steps_hint=hires.steps_run(req.steps, strength, run.fix_steps),
         image=image, mask_image=[p.work_mask for p in preps], strength=strength,
-        num_inference_steps=hires.img2img_steps(req.steps, strength, run.fix_steps), guidance_scale=req.cfg_scale,
+        num_inference_steps=hires.img2img_steps(req.steps, strength, run.fix_steps), **flow.guidance(run),
         generator=gens, width=req.width, height=req.height, output_type="pil", noise_for=noise_for, **extra,
     )
     return [composite(p, im) for p, im in zip(preps, out.images)]

@@ -33,6 +33,9 @@ def varied(scheduler, plan: SeedPlan, indices):
         def add_noise(self, original_samples, noise, timesteps):
             return super().add_noise(original_samples, blend(noise, plan, indices), timesteps)
 
+        def scale_noise(self, sample, timestep, noise=None):  # flow matching's add_noise (Flux, SD3)
+            return super().scale_noise(sample, timestep, blend(noise, plan, indices))
+
     Varied.__name__ = Varied.__qualname__ = f"Varied{base.__name__}"
     return Varied.from_config(scheduler.config)
 

@@ -60,6 +60,10 @@ class LoadedCheckpoint:
             return self.pipe
         if mode not in self._modes:
             from diffusers import (
+                FluxImg2ImgPipeline,
+                FluxInpaintPipeline,
+                StableDiffusion3Img2ImgPipeline,
+                StableDiffusion3InpaintPipeline,
                 StableDiffusionImg2ImgPipeline,
                 StableDiffusionInpaintPipeline,
                 StableDiffusionXLImg2ImgPipeline,
@@ -71,8 +75,12 @@ class LoadedCheckpoint:
                 ("sd", "inpaint"): StableDiffusionInpaintPipeline,
                 ("sdxl", "img2img"): StableDiffusionXLImg2ImgPipeline,
                 ("sdxl", "inpaint"): StableDiffusionXLInpaintPipeline,
+                ("flux", "img2img"): FluxImg2ImgPipeline,
+                ("flux", "inpaint"): FluxInpaintPipeline,
+                ("sd3", "img2img"): StableDiffusion3Img2ImgPipeline,
+                ("sd3", "inpaint"): StableDiffusion3InpaintPipeline,
             }
-            family = "sdxl" if self.arch == "sdxl" else "sd"
+            family = self.arch if self.arch in ("sdxl", "flux", "sd3") else "sd"
             made = classes[(family, mode)].from_pipe(self.pipe)
             made.set_progress_bar_config(disable=True)
             self._modes[mode] = made

@@ -103,14 +103,87 @@ def test_what_flux_cannot_do_yet_is_refused_by_field(studio, fields, field):
     assert job.error_field == field, (job.error_field, job.error)
 
 
-def test_img2img_on_flux_and_distilled_guidance_elsewhere_are_refused(studio):
-    from PIL import Image
-
-    job = _job(studio, "img2img", init_images=[Image.new("RGB", (64, 64), "red")], override_settings={"sd_model_checkpoint": FLUX})
-    assert job.state.value == "failed" and job.error_field == "init_images", job.error
+def test_distilled_guidance_is_refused_where_there_is_none(studio):
     for checkpoint in (SD3, DEMO_NAME):
         job = _job(studio, distilled_cfg_scale=2, override_settings={"sd_model_checkpoint": checkpoint})
         assert job.state.value == "failed" and job.error_field == "distilled_cfg_scale", (checkpoint, job.error)
+
+
+def _gradient():
+    from PIL import Image
+
+    img = Image.new("RGB", (64, 64))
+    img.putdata([(x * 4, y * 4, 128) for y in range(64) for x in range(64)])
+    return img
+
+
+def _half_mask():
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)
+    return mask
+
+
+def _plain_mode(studio, checkpoint, cls_name, **kwargs):
+    import diffusers
+    import torch
+
+    folder = studio.registry.get("checkpoint", checkpoint).path
+    pipe = getattr(diffusers, cls_name).from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red fox", height=64, width=64, generator=torch.Generator().manual_seed(5), **kwargs)
+    return out.images[0].convert("RGB")
+
+
+@pytest.mark.parametrize("checkpoint,cls_name,ours,theirs", [
+    (FLUX, "FluxImg2ImgPipeline", {"cfg_scale": 1}, {"guidance_scale": 3.5}),
+    (SD3, "StableDiffusion3Img2ImgPipeline", {"cfg_scale": 4}, {"guidance_scale": 4}),
+])
+def test_img2img_equals_plain_diffusers(studio, checkpoint, cls_name, ours, theirs):
+    init = _gradient()
+    made = _job(studio, "img2img", init_images=[init], denoising_strength=0.6, steps=4,
+                override_settings={"sd_model_checkpoint": checkpoint}, **ours)
+    made.raise_for_error()
+    plain = _plain_mode(studio, checkpoint, cls_name, image=init, strength=0.6, num_inference_steps=4, **theirs)
+    assert np.array_equal(np.asarray(made.result.images[0].image.convert("RGB")), np.asarray(plain))
+
+
+def test_flux_inpaint_keeps_every_pixel_outside_the_mask_and_equals_plain_diffusers_inside(studio):
+    from PIL import Image
+
+    init, mask = _gradient(), _half_mask()
+    made = _job(studio, "img2img", init_images=[init], mask=mask, mask_blur=0, inpainting_fill=1,
+                denoising_strength=0.8, steps=4, cfg_scale=1, override_settings={"sd_model_checkpoint": FLUX})
+    made.raise_for_error()
+    ours = np.asarray(made.result.images[0].image.convert("RGB"))
+    plain = _plain_mode(studio, FLUX, "FluxInpaintPipeline", image=init, mask_image=mask, strength=0.8,
+                        num_inference_steps=4, guidance_scale=3.5)
+    assert np.array_equal(ours, np.asarray(Image.composite(plain, init, mask)))
+    assert np.array_equal(ours[:, 32:], np.asarray(init)[:, 32:]) and not np.array_equal(ours[:, :32], np.asarray(init)[:, :32])
+
+
+def test_variation_seeds_reach_flow_img2img(studio):
+    fields = {"init_images": [_gradient()], "denoising_strength": 0.6, "steps": 4, "cfg_scale": 1,
+              "override_settings": {"sd_model_checkpoint": FLUX}}
+    base = _job(studio, "img2img", **fields)
+    varied = _job(studio, "img2img", subseed=9, subseed_strength=0.5, **fields)
+    again = _job(studio, "img2img", subseed=9, subseed_strength=0.5, **fields)
+    images = [np.asarray(j.result.images[0].image) for j in (base, varied, again)]
+    assert not np.array_equal(images[0], images[1]) and np.array_equal(images[1], images[2])
+
+
+@pytest.mark.parametrize("fields,field", [
+    ({"resize_mode": 3}, "resize_mode"),
+    ({"mask": "half", "inpainting_fill": 2}, "inpainting_fill"),
+    ({"mask": "half", "subseed": 3, "subseed_strength": 0.5, "denoising_strength": 1.0}, "subseed_strength"),
+])
+def test_what_flow_img2img_cannot_do_yet_is_refused_by_field(studio, fields, field):
+    if fields.get("mask") == "half":
+        fields = {**fields, "mask": _half_mask()}
+    job = _job(studio, "img2img", **{"init_images": [_gradient()], "denoising_strength": 0.6, **fields},
+               override_settings={"sd_model_checkpoint": SD3})
+    assert job.state.value == "failed" and job.error_field == field, (job.error_field, job.error)
 
 
 def test_a_quantized_load_of_flux_is_refused_by_field(studio):
