@@ -9,7 +9,8 @@ path, in one place. The rest of a generation (seeds, progress, interrupt, face r
   above 1 runs true CFG with the negative prompt (2 passes a step); SD3 uses `cfg_scale` as the UNet path does.
 - img2img and inpaint through diffusers' Flux / SD3 img2img and inpaint pipelines (variation seeds blend into
   flow matching's `scale_noise`, variation.py).
-- Not yet: hires fix, prompt editing, LoRAs, tiling; latent upscale, latent-noise / latent-nothing masked
+- LoRAs as for every checkpoint (models/lora.py: diffusers' Flux / SD3 loaders read PEFT, kohya, XLabs, …).
+- Not yet: hires fix, prompt editing, tiling; latent upscale, latent-noise / latent-nothing masked
   content — each refused by its field.
 """
 from __future__ import annotations
@@ -51,8 +52,6 @@ def check(run) -> None:
     if req.tiling:
         raise InvalidRequest(f"tiling with {label} checkpoints is not available yet; turn it off", "tiling")
     texts = (run.texts.prompt, run.texts.negative_prompt)
-    if any(prompts.extract_loras(t)[1] for t in texts):
-        raise InvalidRequest(f"LoRAs for {label} are not available yet; remove the <lora:…> tags", "prompt")
     if any(prompt_schedule.has_schedule(t) for t in texts):
         raise InvalidRequest(f"prompt editing ([from:to:when], [a|b]) with {label} is not available yet",
                              "prompt")

@@ -104,7 +104,30 @@ def folder_arch(folder: Path) -> str | None:
 
 
 def _lora_shape_key(key: str) -> bool:
-    return ("attn2" in key and "to_k" in key and ("lora_down" in key or "lora_A" in key or "lora.down" in key))
+    down = "lora_down" in key or "lora_A" in key or "lora.down" in key
+    return down and (("attn2" in key and "to_k" in key) or key.startswith(_DIFFUSERS_JOINT_Q))
+
+
+# Flux / SD3 LoRA key names: BFL and kohya (sd-scripts) layouts are Flux's or SD3's alone; diffusers' layout
+# names the joint blocks alike for both, so there the width of the first block's to_q tells (Flux 3072; SD3
+# Medium 1536, SD3.5 Large 2432).
+_FLUX_KEYS = ("lora_unet_double_blocks_", "lora_unet_single_blocks_", "double_blocks.", "single_blocks.",
+              "diffusion_model.double_blocks.", "transformer.single_transformer_blocks.",
+              "lora_transformer_single_transformer_blocks_")
+_SD3_KEYS = ("lora_unet_joint_blocks_", "joint_blocks.", "diffusion_model.joint_blocks.")
+_DIFFUSERS_JOINT_Q = "transformer.transformer_blocks.0.attn.to_q."
+_FLOW_WIDTHS = {3072: "flux", 1536: "sd3", 2432: "sd3"}
+
+
+def _flow_lora_arch(keys, shapes: dict) -> str | None:
+    if any(k.startswith(_FLUX_KEYS) for k in keys):
+        return "flux"
+    if any(k.startswith(_SD3_KEYS) for k in keys):
+        return "sd3"
+    for key, shape in shapes.items():
+        if key.startswith(_DIFFUSERS_JOINT_Q) and len(shape) == 2 and shape[1] in _FLOW_WIDTHS:
+            return _FLOW_WIDTHS[shape[1]]
+    return None
 
 
 def lora_arch(path: Path) -> str | None:
@@ -117,7 +140,14 @@ def lora_arch(path: Path) -> str | None:
         return "sd1"
     if version.startswith(("sd_v2", "sd_2")):
         return "sd2"
+    if version.startswith("flux"):  # sd-scripts' "flux1"
+        return "flux"
+    if version.startswith("sd3"):
+        return "sd3"
     keys = header.keys
+    flow = _flow_lora_arch(keys, header.shapes)
+    if flow:
+        return flow
     if any(k.startswith(("lora_te1_", "lora_te2_", "text_encoder_2.")) for k in keys):
         return "sdxl"
     for shape in header.shapes.values():

@@ -94,7 +94,6 @@ def test_the_infotext_round_trips_distilled_guidance(studio):
     ({"enable_hr": True}, "enable_hr"),
     ({"width": 72}, "width"),
     ({"tiling": True}, "tiling"),
-    ({"prompt": "a fox <lora:style:1>"}, "prompt"),
     ({"prompt": "a [fox:cat:2]"}, "prompt"),
 ])
 def test_what_flux_cannot_do_yet_is_refused_by_field(studio, fields, field):

@@ -1,0 +1,130 @@
+"""LoRAs on Flux and SD3 checkpoints, in the formats people download: a kohya / sd-scripts Flux LoRA
+(`lora_unet_double_blocks_…`, `.alpha`), a diffusers/PEFT Flux LoRA and a PEFT SD3 LoRA, all for the tiny demo
+transformers. `<lora:name:w>` applies them like any LoRA; weight 0 and removal give the base image bit for bit;
+a Flux LoRA on an SD checkpoint (and an SD LoRA on Flux) is refused by name."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from modules.models.demo import DEMO_NAME
+
+FLUX, SD3 = "tiny-flux-dev", "tiny-sd3"
+RANK = 4
+
+
+def _pair(gen, out_features: int, in_features: int, scale: float = 0.5):
+    import torch
+
+    return (torch.randn(RANK, in_features, generator=gen) * scale, torch.randn(out_features, RANK, generator=gen) * scale)
+
+
+def save_kohya_flux_lora(path, seed: int = 0):
+    """sd-scripts' Flux layout: fused qkv of the double blocks, linear2 of the single blocks, alpha per module."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, (out_f, in_f) in {"lora_unet_double_blocks_0_img_attn_qkv": (96, 32),
+                               "lora_unet_double_blocks_0_img_attn_proj": (32, 32),
+                               "lora_unet_single_blocks_0_linear2": (32, 160)}.items():
+        down, up = _pair(gen, out_f, in_f)
+        sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = down, up
+        sd[f"{key}.alpha"] = torch.tensor(float(RANK / 2))
+    save_file(sd, str(path))
+    return path
+
+
+def save_peft_lora(path, keys: dict, seed: int = 0):
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, (out_f, in_f) in keys.items():
+        sd[f"transformer.{key}.lora_A.weight"], sd[f"transformer.{key}.lora_B.weight"] = _pair(gen, out_f, in_f)
+    save_file(sd, str(path))
+    return path
+
+
+FLUX_PEFT = {"transformer_blocks.0.attn.to_q": (32, 32), "transformer_blocks.0.ff.net.0.proj": (128, 32),
+             "single_transformer_blocks.0.proj_out": (32, 160)}
+SD3_PEFT = {"transformer_blocks.0.attn.to_q": (32, 32), "transformer_blocks.0.ff.net.0.proj": (128, 32),
+            "transformer_blocks.1.ff.net.2": (32, 128)}
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory, demo_checkpoint):
+    from modules.models.demo_flow import save_demo_flow
+    from modules.studio import Studio, StudioOptions
+    from tests.conftest import make_data_dir
+    from tests.fixtures_models import save_demo_lora
+
+    data = make_data_dir(tmp_path_factory.mktemp("flow-lora"), demo_checkpoint)
+    save_demo_flow(data / "models" / "Stable-diffusion" / FLUX, "flux", seed=1)
+    save_demo_flow(data / "models" / "Stable-diffusion" / SD3, "sd3", seed=2)
+    loras = data / "models" / "Lora"
+    loras.mkdir(parents=True, exist_ok=True)
+    save_kohya_flux_lora(loras / "flux-kohya.safetensors", seed=3)
+    save_peft_lora(loras / "flux-peft.safetensors", FLUX_PEFT, seed=4)
+    save_peft_lora(loras / "sd3-peft.safetensors", SD3_PEFT, seed=5)
+    save_demo_lora(loras / "sd-style.safetensors", seed=6)
+    s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
+    s.load()
+    assert s.load_error is None, s.load_error
+    yield s
+    s.shutdown()
+
+
+def _job(studio, checkpoint, prompt="a red fox"):
+    from modules.diffusion.params import Txt2ImgRequest
+
+    req = Txt2ImgRequest(prompt=prompt, steps=3, width=64, height=64, seed=5, sampler_name="Euler", cfg_scale=1,
+                         save_images=False, override_settings={"sd_model_checkpoint": checkpoint})
+    return studio.jobs.run("txt2img", req, timeout=300)
+
+
+def _image(studio, checkpoint, prompt="a red fox"):
+    job = _job(studio, checkpoint, prompt)
+    job.raise_for_error()
+    return np.asarray(job.result.images[0].image.convert("RGB")).astype(int), job.result.images[0].infotext
+
+
+def test_flux_loras_are_told_from_their_keys(studio):
+    assert studio.registry.get("lora", "flux-kohya").arch == "flux"
+    assert studio.registry.get("lora", "flux-peft").arch == "flux"
+
+
+@pytest.mark.parametrize("checkpoint,lora", [(FLUX, "flux-kohya"), (FLUX, "flux-peft"), (SD3, "sd3-peft")])
+def test_a_lora_changes_the_image_and_weight_zero_and_removal_are_bit_exact(studio, checkpoint, lora):
+    base, _ = _image(studio, checkpoint)
+    with_lora, info = _image(studio, checkpoint, f"a red fox <lora:{lora}:1>")
+    assert np.abs(with_lora - base).mean() > 1, "the LoRA did not change the image"
+    assert f"{lora}: " in info  # Lora hashes
+    zero, _ = _image(studio, checkpoint, f"a red fox <lora:{lora}:0>")
+    assert np.array_equal(zero, base)
+    after, _ = _image(studio, checkpoint)
+    assert np.array_equal(after, base)
+
+
+def test_a_kohya_flux_lora_matches_plain_diffusers_loading_it(studio):
+    import torch
+    from diffusers import FluxPipeline
+
+    ours, _ = _image(studio, FLUX, "a red fox <lora:flux-kohya:0.8>")
+    pipe = FluxPipeline.from_pretrained(str(studio.registry.get("checkpoint", FLUX).path), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(studio.registry.get("lora", "flux-kohya").path), adapter_name="style")
+    pipe.set_adapters(["style"], adapter_weights=[0.8])
+    plain = pipe("a red fox", num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
+                 generator=torch.Generator().manual_seed(5)).images[0]
+    diff = np.abs(ours - np.asarray(plain.convert("RGB")).astype(int))
+    assert diff.max() <= 2, diff.max()  # ours fuses the delta into the weights; diffusers adds it per step
+
+
+@pytest.mark.parametrize("checkpoint,lora", [(DEMO_NAME, "flux-kohya"), (FLUX, "sd-style")])
+def test_a_lora_of_another_architecture_is_refused_by_name(studio, checkpoint, lora):
+    job = _job(studio, checkpoint, f"a red fox <lora:{lora}:1>")
+    assert job.state.value == "failed" and job.error_field == "prompt" and 400 <= job.error_status < 500, job.error
+    assert lora in job.error, job.error
