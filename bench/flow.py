@@ -32,9 +32,8 @@ def measure(key: str, title: str, folder: Path, device: str, width: int, steps: 
     import numpy as np
     import torch
 
-    from bench.studio_setup import make_data_dir, open_studio
+    from bench.studio_setup import generate, make_data_dir, open_studio
     from modules.diffusion.params import Txt2ImgRequest
-    from modules.jobs import JobState
 
     studio = open_studio(make_data_dir(folder, name="flow"), device)
     try:
@@ -49,10 +48,7 @@ def measure(key: str, title: str, folder: Path, device: str, width: int, steps: 
         def atelier(n: int = steps):
             req = Txt2ImgRequest(prompt=PROMPT, steps=n, width=width, height=width, seed=seed, sampler_name="Euler",
                                  cfg_scale=cfg, save_images=False)
-            job = studio.jobs.run("txt2img", req)
-            if job.state != JobState.DONE:
-                raise RuntimeError(f"the Atelier job ended {job.state.value}: {job.error}")
-            images["atelier"] = job.result.images[0].image
+            images["atelier"] = generate(studio, req)
 
         def diffusers_call(n: int = steps):
             with torch.inference_mode():

@@ -23,9 +23,8 @@ def measure(key: str, title: str, checkpoint: Path, device: str, width: int, ste
     import torch
     import diffusers
 
-    from bench.studio_setup import make_data_dir, open_studio
+    from bench.studio_setup import generate, make_data_dir, open_studio
     from modules.diffusion.params import Txt2ImgRequest
-    from modules.jobs import JobState
 
     studio = open_studio(make_data_dir(checkpoint, name="overhead"), device)
     try:
@@ -44,10 +43,7 @@ def measure(key: str, title: str, checkpoint: Path, device: str, width: int, ste
         def atelier(n: int = steps):
             req = Txt2ImgRequest(prompt=prompt, steps=n, width=width, height=width, seed=seed,
                                  sampler_name=SAMPLER[0], cfg_scale=7.0, save_images=False)
-            job = studio.jobs.run("txt2img", req)
-            if job.state != JobState.DONE:
-                raise RuntimeError(f"the Atelier job ended {job.state.value}: {job.error}")
-            images["atelier"] = job.result.images[0].image
+            images["atelier"] = generate(studio, req)
 
         def diffusers_call(n: int = steps):
             with torch.inference_mode():

@@ -46,3 +46,13 @@ def open_studio(data_dir: Path, device: str):
         studio.shutdown()
         raise RuntimeError(f"the studio did not load: {studio.load_error}")
     return studio
+
+
+def generate(studio, req):
+    """Run a txt2img request through the studio's job engine; its first image (a failed job raises)."""
+    from modules.jobs import JobState
+
+    job = studio.jobs.run("txt2img", req)
+    if job.state != JobState.DONE:
+        raise RuntimeError(f"the Atelier job ended {job.state.value}: {job.error}")
+    return job.result.images[0].image
