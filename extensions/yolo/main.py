@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .adapter import TASK_NAMES, YoloAdapter
 from .convert import to_vision
+from .track import add_tracking
 from .trust import PICKLE_SUFFIXES, TrustStore, sha256_of
 
 
@@ -43,11 +44,14 @@ def setup(api):
     trust = TrustStore(api.data_dir / "trusted.json")
     folder = api.add_model_kind("yolo", "yolo", adapter=YoloAdapter(api, trust, worker_env))
 
-    def predict_options(options: dict) -> dict:
+    def refuse_text(options: dict) -> None:
         for key in ("objects", "prompt", "question", "max_new_tokens"):  # accepted must mean used
             if options.get(key):
                 raise invalid("YOLO finds the classes its model was trained on and reads no text; leave it empty",
                               key)
+
+    def predict_options(options: dict) -> dict:
+        refuse_text(options)
         try:
             return PredictOptions(**{k: v for k, v in options.items() if k not in ENGINE_KEYS}).model_dump()
         except ValidationError as exc:
@@ -70,6 +74,7 @@ def setup(api):
         api.add_vision_task(f"yolo-{task}", task_runner(task), title=f"YOLO {task}", model_kind="yolo",
                             description=f"Ultralytics YOLO {task} (models/yolo)", options=dict(DEFAULTS),
                             check=predict_options)
+    add_tracking(api, refuse_text, ENGINE_KEYS)  # yolo-track: ultralytics' trackers, a video's frames (track.py)
 
     @api.get("/trust")
     def trusted() -> dict:
