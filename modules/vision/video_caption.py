@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from modules.vision import catalog
 from modules.vision.engine import OUTPUT_SUBDIR, run_one
+from modules.vision.video_job import model_for
 from modules.vision.params import VisionOptions
 from modules.vision.video import frames_at, sample_times
 
@@ -58,7 +59,7 @@ def run_caption(ctx: "JobContext", services: "VisionServices", req: "VideoReques
 
 def describe(services: "VisionServices", req: "VideoRequest", images: list, stop) -> str:
     """One chat turn holding every sampled frame as an image, then the question: the chat engine answers."""
-    entry = catalog.resolve_model(services, catalog.spec_of(services, "question"), req.describe_model)
+    entry = model_for(services, "question", req.describe_model, "describe_model")
     content = [{"type": "image", "image": image.convert("RGB")} for image in images]
     content.append({"type": "text", "text": req.describe_prompt})
     with services.models.use(catalog.VLM_KIND, entry.name) as lm:

@@ -50,10 +50,18 @@ def validator(services: "VisionServices") -> Callable[[object], None]:
             if spec.check is not None:
                 spec.check(task_options(spec, VisionOptions(task=req.track_task, options=req.options), entry))
         else:
-            catalog.resolve_model(services, catalog.spec_of(services, "caption"), req.model)
+            model_for(services, "caption", req.model, "model")
             if req.describe_model:
-                catalog.resolve_model(services, catalog.spec_of(services, "question"), req.describe_model)
+                model_for(services, "question", req.describe_model, "describe_model")
     return validate
+
+
+def model_for(services: "VisionServices", task: str, name: str | None, field: str):
+    """The model that runs a built-in task; a model that cannot is this request's `field` (not its task)."""
+    try:
+        return catalog.resolve_model(services, catalog.spec_of(services, task), name)
+    except InvalidRequest as exc:
+        raise InvalidRequest(exc.message, field) from None
 
 
 def run_video(ctx: "JobContext", req: VideoRequest) -> dict:
