@@ -45,6 +45,9 @@ def validator(services: "VisionServices") -> Callable[[object], None]:
             raise InvalidRequest("send a video request (video or path, task …)", "request")
         opened(services, req)
         if req.task == "track":
+            if services.tasks.get(req.track_task) is None:
+                raise InvalidRequest(f"no vision task {req.track_task!r}: tracking needs an extension's tracker — "
+                                     "enable the YOLO extension (Extensions tab) for yolo-track", "track_task")
             spec = catalog.spec_of(services, req.track_task)
             entry = catalog.resolve_model(services, spec, req.model)
             if spec.check is not None:

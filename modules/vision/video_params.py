@@ -6,15 +6,16 @@ submit-time validator (video_job.py); every refusal names its field.
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from modules.errors import FieldError
 from modules.vision.params import _LANGUAGE
 
 VIDEO_TASKS = ("track", "caption")
 DEFAULT_TRACK_TASK = "yolo-track"  # the shipped YOLO extension's; any extension may register another
+VideoInput = Annotated[Any, WithJsonSchema({"type": "string", "format": "base64"})]  # or bytes from the UI
 DEFAULT_DESCRIBE_PROMPT = ("These are frames of one short video, in order. Describe what happens in the clip "
                            "in a few sentences.")
 
@@ -22,7 +23,7 @@ DEFAULT_DESCRIBE_PROMPT = ("These are frames of one short video, in order. Descr
 class VideoRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    video: Any = Field(None, description="the video file (MP4, WebM, MOV) as base64 or a data: URL (bytes from the UI)")
+    video: VideoInput = Field(None, description="the video file (MP4, WebM, MOV) as base64 or a data: URL (bytes from the UI)")
     path: str | None = Field(None, max_length=1024, description="or a video file under the data dir")
     task: Literal["track", "caption"] = Field(..., description="track: follow objects through the frames (an "
                                                                "extension's tracker, YOLO's); caption: caption N frames")
@@ -48,8 +49,10 @@ class VideoRequest(BaseModel):
     @model_validator(mode="after")
     def _fields_of_the_task(self):
         has_video = self.video is not None and self.video != ""
-        if has_video == bool(self.path):
-            raise FieldError("video", "send either a video (base64) or a path under the data dir (one of them)")
+        if has_video and self.path:
+            raise FieldError("path", "send either a video (base64) or a path under the data dir, not both")
+        if not has_video and not self.path:
+            raise FieldError("video", "send a video (base64 of an MP4, WebM or MOV file) or a path under the data dir")
         if self.end is not None and self.end <= self.start:
             raise FieldError("end", f"the range {self.start}–{self.end} s is empty; end must be after start")
         if not _LANGUAGE.match(self.language):

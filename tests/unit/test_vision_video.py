@@ -57,7 +57,7 @@ def test_bad_videos_and_ranges_are_refused_naming_the_field(tmp_path):
     assert refused({"task": "track", "video": b64_video(b"hello" * 100)}) == "video"  # not a video
     assert refused({"task": "track", "video": "###"}) == "video"  # not base64
     assert refused({"task": "track"}) == "video"  # neither video nor path
-    assert refused({"task": "track", "video": ok, "path": "clip.mp4"}) == "video"  # both
+    assert refused({"task": "track", "video": ok, "path": "clip.mp4"}) == "path"  # both
     assert refused({"task": "track", "path": "notes.mp4"}) == "path"  # a file that is no video
     assert refused({"task": "track", "path": "../clip.mp4"}) == "path"  # outside the data dir
     assert refused({"task": "track", "video": ok, "start": 5.0}) == "start"  # the clip is 1 s long
