@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from modules.errors import InvalidRequest
+from modules.errors import AtelierError, InvalidRequest
 from modules.vision import catalog
 from modules.vision.video import VideoInfo, VideoSource, probe, source_from
 from modules.vision.video_params import VideoRequest
@@ -63,8 +63,9 @@ def model_for(services: "VisionServices", task: str, name: str | None, field: st
     """The model that runs a built-in task; a model that cannot is this request's `field` (not its task)."""
     try:
         return catalog.resolve_model(services, catalog.spec_of(services, task), name)
-    except InvalidRequest as exc:
-        raise InvalidRequest(exc.message, field) from None
+    except AtelierError as exc:  # its kind (and status) kept: a name outside the folder, a model that cannot
+        exc.field = field
+        raise
 
 
 def run_video(ctx: "JobContext", req: VideoRequest) -> dict:

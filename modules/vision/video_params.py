@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from modules.errors import FieldError
 from modules.vision.params import _LANGUAGE
@@ -45,6 +45,13 @@ class VideoRequest(BaseModel):
                                                    "whole clip from the sampled frames; empty: no description")
     describe_prompt: str = Field(DEFAULT_DESCRIBE_PROMPT, min_length=1, max_length=4000,
                                  description="caption: what the chat model is asked about the frames")
+
+    @field_validator("video", mode="before")
+    @classmethod
+    def _video_is_bytes_or_base64(cls, value):
+        if value is None or isinstance(value, (str, bytes, bytearray)):
+            return value
+        raise ValueError("send the video file as base64 (a string) or a data: URL")
 
     @model_validator(mode="after")
     def _fields_of_the_task(self):
