@@ -44,20 +44,21 @@ def setup(api):
     trust = TrustStore(api.data_dir / "trusted.json")
     folder = api.add_model_kind("yolo", "yolo", adapter=YoloAdapter(api, trust, worker_env))
 
-    def refuse_text(options: dict) -> None:
+    def parse_options(cls: type[BaseModel], options: dict) -> BaseModel:
+        """A task's "options" → its typed options (the engine's keys left out); refusals name options.<field>."""
         for key in ("objects", "prompt", "question", "max_new_tokens"):  # accepted must mean used
             if options.get(key):
                 raise invalid("YOLO finds the classes its model was trained on and reads no text; leave it empty",
                               key)
-
-    def predict_options(options: dict) -> dict:
-        refuse_text(options)
         try:
-            return PredictOptions(**{k: v for k, v in options.items() if k not in ENGINE_KEYS}).model_dump()
+            return cls(**{k: v for k, v in options.items() if k not in ENGINE_KEYS})
         except ValidationError as exc:
             err = invalid.from_validation(exc)
             err.field = f"options.{err.field}"
             raise err from None
+
+    def predict_options(options: dict) -> dict:
+        return parse_options(PredictOptions, options).model_dump()
 
     def task_runner(task: str):
         def run(image, options: dict):
@@ -74,7 +75,7 @@ def setup(api):
         api.add_vision_task(f"yolo-{task}", task_runner(task), title=f"YOLO {task}", model_kind="yolo",
                             description=f"Ultralytics YOLO {task} (models/yolo)", options=dict(DEFAULTS),
                             check=predict_options)
-    add_tracking(api, refuse_text, ENGINE_KEYS)  # yolo-track: ultralytics' trackers, a video's frames (track.py)
+    add_tracking(api, parse_options)  # yolo-track: ultralytics' trackers, a video's frames (track.py)
 
     @api.get("/trust")
     def trusted() -> dict:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 # ultralytics' tracker yaml keys this task sets (the rest keep ultralytics' defaults).
 TRACKER_KEYS = ("track_high_thresh", "track_low_thresh", "new_track_thresh", "track_buffer", "match_thresh",
@@ -54,19 +54,14 @@ class TrackOptions(BaseModel):
         return predict, tracker, self.reset
 
 
-def add_tracking(api, refuse_text, engine_keys: tuple[str, ...]) -> None:
-    """Register yolo-track (main.py's setup calls this)."""
+def add_tracking(api, parse_options) -> None:
+    """Register yolo-track (main.py's setup calls this with its options parser)."""
     invalid = api.types.InvalidRequest
 
     def track_options(options: dict) -> tuple[dict, dict, bool]:
-        refuse_text(options)
         try:
-            return TrackOptions(**{k: v for k, v in options.items() if k not in engine_keys}).split()
-        except ValidationError as exc:
-            err = invalid.from_validation(exc)
-            err.field = f"options.{err.field}"
-            raise err from None
-        except ValueError as exc:
+            return parse_options(TrackOptions, options).split()
+        except ValueError as exc:  # split(): a BoT-SORT setting with ByteTrack
             raise invalid(str(exc), "options") from None
 
     def run(image, options: dict):

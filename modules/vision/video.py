@@ -119,26 +119,32 @@ def _video_stream(container, field: str):
     return stream
 
 
-def frames(source: VideoSource, start: float = 0.0, end: float | None = None, stride: int = 1,
-           limit: int | None = None) -> Iterator[tuple[int, float, "object"]]:
-    """(frame number in the video, time in seconds, PIL RGB image) of every `stride`-th frame in [start, end)."""
+def _decoded(source: VideoSource) -> Iterator[tuple[int, float, "object"]]:
+    """(frame number, time in seconds, PyAV frame) of every frame, in order; PIL conversion is the caller's."""
     with source.open() as container:
         stream = _video_stream(container, source.field)
         stream.thread_type = "AUTO"
-        kept, first = 0, None
+        rate = float(stream.average_rate or 25)
         for index, frame in enumerate(container.decode(stream)):
-            t = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 25)
-            if t < start - 1e-6:
-                continue
-            if end is not None and t >= end - 1e-6:
-                break
-            first = index if first is None else first
-            if (index - first) % stride:  # every stride-th frame from the range's first
-                continue
-            yield index, t, frame.to_image()
-            kept += 1
-            if limit is not None and kept >= limit:
-                break
+            yield index, float(frame.time) if frame.time is not None else index / rate, frame
+
+
+def frames(source: VideoSource, start: float = 0.0, end: float | None = None, stride: int = 1,
+           limit: int | None = None) -> Iterator[tuple[int, float, "object"]]:
+    """(frame number in the video, time in seconds, PIL RGB image) of every `stride`-th frame in [start, end)."""
+    kept, first = 0, None
+    for index, t, frame in _decoded(source):
+        if t < start - 1e-6:
+            continue
+        if end is not None and t >= end - 1e-6:
+            break
+        first = index if first is None else first
+        if (index - first) % stride:  # every stride-th frame from the range's first
+            continue
+        yield index, t, frame.to_image()
+        kept += 1
+        if limit is not None and kept >= limit:
+            break
 
 
 def sample_times(start: float, end: float, count: int) -> list[float]:
@@ -150,13 +156,13 @@ def sample_times(start: float, end: float, count: int) -> list[float]:
 def frames_at(source: VideoSource, times: list[float]) -> list[tuple[int, float, "object"]]:
     """The first decoded frame at or after each time (one pass through the video, in order)."""
     wanted, out = sorted(times), []
-    for index, t, image in frames(source):
-        while wanted and t >= wanted[0] - 1e-6:
-            wanted.pop(0)
-            if not out or out[-1][0] != index:
-                out.append((index, t, image))
+    for index, t, frame in _decoded(source):
         if not wanted:
             break
+        if t >= wanted[0] - 1e-6:
+            while wanted and t >= wanted[0] - 1e-6:
+                wanted.pop(0)
+            out.append((index, t, frame.to_image()))
     return out
 
 
