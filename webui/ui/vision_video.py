@@ -14,6 +14,7 @@ from webui.ui.progress import follow, progress_html
 TRACK_COLUMNS = ["Track", "Class", "First seen (s)", "Last seen (s)", "Frames"]
 CAPTION_COLUMNS = ["Time (s)", "Frame", "Caption"]
 TRACKERS = ("bytetrack", "botsort")
+TRACK_VIEWS, CAPTION_VIEWS = ("output", "tracks", "counts"), ("captions", "description")  # shown per task
 
 
 def video_request(video, path, task, model, tracker, conf, iou, imgsz, track_buffer, match_thresh, stride, start,
@@ -91,9 +92,9 @@ def build_video(studio, task_rows) -> dict:
                                            elem_id="vision_video_tracks")
                 c["counts"] = gr.LinePlot(x="time", y="count", color="class", title="Objects per class over time",
                                           x_title="time (s)", y_title="count", elem_id="vision_video_counts")
-                c["captions"] = gr.Dataframe(headers=CAPTION_COLUMNS, value=[], interactive=False,
+                c["captions"] = gr.Dataframe(headers=CAPTION_COLUMNS, value=[], interactive=False, visible=False,
                                              elem_id="vision_video_captions")
-                c["description"] = gr.Markdown("", elem_id="vision_video_description")
+                c["description"] = gr.Markdown("", visible=False, elem_id="vision_video_description")
     c["job_id"] = gr.State(None)  # this browser's running video job, for Stop
 
     def models_for(task):
@@ -101,12 +102,16 @@ def build_video(studio, task_rows) -> dict:
         name = "yolo-track" if task == "track" else "caption"
         models = next((r["models"] for r in rows if r["name"] == name), [])
         describers = next((r["models"] for r in rows if r["name"] == "question"), [])
+        tracking = task == "track"
         return (gr.Dropdown(choices=models, value=models[0] if models else None),
                 gr.Dropdown(choices=[""] + describers, value=""),
-                gr.Group(visible=task == "track"), gr.Group(visible=task == "caption"))
+                gr.Group(visible=tracking), gr.Group(visible=not tracking),
+                *(gr.update(visible=tracking) for _ in TRACK_VIEWS),
+                *(gr.update(visible=not tracking) for _ in CAPTION_VIEWS))
 
-    c["task"].change(models_for, [c["task"]], [c["model"], c["describe_model"], track_group, caption_group],
-                     queue=False, api_visibility="private")
+    task_outputs = [c["model"], c["describe_model"], track_group, caption_group, *(c[k] for k in TRACK_VIEWS),
+                    *(c[k] for k in CAPTION_VIEWS)]
+    c["task"].change(models_for, [c["task"]], task_outputs, queue=False, api_visibility="private")
 
     inputs = [c["video"], c["path"], c["task"], c["model"], c["tracker"], c["conf"], c["iou"], c["imgsz"],
               c["track_buffer"], c["match_thresh"], c["stride"], c["start"], c["end"], c["max_frames"], c["frames"],
@@ -138,7 +143,7 @@ def build_video(studio, task_rows) -> dict:
             studio.jobs.interrupt(job_id)
 
     c["stop"].click(stop, [c["job_id"]], [], queue=False, api_visibility="private")
-    c["_on_show_video"] = (models_for, [c["task"]], [c["model"], c["describe_model"], track_group, caption_group])
+    c["_on_show_video"] = (models_for, [c["task"]], task_outputs)
     return c
 
 
