@@ -38,6 +38,8 @@ def test_decode_a_range_with_a_stride_and_write_an_mp4_that_decodes_again(tmp_pa
 
     webm = video.source_from(encode(rectangle_frames(4), fmt="webm", codec="libvpx-vp9"), None, tmp_path)
     assert video.probe(webm).codec == "vp9"
+    mov = video.source_from(encode(rectangle_frames(4), fmt="mov"), None, tmp_path)
+    assert (video.probe(mov).codec, len(list(video.frames(mov)))) == ("h264", 4)
 
 
 def test_bad_videos_and_ranges_are_refused_naming_the_field(tmp_path):
