@@ -35,6 +35,17 @@ class YoloModel:
         finally:
             path.unlink(missing_ok=True)
 
+    def track(self, image, options: dict, tracker: dict, persist: bool) -> dict:
+        """One video frame through the worker's tracker (track.py): `persist` False starts new tracks."""
+        rgb = image.convert("RGB")
+        path = Path(self.worker.private_dir) / "frame.rgb"
+        path.write_bytes(rgb.tobytes())
+        try:
+            return self.worker.call("track", timeout_s=PREDICT_TIMEOUT_S, image_path=str(path), width=rgb.width,
+                                    height=rgb.height, options=options, tracker=tracker, persist=persist)
+        finally:
+            path.unlink(missing_ok=True)
+
 
 class YoloAdapter:
     """ModelAdapter (modules/models/adapters.py) for ultralytics YOLO files in models/yolo."""

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .adapter import TASK_NAMES, YoloAdapter
 from .convert import to_vision
 from .export import register as register_export
+from .track import add_tracking
 from .trust import PICKLE_SUFFIXES, TrustStore, sha256_of
 
 
@@ -46,17 +47,21 @@ def setup(api):
     folder = api.add_model_kind("yolo", "yolo", adapter=YoloAdapter(api, trust, worker_env))
     register_export(api, folder, trust, worker_env)  # export to ONNX / OpenVINO: job, REST, tab (export.py)
 
-    def predict_options(options: dict) -> dict:
+    def parse_options(cls: type[BaseModel], options: dict) -> BaseModel:
+        """A task's "options" → its typed options (the engine's keys left out); refusals name options.<field>."""
         for key in ("objects", "prompt", "question", "max_new_tokens"):  # accepted must mean used
             if options.get(key):
                 raise invalid("YOLO finds the classes its model was trained on and reads no text; leave it empty",
                               key)
         try:
-            return PredictOptions(**{k: v for k, v in options.items() if k not in ENGINE_KEYS}).model_dump()
+            return cls(**{k: v for k, v in options.items() if k not in ENGINE_KEYS})
         except ValidationError as exc:
             err = invalid.from_validation(exc)
             err.field = f"options.{err.field}"
             raise err from None
+
+    def predict_options(options: dict) -> dict:
+        return parse_options(PredictOptions, options).model_dump()
 
     def task_runner(task: str):
         def run(image, options: dict):
@@ -73,6 +78,7 @@ def setup(api):
         api.add_vision_task(f"yolo-{task}", task_runner(task), title=f"YOLO {task}", model_kind="yolo",
                             description=f"Ultralytics YOLO {task} (models/yolo)", options=dict(DEFAULTS),
                             check=predict_options)
+    add_tracking(api, parse_options)  # yolo-track: ultralytics' trackers, a video's frames (track.py)
 
     @api.get("/trust")
     def trusted() -> dict:

@@ -61,6 +61,29 @@ class YoloWorker:
         results = self.model.predict(image, verbose=False, device=device, **options)
         return to_wire(results[0], self.model.task)
 
+    def track(self, image_path: str, width: int, height: int, options: dict, tracker: dict, persist: bool) -> dict:
+        """One video frame through ultralytics' tracker (`model.track`; persist=False starts new tracks): the
+        tracker settings are written over ultralytics' own bytetrack.yaml / botsort.yaml."""
+        import tempfile
+
+        import yaml
+        from PIL import Image
+        from ultralytics.utils.checks import check_yaml
+
+        with open(image_path, "rb") as f:
+            image = Image.frombytes("RGB", (width, height), f.read())
+        with open(check_yaml(f"{tracker['tracker_type']}.yaml")) as f:
+            config = {**yaml.safe_load(f), **tracker}
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(config, f)
+        try:
+            device = "cpu" if self.onnx else str(next(self.model.model.parameters()).device)
+            results = self.model.track(image, persist=persist, tracker=f.name, verbose=False, device=device,
+                                       **options)
+        finally:
+            os.unlink(f.name)
+        return to_wire(results[0], self.model.task)
+
 
 def _array(value):
     import numpy as np
@@ -91,6 +114,8 @@ def to_wire(result, task: str) -> dict:
     if boxes is None:
         return {**base, "text": "", "objects": []}
     xyxy, conf, cls = _array(boxes.xyxy).reshape(-1, 4), _array(boxes.conf).reshape(-1), _array(boxes.cls).reshape(-1)
+    ids = getattr(boxes, "id", None)  # track ids, after model.track (None before a track is confirmed)
+    ids = _array(ids).reshape(-1) if ids is not None else None
     polygons = list(result.masks.xy) if task == "segment" and result.masks is not None else []
     points = _array(result.keypoints.data) if task == "pose" and result.keypoints is not None else None
     objects = []
@@ -98,6 +123,8 @@ def to_wire(result, task: str) -> dict:
         x1, y1, x2, y2 = (float(v) for v in xyxy[i])
         box = [max(0, int(x1)), max(0, int(y1)), min(width, int(round(x2))), min(height, int(round(y2)))]
         obj = {"label": names.get(int(cls[i]), str(int(cls[i]))), "box": box, "score": float(conf[i])}
+        if ids is not None:
+            obj["track_id"] = int(ids[i])
         if task == "segment":
             polygon = _array(polygons[i]).reshape(-1, 2) if i < len(polygons) else []
             obj["polygon"] = [[float(x), float(y)] for x, y in polygon]

@@ -4,7 +4,7 @@
    "objects": [{"label", "box": [x1, y1, x2, y2] pixels, "box_normalized": [y1, x1, y2, x2] in 1024 bins
                 (as PaliGemma writes them), "score": number or null,
                 "mask": {"size": [h, w], "counts": COCO RLE} or null,
-                "keypoints": [[x, y, confidence], …] (pose only)}],
+                "keypoints": [[x, y, confidence], …] (pose only), "track_id" (a tracker's, in a video)}],
    "invalid": n}
 
 plus "classes" ([{"label", "score"}], classification) and "notes" (e.g. a demo decoder) when there are
@@ -26,6 +26,7 @@ class VisionObject:
     score: float | None = None
     mask: Any = None  # bool [h, w] numpy array
     keypoints: list[list[float]] | None = None
+    track_id: int | None = None  # a tracker's identity of the object across a video's frames
 
     def mask_image(self):
         """The mask as a PIL "L" image, white where the object is (an inpaint mask), or None."""
@@ -44,6 +45,8 @@ class VisionObject:
                "mask": None if self.mask is None else encode_rle(self.mask)}
         if self.keypoints is not None:
             out["keypoints"] = [[round(float(v), 2) for v in point] for point in self.keypoints]
+        if self.track_id is not None:
+            out["track_id"] = self.track_id
         return out
 
 
@@ -108,6 +111,7 @@ def from_extension(value: Any, *, model: str, task: str, prompt: str, width: int
             bins = to_bins(box, width, height)
         objects.append(VisionObject(
             label=raw.get("label", ""), box=box, box_normalized=list(bins) if bins is not None else None,
-            score=raw.get("score"), mask=mask, keypoints=raw.get("keypoints")))
+            score=raw.get("score"), mask=mask, keypoints=raw.get("keypoints"),
+            track_id=int(raw["track_id"]) if raw.get("track_id") is not None else None))
     return VisionResult(text=str(value.get("text", "")), objects=objects, invalid=int(value.get("invalid", 0)),
                         classes=value.get("classes"), notes=list(value.get("notes", [])), **base)

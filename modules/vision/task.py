@@ -1,4 +1,4 @@
-"""The vision task: one image ("vision") and batches ("vision_batch") on the "vision" queue, the
+"""The vision task: one image ("vision"), batches ("vision_batch") and videos ("vision_video") on the "vision" queue, the
 built-in vision tasks in the studio's task registry, and the demo's mask decoder on first start."""
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def register(reg: "Registrar") -> None:
     validate = validator(services)
     reg.add_job_kind(JobKind("vision", run_vision, queue=QUEUE, validate=validate), services)
     reg.add_job_kind(JobKind("vision_batch", run_vision_batch, queue=QUEUE, validate=validate), services)
+    from modules.vision import video_job
+
+    reg.add_job_kind(JobKind("vision_video", video_job.run_video, queue=QUEUE, validate=video_job.validator(services),
+                             parse=video_job.parse_video), services)
     if reg.build_demo:
         reg.on_load(lambda: ensure_demo_decoder(reg.paths))
 

@@ -137,6 +137,11 @@ def _base(path: str) -> dict:
         return {"imageList": [{"data": _png_b64(), "name": "a.png"}], "upscaler_1": "Lanczos"}
     if path.endswith("/atelier/v1/vision/batch"):
         return {"task": "caption", "images": [_png_b64()], "max_new_tokens": 1}
+    if path.endswith("/atelier/v1/vision/video"):  # three 32x32 frames: a caption job of one frame, one token
+        from tests.video_support import b64_video, rectangle_video
+
+        return {"task": "caption", "video": b64_video(rectangle_video(3, size=(32, 32), step=0)), "frames": 1,
+                "max_new_tokens": 1}
     if path.endswith("/extensions/install"):  # well-formed, and refused (nothing there) if it ever got that far
         return {"source": "/nonexistent/atelier-test-extension"}
     return {}

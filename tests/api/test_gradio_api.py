@@ -10,7 +10,7 @@ from PIL import Image
 from tests.api.conftest import start_server
 
 PUBLIC = {"/txt2img", "/img2img", "/inpaint", "/png_info", "/interrupt", "/skip", "/chat", "/vision", "/vision_batch",
-          "/train_start", "/train_plan", "/interrogate"}
+          "/train_start", "/train_plan", "/interrogate", "/vision_video"}
 
 
 @pytest.fixture(scope="module")

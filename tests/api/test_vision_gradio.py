@@ -61,3 +61,18 @@ def test_a_bad_request_from_the_tab_is_an_error_naming_the_problem(client, image
         client.predict(handle_file(image_file), "detect", "atelier-demo-paligemma", "", "", "", "en", 0,
                        api_name="/vision")
     assert "object" in str(err.value)
+
+
+def test_the_video_section_captions_a_clip_through_the_public_vision_video(client, tmp_path):
+    """/vision_video as a script calls it: a clip captioned by the demo PaliGemma, the timeline back."""
+    from gradio_client import handle_file
+
+    from tests.video_support import rectangle_video
+
+    (tmp_path / "clip.mp4").write_bytes(rectangle_video(6, fps=6, size=(48, 32)))
+    out = client.predict(handle_file(str(tmp_path / "clip.mp4")), "", "caption",
+                         "atelier-demo-paligemma", "bytetrack", 0.1, 0.7, 640, 30, 0.8, 1, 0, 0, 900, 2, "", "en",
+                         api_name="/vision_video")
+    _progress, video, summary, _tracks, _counts, captions, _description = out
+    assert video is None and "2 frames in" in summary
+    assert [row[1] for row in captions["data"]] == [2, 5], "the first frames at 0.25 s and 0.75 s (6 fps)"

@@ -202,12 +202,12 @@ def test_the_environment_pins_ultralytics_with_pypis_torch_and_torchvision():
 
     manifest = read_manifest(YOLO_DIR)
     pins = read_lock(YOLO_DIR / manifest.environment)
-    for pin in ("ultralytics==8.4.190", "torch==2.14.1", "torchvision==0.29.1", "onnxruntime==1.31.1"):
+    for pin in ("ultralytics==8.4.190", "torch==2.14.1", "torchvision==0.29.1", "onnxruntime==1.31.1", "lap==0.5.13"):
         assert pin in pins
     from importlib.metadata import version
 
     assert f"pydantic=={version('pydantic')}" in pins, "the worker's entry imports modules.jobs, which needs it"
-    assert manifest.requirements == ("ultralytics==8.4.190",) and manifest.environment_check == "compat:problem"
+    assert manifest.requirements == ("ultralytics==8.4.190", "lap==0.5.13") and manifest.environment_check == "compat:problem"
 
 
 def test_installing_an_extensions_requirements_keeps_the_studios_torch(tmp_path):
@@ -226,7 +226,7 @@ def test_installing_an_extensions_requirements_keeps_the_studios_torch(tmp_path)
 def test_yolo_is_shipped_and_off_until_enabled(studio):
     info = studio.extensions.describe("yolo")
     assert info["source"] == "shipped" and info["status"] == "disabled" and info["enabled"] is False
-    assert info["requirements"] == ["ultralytics==8.4.190"]
+    assert info["requirements"] == ["ultralytics==8.4.190", "lap==0.5.13"]
     assert "yolo-detect" not in [t.name for t in studio.vision_tasks.list()]
     with pytest.raises(AtelierError):
         studio.extensions.remove("yolo")

@@ -1,6 +1,7 @@
 """REST for vision: POST /atelier/v1/vision (one image, one task, through the job queue), POST
 /atelier/v1/vision/batch (several images or a folder → a job id; the job's result holds every image's
-outcome and the JSONL file) and GET /atelier/v1/vision/tasks (every task, built-in and extensions', with
+outcome and the JSONL file), POST /atelier/v1/vision/video (a video, track or caption → a job id; its result:
+the output MP4, the JSONL, the summary) and GET /atelier/v1/vision/tasks (every task, built-in and extensions', with
 the models that run it)."""
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ def router(studio):
 
     from modules.vision.batch import folder_images
     from modules.vision.params import VisionBatchRequest, VisionRequest, parse_vision
+    from modules.vision.video_job import parse_video
+    from modules.vision.video_params import VideoRequest
 
     r = APIRouter(prefix="/atelier/v1/vision", tags=["vision"])
     waiter = Waiter()
@@ -53,6 +56,24 @@ def router(studio):
     def submit_batch(req) -> dict:
         job = studio.submit("vision_batch", req)  # the validator refuses a folder outside the data dir
         return {"id": job.id, "kind": job.kind, "images": len(req.images) or len(folder_images(services(), req.folder))}
+
+    @r.post("/video", openapi_extra=request_schema(VideoRequest))
+    async def video(request: Request) -> dict:
+        """A video (base64 or a path under the data dir), task track or caption → {"id", "kind", "task", "source"}
+        at once; GET /atelier/v1/jobs/{id} follows it: its result holds "output" (the MP4), "jsonl" and
+        "summary" (tracks, counts per class over time; or captions and the clip's description)."""
+        body = await read_json_object(request)
+        req = await run_in_threadpool(parse_video, body)
+        await ensure_ready(studio, waiter)
+        return await run_in_threadpool(submit_video, req)  # the validator decodes the video's first frame
+
+    def submit_video(req) -> dict:
+        from modules.vision.video_job import opened
+
+        job = studio.submit("vision_video", req)
+        _source, info, start, end = opened(services(), req)
+        return {"id": job.id, "kind": job.kind, "task": req.task, "source": info.to_json(), "start": start,
+                "end": round(end, 3)}
 
     @r.get("/tasks")
     async def tasks() -> dict:

@@ -17,7 +17,7 @@ from typing import Callable
 from modules.errors import AtelierError
 
 PUBLIC = ("txt2img", "img2img", "inpaint", "png_info", "interrupt", "skip", "chat", "vision", "vision_batch",
-          "train_start", "train_plan", "interrogate")
+          "train_start", "train_plan", "interrogate", "vision_video")
 GPU = "gpu"  # the generation events' concurrency group (generation.py)
 # Request fields a script may set, in A1111's order; a tab offers those it has components for.
 GENERATION_FIELDS = (

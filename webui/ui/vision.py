@@ -1,7 +1,8 @@
 """Vision tab: one image or a batch, a task (PaliGemma's caption / describe / OCR / answer / detect /
 segment / raw, Gemma 3 questions, extensions' tasks) and a model; the text, the overlay with a
 toggle per object, a table of objects, the JSON and the overlay to download, and a detected mask
-sent to Inpaint in one click. Everything goes through the "vision" and "vision_batch" jobs."""
+sent to Inpaint in one click; a Video section (vision_video.py). Everything goes through the "vision",
+"vision_batch" and "vision_video" jobs."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
 from webui.ui.gradio_api import endpoint
 from webui.ui.progress import follow, progress_html
+from webui.ui.vision_video import build_video
 
 OBJECT_COLUMNS = ["#", "Label", "Box (x1, y1, x2, y2)", "Score", "Mask"]
 LANGUAGES = ("en", "de", "fr", "es", "it", "pt", "nl", "pl", "ru", "ja", "ko", "zh", "ar", "hi", "tr", "sv")
@@ -91,6 +93,8 @@ def build(studio) -> dict:
                 c["download_png"] = gr.DownloadButton("Overlay PNG", elem_id="vision_download_png", visible=False)
                 c["download_json"] = gr.DownloadButton("JSON", elem_id="vision_download_json", visible=False)
             c["json"] = gr.Code(label="JSON", language="json", interactive=False, elem_id="vision_json")
+    video = build_video(studio, task_rows)  # the Video section (vision_video.py): track or caption a video
+    c.update({f"video_{name}": comp for name, comp in video.items() if not name.startswith("_")})
     c["result"] = gr.State(None)  # (image, VisionResult) of this browser's last run
 
     def tasks_update(task=None):
@@ -194,7 +198,9 @@ def build(studio) -> dict:
 
     c["batch_run"].click(endpoint(run_batch, "vision_batch"), [c["batch_files"], c["batch_folder"], *inputs],
                          [c["batch_progress"], c["batch_summary"]], concurrency_id="vision", api_name="vision_batch")
-    c["_on_show"] = (tasks_update, [c["task"]], [c["task"], c["model"], c["adapter"], c["task_note"]])
+    show_video, video_inputs, video_outputs = video["_on_show_video"]
+    c["_on_show"] = (lambda task, video_task: (*tasks_update(task), *show_video(video_task)),
+                     [c["task"], *video_inputs], [c["task"], c["model"], c["adapter"], c["task_note"], *video_outputs])
     return c
 
 
