@@ -145,7 +145,7 @@ def params_block(studio, tab: str, hires: bool) -> dict:
         c["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{tab}_tiling",
                                   info="seamless: the picture continues across its edges")
     if hires:
-        with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires"):
+        with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires") as c["hires_accordion"]:
             c["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}_enable_hr")
             with gr.Row():
                 # The upscaler models on disk join the list when the studio has read the folders.
@@ -249,15 +249,39 @@ def checkpoint_arch(studio, name: str | None) -> str | None:
 
 
 def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
-    """The fields only one architecture has follow the top bar's checkpoint (chosen, or switched by the API)."""
+    """The fields follow the top bar's checkpoint (chosen, or switched by the API), as Forge's UI presets do:
+    Flux and SD3 hide hires fix and tiling (not there for them yet) and take the Euler sampler; Flux shows
+    Distilled CFG Scale and starts at CFG 1 (true CFG off); back on a UNet checkpoint, CFG 1 goes back to 7."""
     import gradio as gr
 
-    sliders = [comps["distilled_cfg_scale"] for comps in tabs.values() if "distilled_cfg_scale" in comps]
-    if not sliders:
+    from modules.diffusion.flow import is_flow
+
+    panels = [comps for comps in tabs.values() if "distilled_cfg_scale" in comps]
+    if not panels:
         return
+    last_arch = gr.State(checkpoint_arch(studio, active_checkpoint(studio)))
+    inputs, outputs = [checkpoint, last_arch], [last_arch]
+    for comps in panels:
+        inputs += [comps["sampler_name"], comps["cfg_scale"]]
+        outputs += [comps["distilled_cfg_scale"], comps["tiling"], comps["sampler_name"], comps["cfg_scale"]]
+        outputs += [comps["hires_accordion"], comps["enable_hr"]] if "hires_accordion" in comps else []
 
-    def show(name):
-        visible = checkpoint_arch(studio, name) == "flux"
-        return [gr.Slider(visible=visible) for _ in sliders]
+    def follow(name, before, *values):
+        arch = checkpoint_arch(studio, name)
+        flow = arch is not None and is_flow(arch)
+        updates: list = [arch]
+        for comps, (sampler, cfg) in zip(panels, zip(values[0::2], values[1::2])):
+            if arch == "flux" and before != "flux":
+                cfg_update = gr.Slider(value=1)
+            elif not flow and before is not None and is_flow(before) and cfg == 1:
+                cfg_update = gr.Slider(value=7)
+            else:
+                cfg_update = gr.skip()
+            updates += [gr.Slider(visible=arch == "flux"),
+                        gr.Checkbox(visible=not flow, value=False) if flow else gr.Checkbox(visible=True),
+                        gr.Dropdown(value="Euler") if flow and sampler != "Euler" else gr.skip(), cfg_update]
+            if "hires_accordion" in comps:
+                updates += [gr.Accordion(visible=not flow), gr.Checkbox(value=False) if flow else gr.skip()]
+        return updates
 
-    checkpoint.change(show, [checkpoint], sliders, queue=False, show_progress="hidden", api_visibility="private")
+    checkpoint.change(follow, inputs, outputs, queue=False, show_progress="hidden", api_visibility="private")
