@@ -81,6 +81,16 @@ def test_emphasis_markup_is_taken_out_of_the_text_for_t5(studio):
     assert np.array_equal(plain, marked)
 
 
+def test_a_long_prompt_reaches_t5_whole(studio):
+    # 300 tokens for the demo T5 (one per character): CLIP's 75-token chunks would cut or split it; T5 reads it
+    # whole, as plain diffusers' pipeline does, and a change at its end still changes the picture.
+    long = "a red fox in a snowy forest at dawn, " * 8
+    ours, _ = _image(studio, FLUX, cfg_scale=1, prompt=long)
+    assert np.array_equal(ours, _plain(studio, FLUX, prompt=long, guidance_scale=3.5))
+    changed, _ = _image(studio, FLUX, cfg_scale=1, prompt=long + "blue")
+    assert not np.array_equal(ours, changed)
+
+
 def test_the_infotext_round_trips_distilled_guidance(studio):
     from modules.diffusion.infotext import parse, to_request_fields
 
