@@ -10,7 +10,8 @@ path, in one place. The rest of a generation (seeds, progress, interrupt, face r
 - img2img and inpaint through diffusers' Flux / SD3 img2img and inpaint pipelines (variation seeds blend into
   flow matching's `scale_noise`, variation.py).
 - LoRAs as for every checkpoint (models/lora.py: diffusers' Flux / SD3 loaders read PEFT, kohya, XLabs, …).
-- Not yet: hires fix, prompt editing, tiling; latent upscale, latent-noise / latent-nothing masked
+- Hires fix: the first pass's latents (Flux: unpacked) upscaled and denoised again by the img2img pipeline.
+- Not yet: prompt editing, tiling; latent upscale, latent-noise / latent-nothing masked
   content — each refused by its field.
 """
 from __future__ import annotations
@@ -47,8 +48,12 @@ def check(run) -> None:
         if getattr(req, name) % SIDE_MULTIPLE:
             raise InvalidRequest(f"{label} needs a multiple of {SIDE_MULTIPLE} (its latents are packed in 2x2 "
                                  "patches)", name)
-    if req.enable_hr:
-        raise InvalidRequest(f"hires fix with {label} checkpoints is not available yet; turn it off", "enable_hr")
+    if req.enable_hr and not isinstance(req, Img2ImgRequest):
+        for name, side in zip(("hr_resize_x", "hr_resize_y"), req.hires_size()):
+            if side % SIDE_MULTIPLE:
+                field = name if req.hr_resize_x or req.hr_resize_y else "hr_scale"
+                raise InvalidRequest(f"{label}'s hires size must be a multiple of {SIDE_MULTIPLE} ({side} is not); "
+                                     "change the upscale factor or the resize", field)
     if req.tiling:
         raise InvalidRequest(f"tiling with {label} checkpoints is not available yet; turn it off", "tiling")
     texts = (run.texts.prompt, run.texts.negative_prompt)
@@ -108,12 +113,20 @@ def guidance(run) -> dict:
     return {"guidance_scale": req.cfg_scale}
 
 
-def img2img_kwargs(run) -> dict:
+def img2img_kwargs(run, size: tuple[int, int] | None = None) -> dict:
     """Guidance, and for Flux / SD3 the work size (their img2img pipelines would otherwise resize the picture
     to their default 1024²; the UNet img2img pipelines take the picture's size and have no such argument)."""
     if not is_flow(run.arch):
         return guidance(run)
-    return {**guidance(run), "width": run.req.width, "height": run.req.height}
+    width, height = size or (run.req.width, run.req.height)
+    return {**guidance(run), "width": width, "height": height}
+
+
+def unpacked(pipe, arch: str, latents, width: int, height: int):
+    """A pipeline's output_type="latent" result as (batch, 16, h, w): Flux returns its 2x2-packed sequence."""
+    if arch != "flux":
+        return latents
+    return pipe._unpack_latents(latents, height, width, pipe.vae_scale_factor)
 
 
 def initial_latents(pipe, arch: str, noise):

@@ -7,7 +7,7 @@ as ESRGAN from the model manager, run tile-wise) decode, resize, and re-encode.
 """
 from __future__ import annotations
 
-from modules.diffusion import conditioning, sampling, seeds
+from modules.diffusion import conditioning, flow, sampling, seeds
 from modules.diffusion.sampling import Run
 from modules.errors import InvalidRequest
 from modules.models import upscalers
@@ -119,7 +119,7 @@ def second_pass(run: Run, latents, iteration: int) -> list:
         run, run.ckpt.pipeline("img2img"), part=iteration * run.passes + 1,
         steps_hint=steps_run(n, strength, run.fix_steps), sampler=sampler(run.samplers, req), conditioning=cond,
         image=image, strength=strength, num_inference_steps=img2img_steps(n, strength, run.fix_steps),
-        guidance_scale=req.cfg_scale, generator=gens, output_type="pil",
+        generator=gens, output_type="pil", **flow.img2img_kwargs(run, (width, height)),
     )
     return out.images
 

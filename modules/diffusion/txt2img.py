@@ -13,18 +13,22 @@ def batch(run: Run, iteration: int) -> list:
     channels = pipe.vae.config.latent_channels
     factor = getattr(pipe, "vae_scale_factor", 8)
     shape = (channels, req.height // factor, req.width // factor)
+    output_type = "latent" if req.enable_hr else "pil"
     if flow.is_flow(run.arch):
         noise, gens = seeds.make_noise(run.plan, indices, shape, pipe.transformer.dtype)
-        return sampling.call(
+        out = sampling.call(
             run, pipe, part=iteration * run.passes, steps_hint=req.steps,
             latents=flow.initial_latents(pipe, run.arch, noise), generator=gens, num_inference_steps=req.steps,
-            width=req.width, height=req.height, **flow.guidance(run)).images
-    noise, gens = seeds.make_noise(run.plan, indices, shape, run.conditioning.initial["prompt_embeds"].dtype)
-    out = sampling.call(
-        run, pipe, part=iteration * run.passes, steps_hint=req.steps,
-        latents=noise, generator=gens, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
-        width=req.width, height=req.height, output_type="latent" if req.enable_hr else "pil",
-    )
+            width=req.width, height=req.height, output_type=output_type, **flow.guidance(run))
+        if req.enable_hr:
+            out.images = flow.unpacked(pipe, run.arch, out.images, req.width, req.height)
+    else:
+        noise, gens = seeds.make_noise(run.plan, indices, shape, run.conditioning.initial["prompt_embeds"].dtype)
+        out = sampling.call(
+            run, pipe, part=iteration * run.passes, steps_hint=req.steps,
+            latents=noise, generator=gens, num_inference_steps=req.steps, guidance_scale=req.cfg_scale,
+            width=req.width, height=req.height, output_type=output_type,
+        )
     if not req.enable_hr:
         return out.images
     if run.ctx.should_stop_item:  # interrupted or skipped in the first pass: keep it as it is

@@ -1,6 +1,6 @@
 """A Flux checkpoint in a real browser: choosing it in the top bar applies Forge's Flux preset — the Distilled
-CFG Scale slider (hidden for the SD demo), Euler, CFG 1, no hires fix — and a txt2img made with it says the
-distilled value in its infotext; back on the SD demo, hires fix and CFG 7 return."""
+CFG Scale slider (hidden for the SD demo), Euler, CFG 1, no tiling — and a txt2img made with it says the
+distilled value in its infotext; back on the SD demo, tiling and CFG 7 return."""
 from __future__ import annotations
 
 import pytest
@@ -27,14 +27,12 @@ def test_choosing_flux_shows_distilled_guidance_and_it_reaches_the_image(browser
     with page_of(browser, flow_server) as page:
         slider = page.locator("#txt2img_distilled_cfg_scale")
         assert slider.count() == 0 or not slider.is_visible()  # the SD demo is loaded: no distilled guidance
-        hires = page.locator("#txt2img_hires")
-        assert hires.is_visible()
         choose(page, "setting_sd_model_checkpoint", FLUX)
         slider.wait_for(state="visible", timeout=120_000)
-        # Forge's Flux preset: the Euler sampler, CFG 1; no hires fix or tiling (not there for Flux yet).
+        # Forge's Flux preset: the Euler sampler, CFG 1; no tiling (not there for Flux yet).
         page.wait_for_function("() => document.querySelector('#txt2img_sampling input').value === 'Euler'")
         assert page.locator("#txt2img_cfg_scale input[type=number]").input_value() == "1"
-        assert not hires.is_visible() and not page.locator("#txt2img_tiling").is_visible()
+        assert not page.locator("#txt2img_tiling").is_visible()
         page.fill("#txt2img_prompt textarea", "a red fox")
         small_run(page, "txt2img", steps=3, size=64)
         set_number(page, "txt2img_distilled_cfg_scale", 5)
@@ -43,5 +41,5 @@ def test_choosing_flux_shows_distilled_guidance_and_it_reaches_the_image(browser
                                ".includes('Distilled CFG Scale: 5')", timeout=180_000)
         choose(page, "setting_sd_model_checkpoint", DEMO_NAME)
         slider.wait_for(state="hidden", timeout=120_000)
-        hires.wait_for(state="visible")
+        page.locator("#txt2img_tiling").wait_for(state="visible")
         assert page.locator("#txt2img_cfg_scale input[type=number]").input_value() == "7"

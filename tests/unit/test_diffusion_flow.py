@@ -75,6 +75,29 @@ def test_sd3_txt2img_equals_plain_diffusers(studio):
     assert "Distilled CFG Scale" not in info
 
 
+@pytest.mark.parametrize("checkpoint,guidance", [(FLUX, {"guidance_scale": 3.5}), (SD3, {"guidance_scale": 1})])
+def test_hires_fix_equals_plain_diffusers_first_pass_latents_upscaled_and_denoised(studio, checkpoint, guidance):
+    import diffusers
+    import torch
+    import torch.nn.functional as F
+
+    ours, info = _image(studio, checkpoint, cfg_scale=1, enable_hr=True, hr_scale=1.5, hr_upscaler="Latent",
+                        denoising_strength=0.6, hr_second_pass_steps=3)
+    assert ours.shape == (96, 96, 3) and "Hires upscale: 1.5" in info
+    folder = studio.registry.get("checkpoint", checkpoint).path
+    pipe = diffusers.DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    latents = pipe("a red fox", num_inference_steps=3, height=64, width=64, generator=torch.Generator().manual_seed(5),
+                   output_type="latent", **guidance).images
+    if checkpoint == FLUX:
+        latents = pipe._unpack_latents(latents, 64, 64, pipe.vae_scale_factor)
+    image = F.interpolate(latents, size=(12, 12), mode="bilinear", antialias=False)  # A1111's "Latent"
+    second = diffusers.AutoPipelineForImage2Image.from_pipe(pipe)
+    plain = second("a red fox", image=image, strength=0.6, num_inference_steps=3, height=96, width=96,
+                   generator=torch.Generator().manual_seed(5), **guidance).images[0]
+    assert np.array_equal(ours, np.asarray(plain.convert("RGB")))
+
+
 def test_emphasis_markup_is_taken_out_of_the_text_for_t5(studio):
     plain, _ = _image(studio, SD3, cfg_scale=1)
     marked, _ = _image(studio, SD3, cfg_scale=1, prompt="(a red:1.3) [fox]")
@@ -101,7 +124,7 @@ def test_the_infotext_round_trips_distilled_guidance(studio):
 @pytest.mark.parametrize("fields,field", [
     ({"sampler_name": "Euler a"}, "sampler_name"),
     ({"scheduler": "SGM Uniform"}, "scheduler"),
-    ({"enable_hr": True}, "enable_hr"),
+    ({"enable_hr": True, "hr_scale": 1.4}, "hr_scale"),  # 88 px: 8 off the 16 grid
     ({"width": 72}, "width"),
     ({"tiling": True}, "tiling"),
     ({"prompt": "a [fox:cat:2]"}, "prompt"),

@@ -145,7 +145,7 @@ def params_block(studio, tab: str, hires: bool) -> dict:
         c["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=f"{tab}_tiling",
                                   info="seamless: the picture continues across its edges")
     if hires:
-        with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires") as c["hires_accordion"]:
+        with gr.Accordion("Hires. fix", open=False, elem_id=f"{tab}_hires"):
             c["enable_hr"] = gr.Checkbox(False, label="Enable hires. fix", elem_id=f"{tab}_enable_hr")
             with gr.Row():
                 # The upscaler models on disk join the list when the studio has read the folders.
@@ -250,7 +250,7 @@ def checkpoint_arch(studio, name: str | None) -> str | None:
 
 def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
     """The fields follow the top bar's checkpoint (chosen, or switched by the API), as Forge's UI presets do:
-    Flux and SD3 hide hires fix and tiling (not there for them yet) and take the Euler sampler; Flux shows
+    Flux and SD3 hide tiling (not there for them yet) and take the Euler sampler; Flux shows
     Distilled CFG Scale and starts at CFG 1 (true CFG off); back on a UNet checkpoint, CFG 1 goes back to 7."""
     import gradio as gr
 
@@ -264,7 +264,6 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
     for comps in panels:
         inputs += [comps["sampler_name"], comps["cfg_scale"]]
         outputs += [comps["distilled_cfg_scale"], comps["tiling"], comps["sampler_name"], comps["cfg_scale"]]
-        outputs += [comps["hires_accordion"], comps["enable_hr"]] if "hires_accordion" in comps else []
 
     def follow(name, before, *values):
         arch = checkpoint_arch(studio, name)
@@ -280,8 +279,6 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
             updates += [gr.Slider(visible=arch == "flux"),
                         gr.Checkbox(visible=not flow, value=False) if flow else gr.Checkbox(visible=True),
                         gr.Dropdown(value="Euler") if flow and sampler != "Euler" else gr.skip(), cfg_update]
-            if "hires_accordion" in comps:
-                updates += [gr.Accordion(visible=not flow), gr.Checkbox(value=False) if flow else gr.skip()]
         return updates
 
     checkpoint.change(follow, inputs, outputs, queue=False, show_progress="hidden", api_visibility="private")
