@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .adapter import TASK_NAMES, YoloAdapter
 from .convert import to_vision
+from .train_kind import register_training
 from .trust import PICKLE_SUFFIXES, TrustStore, sha256_of
 
 
@@ -42,6 +43,7 @@ def setup(api):
     worker_env = {"YOLO_OFFLINE": "1", "YOLO_CONFIG_DIR": str(api.data_dir / "ultralytics")}
     trust = TrustStore(api.data_dir / "trusted.json")
     folder = api.add_model_kind("yolo", "yolo", adapter=YoloAdapter(api, trust, worker_env))
+    register_training(api, trust, folder, worker_env)  # the Train tab's "yolo" kind (train_kind.py, train_main.py)
 
     def predict_options(options: dict) -> dict:
         for key in ("objects", "prompt", "question", "max_new_tokens"):  # accepted must mean used
