@@ -118,3 +118,18 @@ def test_yolo_trains_an_epoch_through_the_train_tabs_api_and_detects_at_once(ser
     taken = assert_json_error(post(server, "/atelier/v1/train", yolo_request("rects")))
     assert taken["field"] == "output_name", "an existing result is not replaced without overwrite"
     assert server_errors(server) == []
+
+
+@pytest.mark.timeout(BUILD_S + 600)
+def test_stop_ends_a_yolo_training_between_batches_and_keeps_its_last_weights(server):
+    started = post(server, "/atelier/v1/train", yolo_request("stopped", epochs=50, batch_size=1))
+    assert started.status_code == 200, started.text[:500]
+    url = f"{server.url}/atelier/v1/jobs/{started.json()['id']}"
+    wait_until(lambda: httpx.get(url, timeout=30).json()["metrics"].get("mAP50"), 600, "the first epoch", interval=0.2)
+    assert httpx.post(url + "/interrupt", timeout=30).status_code == 200
+    job = wait_until(lambda: (j := httpx.get(url, timeout=30).json())["state"] not in ("queued", "running") and j,
+                     300, "the stopped training to end", interval=0.2)
+    assert job["state"] == "interrupted" and job["result"]["outcome"] == "interrupted", job.get("error")
+    assert job["result"]["steps"] < job["result"]["total_steps"] == 200, "it stopped long before the 50 epochs"
+    assert Path(job["result"]["checkpoint"]).is_file(), "the last weights are kept in the run folder"
+    assert (server.data_dir / "models" / "yolo" / "stopped.pt").is_file()
