@@ -33,10 +33,12 @@ def series_frame(points: list, series: str = "") -> "object":
 
 
 def plot_frame(metrics: dict, names: tuple[str, ...]) -> "object":
-    """One plot's series side by side (a line per metric, told apart by "series")."""
+    """One plot's series side by side (a line per metric, told apart by "series"); None while it has no point
+    (an empty frame would fix the plot's colour domain to no series, and no line would ever be drawn)."""
     import pandas as pd
 
-    return pd.concat([series_frame(metrics.get(name) or [], name) for name in names], ignore_index=True)
+    frames = [series_frame(metrics[name], name) for name in names if metrics.get(name)]
+    return pd.concat(frames, ignore_index=True) if frames else None
 
 
 def metrics_line(metrics: dict, names: tuple[str, ...] = ("loss", "lr")) -> str:
