@@ -156,3 +156,32 @@ def test_the_train_tab_has_its_form_and_its_live_plots(studio):
     sent = [p[2] for p in panels if not isinstance(p[2], type(gr.skip()))]
     assert list(sent[-1]["series"]) == ["score", "score"] and list(sent[-1]["value"]) == [10.0, 20.0]
     assert "score 20 (step 2)" in metrics and "half 1 (step 2)" in metrics
+
+
+def test_the_yolo_kinds_form_round_trips_and_its_fields_that_would_not_act_are_refused():
+    from types import SimpleNamespace
+
+    from modules.training.kinds import TrainingKindRegistry, TrainingKindSpec
+    from modules.training.params import BaseTrainingRequest, parse
+    from tests.unit.test_yolo_extension import part
+    from webui.ui.train_form import form_fields, to_form, to_request
+
+    train_kind = part("train_kind")
+    model = train_kind.request_model(SimpleNamespace(TrainingRequest=BaseTrainingRequest, InvalidRequest=InvalidRequest))
+    kinds = TrainingKindRegistry()
+    kinds.add(TrainingKindSpec("yolo", model, lambda *a: None, "train_main.py:train", owner="yolo"))
+    specs = form_fields("yolo", model, train_kind.LAYOUT)
+    by_name = {s.name: s for s in specs}
+    assert by_name["imgsz"].group == "Basics" and by_name["optimizer"].widget == "choice"
+    assert by_name["lr0"].zero_is_none and by_name["base_model"].default == "yolov8n.yaml"
+    values = [{"output_name": "rects", "dataset": "datasets/rects"}.get(s.name, s.default) for s in specs]
+    req = parse(to_request("yolo", specs, values), kinds)
+    assert isinstance(req, model) and (req.imgsz, req.lr0, req.base_model) == (640, None, "yolov8n.yaml")
+    back, unknown = to_form(specs, req.model_dump(mode="json"))
+    assert not unknown and parse(to_request("yolo", specs, back), kinds) == req
+    for fields, field in (({"lr0": 0.02}, "lr0"), ({"resume": True}, "resume"), ({"imgsz": 50}, "imgsz"),
+                          ({"max_steps": 3}, "max_steps")):  # a built-in kinds' field: refused, not ignored
+        with pytest.raises(InvalidRequest) as refused:
+            parse({"kind": "yolo", "output_name": "r", "dataset": "d", **fields}, kinds)
+        assert refused.value.field == field
+    assert parse({"kind": "yolo", "output_name": "r", "dataset": "d", "optimizer": "SGD", "lr0": 0.02}, kinds).lr0 == 0.02
