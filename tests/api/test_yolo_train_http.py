@@ -4,7 +4,8 @@ the YOLO extension enabled over HTTP: a script starts it through the Train tab's
 coloured rectangles, their YOLO label files, a data.yaml), in a child process with the extension's own
 interpreter; the per-epoch metrics arrive in the job's series (the Train tab's plots read them), the best
 weights land in models/yolo trusted, and a Vision detect job runs them at once. Bad dataset input is a 4xx
-naming the field, over REST and through /train_start."""
+naming the field, over REST and through /train_start. Nothing in ultralytics' processes reaches for the network
+(no Arial.ttf, no yolov8n.pt): a sitecustomize on their path records every lookup and connection."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +21,23 @@ from tests.unit.test_yolo_extension import BUILD_S, ENVS
 
 TIMEOUT = 300
 METRICS = {"box_loss", "cls_loss", "dfl_loss", "precision", "recall", "mAP50", "mAP50-95"}
+# Loaded by every Python the server starts (PYTHONPATH); records only in the extension's own environment's.
+NET_WATCH = """
+import os, socket, sys
+if "extension-envs" in sys.prefix:
+    def _record(what):
+        with open(os.environ["ATELIER_TEST_NET_LOG"], "a") as f:
+            f.write(f"{os.getpid()} {what}\\n")
+    _connect, _lookup = socket.socket.connect, socket.getaddrinfo
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6):
+            _record(f"connect {address}")
+        return _connect(self, address)
+    def getaddrinfo(host, *args, **kwargs):
+        _record(f"getaddrinfo {host}")
+        return _lookup(host, *args, **kwargs)
+    socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+"""
 
 
 def rectangles(root: Path, count: int = 4) -> None:
@@ -46,9 +64,17 @@ def yolo_request(name: str, **overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_checkpoint):
+def net_log(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("net-watch") / "attempts.log"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_checkpoint, net_log):
+    watch = tmp_path_factory.mktemp("net-watch-site")
+    (watch / "sitecustomize.py").write_text(NET_WATCH)
     s = start_live_server(make_data_dir(tmp_path_factory.mktemp("yolo-train"), demo_checkpoint),
-                          "--extension-envs", str(ENVS))
+                          "--extension-envs", str(ENVS),
+                          env={"PYTHONPATH": str(watch), "ATELIER_TEST_NET_LOG": str(net_log)})
     r = httpx.post(s.url + "/atelier/extensions/yolo/enable", json={"confirm_requirements": True}, timeout=BUILD_S)
     assert r.status_code == 200 and r.json()["status"] == "enabled", r.text[:800]
     rectangles(s.data_dir / "datasets" / "rects")
@@ -86,7 +112,7 @@ def test_bad_yolo_dataset_input_is_a_4xx_naming_the_field(server):
 
 
 @pytest.mark.timeout(BUILD_S + 900)
-def test_yolo_trains_an_epoch_through_the_train_tabs_api_and_detects_at_once(server):
+def test_yolo_trains_an_epoch_through_the_train_tabs_api_and_detects_at_once(server, net_log):
     plan = post(server, "/atelier/v1/train/plan", yolo_request("rects"))
     assert plan.status_code == 200 and plan.json()["steps"]["total_steps"] == 2, plan.text[:500]  # 4 images / batch 2
     started = Client(server.url, verbose=False).predict(request=yolo_request("rects"), api_name="/train_start")
@@ -118,6 +144,7 @@ def test_yolo_trains_an_epoch_through_the_train_tabs_api_and_detects_at_once(ser
     taken = assert_json_error(post(server, "/atelier/v1/train", yolo_request("rects")))
     assert taken["field"] == "output_name", "an existing result is not replaced without overwrite"
     assert server_errors(server) == []
+    assert not net_log.exists(), "ultralytics reached for the network: " + net_log.read_text()[:500]
 
 
 @pytest.mark.timeout(BUILD_S + 600)
