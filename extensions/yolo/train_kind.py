@@ -20,6 +20,7 @@ from .worker import task_from_name
 
 # ultralytics' architecture configs (cfg/models), a scale letter picking the size: random weights, no download.
 ARCH_NAME = re.compile(r"^yolo(v[3-9]|v1[0-2]|1[1-2])[nslmx]?\.yaml$")
+ARCHITECTURES = tuple(f"{family}{scale}.yaml" for family in ("yolov8", "yolo11") for scale in "nsmlx")  # the picker's
 IMAGE_SUFFIXES = (".bmp", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")  # ultralytics' IMG_FORMATS, the common ones
 PLOTS = (("losses", ("box_loss", "cls_loss", "dfl_loss")), ("validation", ("precision", "recall", "mAP50", "mAP50-95")))
 LAYOUT = {"Basics": ("imgsz",), "Optimizer": ("optimizer", "lr0"), "Options": ("workers",)}
@@ -36,6 +37,7 @@ def request_model(types) -> type:
         kind: Literal["yolo"] = "yolo"
         OUTPUT_KIND: ClassVar[str] = "yolo"
         BASE_MODEL_KIND: ClassVar[str] = "yolo"
+        BASE_MODEL_CHOICES: ClassVar[tuple[str, ...]] = ARCHITECTURES
         base_model: str = Field("yolov8n.yaml", min_length=1, max_length=400,
                                 description="a trusted .pt of models/yolo to fine-tune, or an architecture such as "
                                             "yolov8n.yaml / yolo11s.yaml (random weights)")

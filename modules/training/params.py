@@ -63,6 +63,8 @@ class BaseTrainingRequest(BaseModel):
     # (models/<its folder>), and the files that can be a dataset besides a folder of images.
     BASE_MODEL_KIND: ClassVar[str] = "checkpoint"
     DATASET_FILES: ClassVar[tuple[str, ...]] = ()
+    # Base-model names the picker offers beside the files of BASE_MODEL_KIND (YOLO's architecture .yaml names).
+    BASE_MODEL_CHOICES: ClassVar[tuple[str, ...]] = ()
 
 
 class TrainingRequest(BaseTrainingRequest):

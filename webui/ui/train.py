@@ -167,6 +167,7 @@ def build(studio) -> dict:
 
         model = forms.models[kind]
         names = [e.name for e in studio.registry.list(model.BASE_MODEL_KIND)] if studio.ready.is_set() else []
+        names += [n for n in model.BASE_MODEL_CHOICES if n not in names]
         root = datasets_root(studio.paths.root)
         found = sorted(p for p in root.iterdir() if not p.name.startswith(".") and (
             p.is_dir() or p.suffix.lower() in model.DATASET_FILES)) if root.is_dir() else []
