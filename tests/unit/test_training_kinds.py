@@ -185,3 +185,26 @@ def test_the_yolo_kinds_form_round_trips_and_its_fields_that_would_not_act_are_r
             parse({"kind": "yolo", "output_name": "r", "dataset": "d", **fields}, kinds)
         assert refused.value.field == field
     assert parse({"kind": "yolo", "output_name": "r", "dataset": "d", "optimizer": "SGD", "lr0": 0.02}, kinds).lr0 == 0.02
+
+
+@pytest.mark.timeout(1800)
+def test_yolo_enabled_at_start_has_its_form_in_the_train_tab_with_the_architectures(tmp_path):
+    from tests.unit.test_yolo_extension import ENVS, enable_yolo, studio_with_envs
+    from webui.ui import build_ui
+
+    first = studio_with_envs(tmp_path / "data", ENVS)
+    enable_yolo(first)  # remembered in the settings: the next start loads it before the UI is built
+    first.shutdown()
+    studio = studio_with_envs(tmp_path / "data", ENVS)
+    try:
+        tab = build_ui(studio).atelier_components["tab_train"]
+        forms = tab["_forms"]
+        assert "yolo" in forms.models and {"imgsz", "optimizer", "lr0", "workers"} <= {s.name for s in forms.specs["yolo"]}
+        flat = [s.default for k in forms.models for s in forms.specs[k]]
+        names = [(k, s.name) for k in forms.models for s in forms.specs[k]]
+        shown = tab["_handlers"]["show"]("yolo", "", *flat)
+        base = shown[names.index(("yolo", "base_model"))]
+        choices = [c[1] if isinstance(c, (tuple, list)) else c for c in base.choices]
+        assert "yolov8n.yaml" in choices and "yolo11s.yaml" in choices, choices
+    finally:
+        studio.shutdown()
