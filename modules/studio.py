@@ -23,6 +23,7 @@ from modules.models.registry import ModelRegistry
 from modules.outputs import OutputWriter
 from modules.paths import DataPaths
 from modules.settings import SettingsStore
+from modules.training.kinds import TrainingKindRegistry
 from modules.tasks import Registrar, register_builtin_tasks
 
 log = logging.getLogger("atelier")
@@ -73,6 +74,7 @@ class Studio:
         self.hooks = HookRegistry()
         self.tabs = TabRegistry()
         self.vision_tasks = VisionTaskRegistry()  # built-in and extension vision tasks (the vision tab reads it)
+        self.training_kinds = TrainingKindRegistry()  # built-in and extension training kinds (the Train tab reads it)
         self.jobs = JobEngine(store=JobStore(self.paths.jobs))
         self.models = ModelManager(self.registry, self.settings)  # cheap; the device is attached in load()
         self.device = None  # the first (or only) compute device, once load() has chosen it
@@ -82,6 +84,7 @@ class Studio:
         self._registrar = Registrar(jobs=self.jobs, models=self.models, registry=self.registry,
                                     settings=self.settings, outputs=self.outputs, hooks=self.hooks,
                                     samplers=self.samplers, vision_tasks=self.vision_tasks, styles=self.styles,
+                                    training_kinds=self.training_kinds,
                                     exposed=options.exposed,
                                     build_demo=options.build_demo)
         register_builtin_tasks(self._registrar)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from modules.outputs import OutputWriter
     from modules.paths import DataPaths
     from modules.settings import SettingsStore
+    from modules.training.kinds import TrainingKindRegistry
 
 BUILTIN_TASKS = (
     "modules.models.task",  # model loading and downloads; the demo models on first start
@@ -49,6 +50,7 @@ class Registrar:
     samplers: "SamplerRegistry"
     vision_tasks: "VisionTaskRegistry"  # built-in and extension vision tasks, one listing
     styles: "StyleStore"
+    training_kinds: "TrainingKindRegistry"  # built-in and extension training kinds, one listing
     exposed: bool = False  # reachable by others (--listen / --share)
     build_demo: bool = True  # build demo models where a kind's folder is empty
     startup: list[Callable[[], None]] = field(default_factory=list)

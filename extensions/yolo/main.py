@@ -14,6 +14,7 @@ from .adapter import TASK_NAMES, YoloAdapter
 from .convert import to_vision
 from .export import register as register_export
 from .track import add_tracking
+from .train_kind import register_training
 from .trust import PICKLE_SUFFIXES, TrustStore, sha256_of
 
 
@@ -46,6 +47,7 @@ def setup(api):
     trust = TrustStore(api.data_dir / "trusted.json")
     folder = api.add_model_kind("yolo", "yolo", adapter=YoloAdapter(api, trust, worker_env))
     register_export(api, folder, trust, worker_env)  # export to ONNX / OpenVINO: job, REST, tab (export.py)
+    register_training(api, trust, folder, worker_env)  # the Train tab's "yolo" kind (train_kind.py, train_main.py)
 
     def parse_options(cls: type[BaseModel], options: dict) -> BaseModel:
         """A task's "options" → its typed options (the engine's keys left out); refusals name options.<field>."""

@@ -35,14 +35,18 @@ def _types() -> SimpleNamespace:
     from modules.chat.params import ChatMessage, ChatRequest, ChatResult, ChatStreamPiece, CompletionRequest
     from modules.diffusion.params import GeneratedImage, GenerationResult, Img2ImgRequest, Txt2ImgRequest
     from modules.models.adapters import Loaded
+    from modules.training.kinds import TrainingInputs
+    from modules.training.params import BaseTrainingRequest
 
     # InvalidRequest(message, field): raised from a route or job it becomes a 422 naming the field.
     # Loaded: what a model kind's adapter returns from load() (see add_model_kind).
+    # TrainingRequest / TrainingInputs: a training kind's request base and what its check returns (add_training_kind).
     return SimpleNamespace(Txt2ImgRequest=Txt2ImgRequest, Img2ImgRequest=Img2ImgRequest,
                            GenerationResult=GenerationResult, GeneratedImage=GeneratedImage,
                            ChatRequest=ChatRequest, ChatMessage=ChatMessage, ChatResult=ChatResult,
                            ChatStreamPiece=ChatStreamPiece, CompletionRequest=CompletionRequest,
-                           InvalidRequest=InvalidRequest, Loaded=Loaded)
+                           InvalidRequest=InvalidRequest, Loaded=Loaded, TrainingRequest=BaseTrainingRequest,
+                           TrainingInputs=TrainingInputs)
 
 
 class ExtensionJobContext:
@@ -114,6 +118,7 @@ class ExtensionAPIv1:
         self._samplers: list[str] = []
         self._model_kinds: list[str] = []
         self._job_kinds: list[str] = []
+        self._training_jobs: list[str] = []  # the job kinds of its training kinds (removed on disable)
         self._settings_model: type | None = None
         self._settings_title = ""
         self._lock = threading.Lock()
@@ -345,6 +350,66 @@ class ExtensionAPIv1:
                                         owner=self.name)
         self._job_kinds.append(kind)
 
+    def add_training_kind(self, kind: str, request: type, check: Callable, child: str,
+                          plots: tuple = (("loss", ("loss",)), ("metrics", ())), layout: dict | None = None,
+                          finish: Callable[[dict], None] | None = None, env: dict | None = None,
+                          stop_grace_s: float = 60.0) -> None:
+        """A training kind: a form in the Train tab (of the extensions loaded at start; one enabled later
+        trains over REST at once, its form after a restart), POST /atelier/v1/train {"kind": kind, …} and the
+        /train_start endpoint, run as a training job (the "training" queue, exclusive, persisted).
+
+        `request`: a pydantic model built on api.types.TrainingRequest (output_name, dataset, base_model, epochs,
+        batch_size, seed, overwrite, resume) with `kind: Literal[kind] = kind` and its own fields; the form is
+        built from them (Literal → dropdown, bool → checkbox, …), `layout` {group: (field names)} places them
+        ("Basics", "Dataset", "Network", "Optimizer", "Samples", "Options", "Advanced"). Its class vars
+        BASE_MODEL_KIND and DATASET_FILES fill the pickers, OUTPUT_KIND is the model kind refreshed at the end.
+        `check(request, data_root: Path) -> api.types.TrainingInputs` runs at submit and again when the job
+        starts; raise api.types.InvalidRequest naming the field (a 422). The studio adds the output-name check,
+        the run folder (training/<output_name>/) and the step math.
+        `child`: "file.py:function" of this extension, run in a child process with `api.python` (its own
+        environment's interpreter): function(ctx, job) → a JSON dict, where ctx has progress(step, total, text),
+        metric(name, value, step), log(line) and `interrupted` (Stop: save and return soon, within
+        stop_grace_s), and job is {"request", "dataset_dir", "run_dir", "output", "extra", "base", "device"}.
+        Its result's "output" (a path) is the model made; "checkpoint" what a Stop kept. A crash there fails the job,
+        never the studio. `plots`: the live panel's two (title, metric names) pairs. `finish(result)` runs in
+        the server after the child returned, before the output kind is refreshed. `env`: the child's extra
+        environment."""
+        from modules.paths import resolve_inside
+        from modules.training.kinds import TrainingInputs, TrainingKindSpec
+        from modules.training.params import KINDS, BaseTrainingRequest, checked_from, job_kind
+        from modules.training.task import add_kind, services_of
+
+        if not _KIND_RE.match(kind) or kind in KINDS:
+            raise ValueError(f"training kind {kind!r}: use lower-case letters, digits, '-', '_', '.' (not a built-in)")
+        if not (isinstance(request, type) and issubclass(request, BaseTrainingRequest)
+                and "kind" in request.model_fields and request.model_fields["kind"].default == kind):
+            raise TypeError(f"add_training_kind takes a model built on api.types.TrainingRequest with "
+                            f"kind: Literal[{kind!r}] = {kind!r}")
+        if len(plots) != 2 or not all(isinstance(t, str) and isinstance(n, tuple) for t, n in plots):
+            raise ValueError("plots: two (title, (metric names…)) pairs")
+        file, sep, function = child.rpartition(":")
+        if not sep or not file.endswith(".py") or not function.isidentifier():
+            raise ValueError(f"child {child!r} must be 'file.py:function' inside the extension's folder")
+        path = resolve_inside(self.folder, file, field_name="child")
+        guarded_check = _GuardedRun(self, f"training kind {kind} (check)", check)
+
+        def checked(req, services, outputs: bool):
+            inputs = guarded_check(req, services.paths.root)
+            if not isinstance(inputs, TrainingInputs):
+                raise TypeError(f"the check of training kind {kind!r} returned {type(inputs).__name__}, "
+                                "not api.types.TrainingInputs")
+            return checked_from(req, inputs, services, outputs)
+
+        name = job_kind(kind)
+        self._studio.extensions.claim_job_kind(name, self.name)
+        spec = TrainingKindSpec(kind, request, checked, f"{path}:{function}", python=self.python,
+                                plots=tuple((t, tuple(n)) for t, n in plots), layout=dict(layout or {}),
+                                env=dict(env or {}),
+                                finish=_GuardedRun(self, f"training kind {kind} (finish)", finish) if finish else None,
+                                stop_grace_s=float(stop_grace_s), owner=self.name)
+        add_kind(self._studio.jobs, services_of(self._studio.jobs), spec)
+        self._training_jobs.append(name)
+
     def submit_job(self, kind: str, request: Any) -> JobHandle:
         return JobHandle(self._studio.jobs.submit(kind, request))
 
@@ -370,13 +435,16 @@ class ExtensionAPIv1:
         s.hooks.remove_owner(self.name)
         s.extensions.routes.remove_owner(self.name)
         s.vision_tasks.remove_owner(self.name)
+        s.training_kinds.remove_owner(self.name)
+        for name in self._training_jobs:
+            s.jobs.remove_kind(name)
         for name in self._samplers:
             s.samplers.remove(name)
         for kind in self._model_kinds:
             if kind in s.models.kinds():
                 s.models.remove_adapter(kind)
             s.extensions.set_model_kind(kind, None)
-        self._samplers, self._model_kinds = [], []
+        self._samplers, self._model_kinds, self._training_jobs = [], [], []
 
 
 class _GuardedRun:

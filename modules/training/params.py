@@ -22,6 +22,7 @@ from modules.paths import resolve_inside
 if TYPE_CHECKING:
     from modules.models.registry import ModelEntry
     from modules.training.dataset import DatasetScan
+    from modules.training.kinds import TrainingKindRegistry
     from modules.training.plan import StepMath
     from modules.training.task import TrainingServices
 
@@ -35,8 +36,9 @@ class OutputExists(AtelierError):
     status = 409
 
 
-class TrainingRequest(BaseModel):
-    """What every training kind shares."""
+class BaseTrainingRequest(BaseModel):
+    """What every training kind shares, an extension's too (api.types.TrainingRequest): a kind adds a
+    `kind: Literal["its name"]` field and its own."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -47,21 +49,7 @@ class TrainingRequest(BaseModel):
     dataset: str = Field(..., min_length=1, max_length=1024, description="a folder inside the data dir")
     seed: int = Field(42, ge=0, le=2**32 - 1)
     epochs: int = Field(1, ge=1, le=10_000)
-    max_steps: int | None = Field(None, ge=1, le=1_000_000, description="when set, decides the length (not epochs)")
     batch_size: int = Field(1, ge=1, le=64)
-    gradient_accumulation: int = Field(1, ge=1, le=256)
-    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = "adamw"
-    weight_decay: float = Field(1e-2, ge=0, le=1)
-    lr_scheduler: Literal[SCHEDULERS] = "constant"
-    lr_warmup_steps: int = Field(0, ge=0, le=1_000_000)
-    max_grad_norm: float = Field(1.0, ge=0, le=1000, description="0: no clipping")
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
-    save_every: int = Field(0, ge=0, le=1_000_000, description="steps between checkpoints; 0: on Stop only")
-    keep_checkpoints: int = Field(2, ge=1, le=100)
-    stop_after_steps: int | None = Field(None, ge=1, description="save a checkpoint and stop after this step, "
-                                                                 "as Stop does (resume later)")
-    gpus: Literal["all", "one"] = Field("all", description="on a machine with several GPUs: DDP over all, or one")
 
     @property
     def run_name(self) -> str:
@@ -75,6 +63,27 @@ class TrainingRequest(BaseModel):
     # (models/<its folder>), and the files that can be a dataset besides a folder of images.
     BASE_MODEL_KIND: ClassVar[str] = "checkpoint"
     DATASET_FILES: ClassVar[tuple[str, ...]] = ()
+    # Base-model names the picker offers beside the files of BASE_MODEL_KIND (YOLO's architecture .yaml names).
+    BASE_MODEL_CHOICES: ClassVar[tuple[str, ...]] = ()
+
+
+class TrainingRequest(BaseTrainingRequest):
+    """What the built-in kinds (under accelerate) share besides: the schedule, the optimizer, checkpoints."""
+
+    max_steps: int | None = Field(None, ge=1, le=1_000_000, description="when set, decides the length (not epochs)")
+    gradient_accumulation: int = Field(1, ge=1, le=256)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adafactor"] = "adamw"
+    weight_decay: float = Field(1e-2, ge=0, le=1)
+    lr_scheduler: Literal[SCHEDULERS] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0, le=1_000_000)
+    max_grad_norm: float = Field(1.0, ge=0, le=1000, description="0: no clipping")
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    gradient_checkpointing: bool = False
+    save_every: int = Field(0, ge=0, le=1_000_000, description="steps between checkpoints; 0: on Stop only")
+    keep_checkpoints: int = Field(2, ge=1, le=100)
+    stop_after_steps: int | None = Field(None, ge=1, description="save a checkpoint and stop after this step, "
+                                                                 "as Stop does (resume later)")
+    gpus: Literal["all", "one"] = Field("all", description="on a machine with several GPUs: DDP over all, or one")
 
 
 class SdTrainingRequest(TrainingRequest):
@@ -228,17 +237,20 @@ def job_kind(kind: str) -> str:
     return f"train_{kind}"
 
 
-def parse(data: Any) -> TrainingRequest:
-    """A JSON body (or the tab's dict) → the typed request of its "kind"; errors name the field."""
-    if isinstance(data, TrainingRequest):
+def parse(data: Any, kinds: "TrainingKindRegistry | None" = None) -> BaseTrainingRequest:
+    """A JSON body (or the tab's dict) → the typed request of its "kind"; errors name the field. With `kinds`
+    (TrainingServices.kinds), the kinds extensions added are known too."""
+    if isinstance(data, BaseTrainingRequest):
         return data
     if not isinstance(data, dict):
         raise InvalidRequest("the request must be a JSON object", "body")
     data = {"kind": "sd_lora", **data}
-    if data["kind"] not in KINDS:
-        raise InvalidRequest(f"unknown training kind {data['kind']!r}; known: {', '.join(KINDS)}", "kind")
     try:
-        return _ADAPTER.validate_python(data)
+        if data["kind"] in KINDS:
+            return _ADAPTER.validate_python(data)
+        if kinds is None:
+            raise InvalidRequest(f"unknown training kind {data['kind']!r}; known: {', '.join(KINDS)}", "kind")
+        return kinds.get(data["kind"]).request.model_validate(data)
     except ValidationError as exc:
         raise _named(exc) from None
 
@@ -255,8 +267,8 @@ def _named(exc: ValidationError) -> InvalidRequest:
 class Checked:
     """A request that passed `check()`, with what checking found."""
 
-    request: TrainingRequest
-    base: "ModelEntry"
+    request: BaseTrainingRequest
+    base: "ModelEntry | None"  # None: an extension's kind whose base is no registry entry (`base_info` says it)
     dataset_dir: Path
     scan: "DatasetScan"
     output: Path
@@ -267,9 +279,15 @@ class Checked:
     class_images: int = 0  # readable class images in it now
     also_written: tuple[Path, ...] = ()  # more results than `output` (a full checkpoint's diffusers folder)
     merged: Path | None = None  # paligemma_lora with save_merged: the merged model folder in models/VLM
+    base_info: dict | None = None  # an extension's kind: {"name", "path"?} of its base
+    extra: dict | None = None  # an extension's kind: what its check found, for its child process
+
+    @property
+    def base_name(self) -> str:
+        return self.base.name if self.base is not None else str((self.base_info or {}).get("name", ""))
 
 
-def check(request: TrainingRequest, services: "TrainingServices", outputs: bool = True) -> Checked:
+def check(request: BaseTrainingRequest, services: "TrainingServices", outputs: bool = True) -> Checked:
     """Everything about a request that needs the data dir or the device; raises naming the field.
     `outputs=False` skips the output-name check (the step math shown before Start)."""
     if isinstance(request, SdLoraRequest):
@@ -286,7 +304,7 @@ def check(request: TrainingRequest, services: "TrainingServices", outputs: bool 
         from modules.training.adapter_check import check_paligemma_lora
 
         return check_paligemma_lora(request, services, outputs)
-    raise InvalidRequest(f"no checks for {type(request).__name__}", "kind")
+    return services.kinds.get(request.kind).check(request, services, outputs)  # an extension's kind
 
 
 def resolve_dataset(name: str, root: Path) -> Path:
@@ -353,12 +371,13 @@ def _check_device(request: TrainingRequest, device_name: str) -> None:
         raise InvalidRequest("fp16 mixed precision needs a GPU; on the CPU use bf16 or no", "mixed_precision")
 
 
-def _check_output(request: TrainingRequest, output: Path, run_dir: Path, also: tuple[Path, ...] = ()) -> None:
+def _check_output(request: BaseTrainingRequest, output: Path, run_dir: Path, also: tuple[Path, ...] = (),
+                  kinds: "TrainingKindRegistry | None" = None) -> None:
     if request.resume:
         if not run_dir.is_dir():
             raise InvalidRequest(f"there is no run {request.run_name!r} to resume (training/{request.run_name}/)",
                                  "output_name")
-        saved = load_saved_request(run_dir)
+        saved = load_saved_request(run_dir, kinds)
         if saved is not None:
             differs = _first_difference(saved, request)
             if differs:
@@ -376,14 +395,14 @@ def _check_output(request: TrainingRequest, output: Path, run_dir: Path, also: t
                            "pick another name, or set overwrite", "output_name")
 
 
-def load_saved_request(run_dir: Path) -> TrainingRequest | None:
+def load_saved_request(run_dir: Path, kinds: "TrainingKindRegistry | None" = None) -> BaseTrainingRequest | None:
     try:
-        return parse(json.loads((run_dir / "request.json").read_text(encoding="utf-8")))
+        return parse(json.loads((run_dir / "request.json").read_text(encoding="utf-8")), kinds)
     except (OSError, ValueError, AtelierError):
         return None
 
 
-def _first_difference(saved: TrainingRequest, new: TrainingRequest) -> str | None:
+def _first_difference(saved: BaseTrainingRequest, new: BaseTrainingRequest) -> str | None:
     a, b = saved.model_dump(), new.model_dump()
     for key in a:
         if key not in TrainingRequest.RESUMABLE_CHANGES and a[key] != b.get(key):
@@ -428,8 +447,25 @@ def _check_sd_lora(request: SdLoraRequest, services: "TrainingServices", outputs
     return Checked(request, base, dataset_dir, scan, output, run_dir, steps, processes)
 
 
+def checked_from(request: BaseTrainingRequest, inputs, services: "TrainingServices", outputs: bool) -> Checked:
+    """An extension's check (its TrainingInputs: dataset, images, output, base) → the Checked every kind's job
+    runs from: the shared output-name check, the run folder, the step math (a batch a step, one process)."""
+    from modules.training.dataset import DatasetItem, DatasetScan
+    from modules.training.plan import step_math
+
+    paths = services.registry.paths
+    run_dir = resolve_inside(paths.training, request.run_name, "output_name", must_exist=False)
+    if outputs:
+        _check_output(request, inputs.output, run_dir, kinds=services.kinds)
+    items = [DatasetItem(path, "", 1, width, height) for path, width, height in inputs.images]
+    scan = DatasetScan(inputs.dataset_dir, items, [tuple(s) for s in inputs.skipped])
+    steps = step_math(len(items), len(items), request.epochs, request.batch_size)
+    return Checked(request, None, inputs.dataset_dir, scan, inputs.output, run_dir, steps, 1,
+                   base_info=dict(inputs.base), extra=dict(inputs.extra))
+
+
 def validator(services: "TrainingServices"):
     """The submit-time check of the training job kinds: refuses before the job waits in the queue."""
     def validate(request: Any) -> None:
-        check(parse(request), services)
+        check(parse(request, services.kinds), services)
     return validate

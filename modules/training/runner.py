@@ -1,5 +1,6 @@
-"""The training job's runner, in the server process: check the request, prepare the run folder,
-free the device, run the training process under accelerate, make its result visible at once."""
+"""The training job's runner, in the server process, for every kind (built in or an extension's): check the
+request, prepare the run folder, free the device, run the kind's training process (under accelerate, or with
+an extension's own interpreter), make its result visible at once."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from modules.jobs.child_failures import ChildFailed
 from modules.training.launch import accelerate_launcher
 from modules.errors import InvalidRequest
-from modules.training.params import Checked, DreamBoothRequest, TrainingRequest, check, parse
+from modules.training.params import BaseTrainingRequest, Checked, DreamBoothRequest, TrainingRequest, check, parse
 from modules.training.runfolder import RunFolder
 
 if TYPE_CHECKING:
@@ -22,15 +23,14 @@ _MEMORY_WORDS = ("out of memory", "memory limit", "using too much memory")
 
 def run_training(ctx, request: Any) -> dict:
     services: "TrainingServices" = ctx.services
-    req = parse(request)
+    req = parse(request, services.kinds)
+    spec = services.kinds.get(req.kind)
     checked = check(req, services)  # again: the data dir may have changed while the job waited
     if isinstance(req, DreamBoothRequest) and req.prior_preservation and checked.class_images < req.num_class_images:
         raise InvalidRequest(f"the class folder holds {checked.class_images} readable class images of the "
                              f"{req.num_class_images} asked; add images or lower num_class_images", "class_dataset")
     run = RunFolder(checked.run_dir)
-    base_hash = services.registry.ensure_hash(checked.base)
-    base = {"name": checked.base.name, "path": str(checked.base.path), "format": checked.base.format,
-            "arch": checked.base.arch, "sha256": base_hash, "size": checked.base.size}
+    base = _base_info(checked, services)
     run.prepare(req.model_dump(mode="json"), {"base": base, "dataset": str(checked.dataset_dir),
                                                "skipped": checked.scan.skipped, "steps": checked.steps.to_json(),
                                                "created_at": time.time()}, fresh=not req.resume)
@@ -45,16 +45,22 @@ def run_training(ctx, request: Any) -> dict:
         "request": req.model_dump(mode="json"), "base": base, "data_root": str(services.paths.root),
         "dataset_dir": str(checked.dataset_dir), "run_dir": str(run.root), "output": str(checked.output),
         "steps": checked.steps.to_json(), "class_dir": str(checked.class_dir) if checked.class_dir else None,
-        "merged_output": str(checked.merged) if checked.merged else None,
+        "merged_output": str(checked.merged) if checked.merged else None, "extra": checked.extra,
+        "device": services.device_name(),
     }
-    launcher = accelerate_launcher(services.device_name(), services.gpu_count(), req.mixed_precision, req.gpus)
+    if spec.python is None:  # the built-in kinds: the studio's Python under accelerate (CPU, one GPU or DDP)
+        launcher = accelerate_launcher(services.device_name(), services.gpu_count(), req.mixed_precision, req.gpus)
+    else:  # an extension's kind: its own interpreter, one process
+        launcher = [str(spec.python)]
     try:
-        result = ctx.run_child(f"modules.training.{req.kind}_main:train", child_request, launcher=launcher,
-                               memory_limit_mb=None, env={"TOKENIZERS_PARALLELISM": "false"})
+        result = ctx.run_child(spec.child, child_request, launcher=launcher, memory_limit_mb=None,
+                               stop_grace_s=spec.stop_grace_s, env={"TOKENIZERS_PARALLELISM": "false", **spec.env})
     except ChildFailed as exc:
-        if any(word in exc.message for word in _MEMORY_WORDS):
+        if isinstance(req, TrainingRequest) and any(word in exc.message for word in _MEMORY_WORDS):
             raise ChildFailed(f"{exc.message}\n{memory_hint(req, services.device_name())}", exc.field) from None
         raise
+    if isinstance(result, dict) and spec.finish is not None:
+        spec.finish(result)  # an extension's step in the server (YOLO trusts the weights the studio made)
     if isinstance(result, dict) and result.get("output"):
         services.registry.refresh(_output_kind(req))  # in the LoRA / adapter pickers (or the checkpoint list) at once
     if isinstance(result, dict) and result.get("merged_output"):
@@ -62,7 +68,15 @@ def run_training(ctx, request: Any) -> dict:
     return result
 
 
-def _output_kind(req: TrainingRequest) -> str:
+def _base_info(checked: Checked, services: "TrainingServices") -> dict:
+    """What run.json and the child say of the base: the registry entry (with its hash), or an extension's own."""
+    if checked.base is None:
+        return dict(checked.base_info or {})
+    return {"name": checked.base.name, "path": str(checked.base.path), "format": checked.base.format,
+            "arch": checked.base.arch, "sha256": services.registry.ensure_hash(checked.base), "size": checked.base.size}
+
+
+def _output_kind(req: BaseTrainingRequest) -> str:
     if isinstance(req, DreamBoothRequest) and req.mode == "full":
         return "checkpoint"
     return req.OUTPUT_KIND

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from modules.errors import NotFound
 from modules.paths import resolve_inside
-from modules.training.params import PeftAdapterRequest, check, load_saved_request, parse
+from modules.training.params import PeftAdapterRequest, TrainingRequest, check, load_saved_request, parse
 from modules.training.runfolder import RunFolder
 
 if TYPE_CHECKING:
-    from modules.training.params import TrainingRequest
+    from modules.training.params import BaseTrainingRequest
     from modules.training.task import TrainingServices
 
 # The UNet's share of an SD checkpoint's weights (SD1.5: 3.44 of 4.27 GB; SDXL: 10.3 of 13.9 GB).
@@ -22,9 +22,11 @@ def plan(data: Any, services: "TrainingServices") -> dict:
     output name is not one here: the plan is shown while the form is filled in)."""
     from modules.training.memory import estimate_dreambooth, estimate_lm_lora, estimate_sd_lora
 
-    req = parse(data)
+    req = parse(data, services.kinds)
     checked = check(req, services, outputs=False)
-    if isinstance(req, PeftAdapterRequest):  # an LLM or PaliGemma (its language model dominates) adapter
+    if not isinstance(req, TrainingRequest):  # an extension's kind: no estimate of ours
+        memory = None
+    elif isinstance(req, PeftAdapterRequest):  # an LLM or PaliGemma (its language model dominates) adapter
         memory = estimate_lm_lora(checked.base.size, req.quantization, req.mixed_precision, req.batch_size,
                                   req.cutoff_len, req.rank, req.gradient_checkpointing, req.optimizer)
     elif req.kind == "dreambooth":
@@ -35,7 +37,7 @@ def plan(data: Any, services: "TrainingServices") -> dict:
                               req.gradient_checkpointing, req.cache_latents, req.optimizer)
     return {"steps": checked.steps.to_json(), "memory": memory, "images": len(checked.scan.items),
             "skipped": [list(s) for s in checked.scan.skipped], "folders": checked.scan.folders,
-            "base_model": checked.base.name, "processes": checked.processes,
+            "base_model": checked.base_name, "processes": checked.processes,
             "output_exists": checked.output.exists(), "run_exists": checked.run_dir.exists(),
             "class_images": _class_images(req, checked, services)}
 
@@ -54,7 +56,7 @@ def list_runs(services: "TrainingServices") -> list[dict]:
     rows = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         run = RunFolder(folder)
-        saved = load_saved_request(folder)
+        saved = load_saved_request(folder, services.kinds)
         checkpoints = run.checkpoint_list()
         rows.append({"name": folder.name, "kind": getattr(saved, "kind", None),
                      "checkpoints": [{"step": step, "path": str(path)} for step, path in checkpoints],
@@ -63,10 +65,10 @@ def list_runs(services: "TrainingServices") -> list[dict]:
     return rows
 
 
-def resume_request(run_name: str, services: "TrainingServices") -> "TrainingRequest":
+def resume_request(run_name: str, services: "TrainingServices") -> "BaseTrainingRequest":
     """The run's saved request, marked to resume from its latest checkpoint."""
     folder = resolve_inside(services.paths.training, run_name, field_name="run", must_exist=False)
-    saved = load_saved_request(folder)
+    saved = load_saved_request(folder, services.kinds)
     if saved is None:
         raise NotFound(f"no training run named {run_name!r} (training/{run_name}/request.json)", "run")
     return saved.model_copy(update={"resume": True, "overwrite": False})

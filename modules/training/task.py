@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from modules.paths import DataPaths
     from modules.settings import SettingsStore
     from modules.tasks import Registrar
+    from modules.training.kinds import TrainingKindRegistry, TrainingKindSpec
 
 QUEUE = "training"
 
@@ -27,6 +28,7 @@ class TrainingServices:
     models: "ModelManager"
     registry: "ModelRegistry"
     settings: "SettingsStore"
+    kinds: "TrainingKindRegistry"  # the built-in training kinds and those extensions added
     # Runs a job of another task by kind name and a plain dict, as a client would, and waits for it; `watch`
     # sees each change and returns False to stop it (DreamBooth's class images: txt2img). See job_runner.
     # None in a view that only checks and plans (the REST router and the Train tab read the registered
@@ -72,14 +74,35 @@ def job_runner(jobs: "JobEngine") -> Callable[[str, dict, Callable[["Job"], bool
     return run_job
 
 
-def register(reg: "Registrar") -> None:
-    from modules.training.class_images import prepare_class_images
-    from modules.training.params import KINDS, job_kind, validator
+def add_kind(jobs: "JobEngine", services: TrainingServices, spec: "TrainingKindSpec") -> str:
+    """A training kind (built in or an extension's) into the registry and its job kind onto the engine: the one
+    path every kind takes. Returns the job kind's name."""
+    from modules.training.params import job_kind, validator
     from modules.training.runner import run_training
 
-    services = TrainingServices(reg.models, reg.registry, reg.settings, job_runner(reg.jobs))
-    for kind in KINDS:
+    services.kinds.add(spec)
+    name = job_kind(spec.kind)
+    jobs.add_kind(JobKind(name, run_training, queue=QUEUE, validate=validator(services), exclusive=True,
+                          persist=True, prepare=spec.prepare, owner="studio" if spec.owner == "builtin" else spec.owner),
+                  services)
+    return name
+
+
+def services_of(jobs: "JobEngine") -> TrainingServices:
+    """The training jobs' services (one for every kind), for the REST router, the Train tab and extensions."""
+    from modules.training.params import job_kind
+
+    return jobs.services_of(job_kind("sd_lora"))
+
+
+def register(reg: "Registrar") -> None:
+    from modules.training.class_images import prepare_class_images
+    from modules.training.kinds import TrainingKindSpec
+    from modules.training.params import KINDS, check
+
+    services = TrainingServices(reg.models, reg.registry, reg.settings, reg.training_kinds, job_runner(reg.jobs))
+    for kind, model in KINDS.items():
         # DreamBooth makes its missing class images with txt2img jobs first, before it takes the device.
         prepare = prepare_class_images if kind == "dreambooth" else None
-        reg.add_job_kind(JobKind(job_kind(kind), run_training, queue=QUEUE, validate=validator(services),
-                                 exclusive=True, persist=True, prepare=prepare), services)
+        add_kind(reg.jobs, services, TrainingKindSpec(kind, model, check, f"modules.training.{kind}_main:train",
+                                                      prepare=prepare))

@@ -14,9 +14,10 @@ def router(studio):
     from modules.errors import InvalidRequest
     from modules.training import runs
     from modules.training.params import job_kind, parse
+    from modules.training.task import services_of
     r = APIRouter(prefix="/atelier/v1/train", tags=["training"])
     waiter = Waiter()
-    services = studio.jobs.services_of(job_kind("sd_lora"))  # what the training jobs see (one for every kind)
+    services = services_of(studio.jobs)  # what the training jobs see (one for every kind, extensions' too)
 
     def _submit(req) -> dict:
         job = studio.submit(job_kind(req.kind), req)  # the job kind's validator checks the data dir
@@ -24,8 +25,9 @@ def router(studio):
 
     @r.post("")
     async def train(request: Request) -> dict:
-        """Start a training: {"kind": "sd_lora", "output_name", "dataset", …} → {"id"}."""
-        req = parse(await read_json_object(request))
+        """Start a training: {"kind": "sd_lora", "output_name", "dataset", …} → {"id"} (any kind of
+        services.kinds: the built-in ones and those extensions added)."""
+        req = parse(await read_json_object(request), services.kinds)
         await ensure_ready(studio, waiter)
         return await run_in_threadpool(_submit, req)
 

@@ -1,5 +1,6 @@
-"""Train tab (kohya_ss / LLaMA-Factory style): a kind picker over modules/training/params.py's KINDS, each
-kind's form built from its request model (train_form.py); before Start the step math and memory
+"""Train tab (kohya_ss / LLaMA-Factory style): a kind picker over the training kinds (modules/training/kinds.py:
+the built-in ones of params.py's KINDS and those extensions loaded at start added), each kind's form built from
+its request model (train_form.py); before Start the step math and memory
 estimate of /atelier/v1/train/plan, updated as the form changes, with errors naming the field; Start
 submits the same typed request POST /atelier/v1/train takes, as a training job; the live panel
 (train_live.py) follows it — and finds the running training again after a page reload; Stop (a
@@ -24,9 +25,10 @@ def kind_title(model) -> str:
 class TrainForms:
     """Every kind's field specs and widgets, and the flat list of widgets the events pass (kind by kind)."""
 
-    def __init__(self, kinds: dict):
+    def __init__(self, kinds: dict, layouts: dict | None = None):
         self.models = dict(kinds)
-        self.specs = {kind: form_fields(kind, model) for kind, model in self.models.items()}
+        own = layouts or {}
+        self.specs = {kind: form_fields(kind, model, own.get(kind)) for kind, model in self.models.items()}
         self.widgets: dict[str, dict] = {}
 
     def flat(self) -> list:
@@ -52,7 +54,7 @@ def plan_markdown(plan: dict) -> str:
              f"({steps['steps_per_epoch']} per epoch)",
              f"**Memory**: about {memory['total_gib']} GiB (weights {memory['weights_bytes'] / _GIB:.2f}, "
              f"trainable {memory['trainable_bytes'] / _GIB:.2f}, activations {memory['activations_bytes'] / _GIB:.2f} GiB)"
-             f" — {memory['note']}",
+             f" — {memory['note']}" if memory else "**Memory**: not estimated for this kind",
              f"Base model: `{plan['base_model']}` · {steps['images']} images or examples"
              + (f" · {plan['processes']} processes" if plan["processes"] > 1 else "")]
     if plan["skipped"]:
@@ -77,16 +79,19 @@ def build(studio) -> dict:
     import gradio as gr
 
     from modules.training import runs
-    from modules.training.params import KINDS, job_kind, parse
+    from modules.training.kinds import DEFAULT_PLOTS
+    from modules.training.params import job_kind, parse
     from modules.training.presets import PresetStore
-    from modules.training.task import QUEUE, TrainingServices
+    from modules.training.task import QUEUE, TrainingServices, services_of
     from webui.ui import train_captions
     from webui.ui.progress import progress_html
     from webui.ui.train_live import watch
 
-    services: TrainingServices = studio.jobs.services_of(job_kind(next(iter(KINDS))))
+    services: TrainingServices = services_of(studio.jobs)
     presets = PresetStore(studio.paths.root)
-    forms = TrainForms(KINDS)
+    # The kinds known now: an extension enabled later trains over REST / train_start at once, its form after a restart.
+    kinds = {k: services.kinds.get(k) for k in services.kinds.names()}
+    forms = TrainForms({k: spec.request for k, spec in kinds.items()}, {k: spec.layout for k, spec in kinds.items()})
     first = next(iter(forms.models))
     c: dict = {"_forms": forms}
     with gr.Tabs(elem_id="train_tabs"):
@@ -116,10 +121,12 @@ def build(studio) -> dict:
                     c["progress"] = gr.HTML(progress_html(None), elem_id="train_progress")
                     c["metrics"] = gr.Markdown("", elem_id="train_metrics")
                     with gr.Row():
-                        c["loss_plot"] = gr.LinePlot(None, x="step", y="value", title="loss", height=220,
-                                                     elem_id="train_loss_plot")
-                        c["lr_plot"] = gr.LinePlot(None, x="step", y="value", title="learning rate", height=220,
-                                                   elem_id="train_lr_plot")
+                        # The kind's two plots (loss and learning rate for the built-in kinds), a line per metric.
+                        first_plots = kinds[first].plots
+                        c["loss_plot"] = gr.LinePlot(None, x="step", y="value", color="series",
+                                                     title=first_plots[0][0], height=220, elem_id="train_loss_plot")
+                        c["lr_plot"] = gr.LinePlot(None, x="step", y="value", color="series",
+                                                   title=first_plots[1][0], height=220, elem_id="train_lr_plot")
                     c["samples"] = gr.Gallery([], label="Samples", columns=4, height=220, elem_id="train_samples")
                     c["result"] = gr.Markdown("", elem_id="train_result")
                     c["log"] = gr.Textbox("", label="Log", lines=8, max_lines=8, interactive=False,
@@ -160,6 +167,7 @@ def build(studio) -> dict:
 
         model = forms.models[kind]
         names = [e.name for e in studio.registry.list(model.BASE_MODEL_KIND)] if studio.ready.is_set() else []
+        names += [n for n in model.BASE_MODEL_CHOICES if n not in names]
         root = datasets_root(studio.paths.root)
         found = sorted(p for p in root.iterdir() if not p.name.startswith(".") and (
             p.is_dir() or p.suffix.lower() in model.DATASET_FILES)) if root.is_dir() else []
@@ -184,10 +192,16 @@ def build(studio) -> dict:
             chosen[k] = values
         return (*updates, plan_text(kind, chosen[kind]))
 
-    def switch_kind(kind, *flat_values):
-        return (*[gr.Column(visible=k == kind) for k in forms.models], *refreshed(kind, *flat_values))
+    def plots_of(kind: str):
+        """The kind's plots, read now (a kind an extension added after the page was built included)."""
+        return services.kinds.get(kind).plots if kind in services.kinds.names() else DEFAULT_PLOTS
 
-    c["kind"].change(switch_kind, [c["kind"], *flat], [*columns.values(), *flat, c["plan"]], queue=False,
+    def switch_kind(kind, *flat_values):
+        titles = [gr.LinePlot(title=title) for title, _ in plots_of(kind)]
+        return (*[gr.Column(visible=k == kind) for k in forms.models], *refreshed(kind, *flat_values), *titles)
+
+    c["kind"].change(switch_kind, [c["kind"], *flat], [*columns.values(), *flat, c["plan"], c["loss_plot"],
+                                                       c["lr_plot"]], queue=False,
                      show_progress="hidden", api_visibility="private")
 
     def runs_choices():
@@ -216,7 +230,8 @@ def build(studio) -> dict:
             job = studio.jobs.get(job_id)
         except AtelierError:
             return  # a job of an earlier server run: its record is in the runs list
-        yield from watch(job, studio.settings.get().ui_updates_per_second, gr.skip)
+        yield from watch(job, studio.settings.get().ui_updates_per_second, gr.skip,
+                         plots_of(job.kind.removeprefix("train_")))
 
     watching = c["job_id"].change(follow_job, [c["job_id"]], live, concurrency_limit=None, show_progress="hidden",
                                   api_visibility="private")
@@ -225,7 +240,7 @@ def build(studio) -> dict:
     def submit(request) -> str:
         if not studio.ready.is_set():
             raise AtelierError("the studio is still starting; try again in a moment")
-        req = parse(request)  # the REST route's one validation path; the job kind's validator checks the data dir
+        req = parse(request, services.kinds)  # the REST route's one validation path; the job kind's validator checks the data dir
         return studio.submit(job_kind(req.kind), req).id
 
     def start(kind, *flat_values):

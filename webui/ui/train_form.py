@@ -33,6 +33,9 @@ _SHARED = {  # TrainingRequest's fields, for every kind
     "Advanced": ("mixed_precision", "gradient_checkpointing", "seed", "save_every", "keep_checkpoints",
                  "stop_after_steps", "gpus", "overwrite", "resume"),
 }
+# An extension's kind shares only BaseTrainingRequest's fields (modules/training/params.py).
+_SHARED_BASICS = {"Basics": ("output_name", "base_model", "dataset", "epochs", "batch_size"),
+                  "Advanced": ("seed", "overwrite", "resume")}
 LAYOUT: dict[str, dict[str, tuple[str, ...]]] = {
     "sd_lora": {
         "Basics": ("resolution",),
@@ -212,7 +215,8 @@ def layouts(kind: str, model: type[BaseModel]) -> list[dict]:
     built on the SD LoRA one is laid out as that one), then the shared one."""
     kinds = [kind] + [base.model_fields["kind"].default for base in model.__mro__[1:]
                       if isinstance(base, type) and issubclass(base, BaseModel) and "kind" in base.model_fields]
-    return [LAYOUT[k] for k in dict.fromkeys(kinds) if k in LAYOUT] + [_SHARED]
+    shared = [_SHARED] if "max_steps" in model.model_fields else [_SHARED_BASICS]  # extensions' kinds: the few shared
+    return [LAYOUT[k] for k in dict.fromkeys(kinds) if k in LAYOUT] + shared
 
 
 def group_of(tables: list[dict], name: str) -> str:
@@ -223,9 +227,10 @@ def group_of(tables: list[dict], name: str) -> str:
     return DEFAULT_GROUP
 
 
-def form_fields(kind: str, model: type[BaseModel]) -> list[FieldSpec]:
-    """The form of one kind, in the groups' order and, inside a group, the table's (then the model's) order."""
-    tables = layouts(kind, model)
+def form_fields(kind: str, model: type[BaseModel], own: dict | None = None) -> list[FieldSpec]:
+    """The form of one kind, in the groups' order and, inside a group, the table's (then the model's) order;
+    `own`: the kind's table when LAYOUT has none (an extension's kind, from api.add_training_kind's layout)."""
+    tables = ([own] if own else []) + layouts(kind, model)
     specs = []
     for name, info in model.model_fields.items():
         if name in HIDDEN:
