@@ -69,16 +69,18 @@ def _clip_tokenizer():
         return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
 
 
-def build_flux_pipeline(seed: int = 0):
-    """Flux.1-dev's layout, tiny: CLIP-L (pooled) + T5, one double and one single block, guidance embeds."""
+def build_flux_pipeline(seed: int = 0, head_dim: int = 16):
+    """Flux.1-dev's layout, tiny: CLIP-L (pooled) + T5, one double and one single block, guidance embeds.
+    `head_dim` 128 makes the transformer's layers 256 wide: GGUF's K-quants work in blocks of 256."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     clip_tok, t5_tok = _clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=16, num_attention_heads=2, joint_attention_dim=WIDTH,
-                                         pooled_projection_dim=WIDTH, axes_dims_rope=(4, 4, 8), guidance_embeds=True)
+                                         attention_head_dim=head_dim, num_attention_heads=2, joint_attention_dim=WIDTH,
+                                         pooled_projection_dim=WIDTH, guidance_embeds=True,
+                                         axes_dims_rope=(head_dim // 4, head_dim // 4, head_dim // 2))
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
     return FluxPipeline(scheduler=scheduler, vae=_vae(seed + 1, 0.1159, 0.3611), text_encoder=_clip(clip_tok, False, seed + 2),
@@ -105,9 +107,9 @@ def build_sd3_pipeline(seed: int = 0):
 BUILDERS = {"flux": build_flux_pipeline, "sd3": build_sd3_pipeline}
 
 
-def save_demo_flow(folder: Path, arch: str, seed: int = 0) -> Path:
+def save_demo_flow(folder: Path, arch: str, seed: int = 0, **build) -> Path:
     """Build and save a tiny Flux or SD3 checkpoint as a diffusers folder (safetensors), whole or not at all."""
-    pipe = BUILDERS[arch](seed)
+    pipe = BUILDERS[arch](seed, **build)
     folder = Path(folder)
     tmp = folder.with_name("." + folder.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -115,3 +117,58 @@ def save_demo_flow(folder: Path, arch: str, seed: int = 0) -> Path:
     (tmp / "ATELIER_DEMO.txt").write_text(DEMO_NOTE + "\n", encoding="utf-8")
     tmp.rename(folder)
     return folder
+
+
+def save_flux_files(folder: Path, models: Path, name: str) -> Path:
+    """The tiny Flux folder's weights as a Forge / ComfyUI user keeps them: the transformer alone in BFL key names
+    (models/Stable-diffusion/<name>.safetensors), CLIP-L as a file and T5 as a folder in models/text_encoder,
+    the VAE in models/VAE, and the configs + tokenizers without weights in models/configs/flux-dev/."""
+    from diffusers import FluxPipeline
+    from safetensors.torch import save_file
+
+    from modules.models import flux_layout
+
+    pipe = FluxPipeline.from_pretrained(str(folder), local_files_only=True)
+    variant = "flux-dev" if pipe.transformer.config.guidance_embeds else "flux-schnell"
+    configs = models / "configs" / variant
+    if not configs.exists():
+        shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("*.safetensors", "ATELIER_DEMO.txt"))
+    encoders = models / "text_encoder"
+    encoders.mkdir(parents=True, exist_ok=True)
+    save_file(_contiguous(pipe.text_encoder.state_dict()), str(encoders / "clip_l.safetensors"))
+    pipe.text_encoder_2.save_pretrained(str(encoders / "t5xxl"), safe_serialization=True)
+    (models / "VAE").mkdir(parents=True, exist_ok=True)
+    save_file(_contiguous(pipe.vae.state_dict()), str(models / "VAE" / "ae.safetensors"))
+    bfl = flux_layout.to_bfl(pipe.transformer.state_dict())
+    target = models / "Stable-diffusion" / f"{name}.safetensors"
+    save_file(_contiguous({"model.diffusion_model." + k: v for k, v in bfl.items()}), str(target))
+    return target
+
+
+def _contiguous(state: dict) -> dict:
+    return {k: v.detach().contiguous() for k, v in state.items()}
+
+
+def save_gguf(path: Path, state: dict, qtype: str) -> Path:
+    """A GGUF file of `state` (BFL names, as city96's Flux GGUFs): 2-D weights whose rows fit the type's blocks
+    in `qtype` (Q8_0, Q5_0, Q4_0: the gguf package's quantizers; Q4_K, Q5_K: gguf_kquants'), the rest F32."""
+    import gguf
+    import numpy as np
+
+    from modules.models import gguf_kquants
+
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    for key, tensor in state.items():
+        data = tensor.detach().float().numpy()
+        if data.ndim == 2 and key.endswith(".weight") and data.shape[1] % block == 0:
+            packed = gguf_kquants.quantize(data, kind)
+            writer.add_tensor(key, packed, raw_shape=packed.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(key, np.ascontiguousarray(data, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)
