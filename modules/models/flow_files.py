@@ -123,8 +123,10 @@ def load_file(entry: ModelEntry, kind: detect.CheckpointKind | None, dtype, path
     config = config_source(entry, paths, kind)
     if config is None:
         raise ModelLoadError(missing_config_message(entry, kind, paths), FIELD)
-    components = shared_components(entry, kind, config, paths, dtype)
-    transformer = load_transformer(entry, kind, config, dtype, options, device_name)
+    state = _read_state(entry)
+    components = shared_components(entry, kind, config, paths, dtype, _bundled(state))
+    transformer = load_transformer(entry, kind, config, state, dtype, options, device_name)
+    del state
     index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
     cls = getattr(diffusers, str(index.get("_class_name")))
     try:
@@ -147,9 +149,24 @@ def _read_state(entry: ModelEntry) -> dict:
     return load_file(str(entry.path))
 
 
+# An all-in-one file's other parts, by key prefix (the names SAI's SD3 files and Forge's Flux ones use).
+_BUNDLED = (("text_encoders.clip_l.transformer.", "clip_l"), ("text_encoders.clip_g.transformer.", "clip_g"),
+            ("text_encoders.t5xxl.transformer.", "t5"), ("vae.", "vae"), ("first_stage_model.", "vae"))
+
+
+def _bundled(state: dict) -> dict[str, dict]:
+    """role (clip_l, clip_g, t5, vae) → its tensors, for the parts an all-in-one file carries itself."""
+    parts: dict[str, dict] = {}
+    for key, tensor in state.items():
+        for prefix, role in _BUNDLED:
+            if key.startswith(prefix):
+                parts.setdefault(role, {})[key[len(prefix):]] = tensor
+    return parts
+
+
 def _transformer_part(state: dict, kind: detect.CheckpointKind) -> dict:
-    """Only the transformer's tensors (an all-in-one file's encoders and VAE are not read from it), in diffusers'
-    names for Flux's BFL layout; SD3's SAI layout goes to diffusers' own converter as it is."""
+    """Only the transformer's tensors (an all-in-one file's encoders and VAE go to their own loaders), in
+    diffusers' names for Flux's BFL layout; SD3's SAI layout goes to diffusers' own converter as it is."""
     from modules.models import flux_layout
 
     prefix = "model.diffusion_model."
@@ -160,7 +177,8 @@ def _transformer_part(state: dict, kind: detect.CheckpointKind) -> dict:
     return state
 
 
-def load_transformer(entry: ModelEntry, kind: detect.CheckpointKind, config: Path, dtype, options, device_name):
+def load_transformer(entry: ModelEntry, kind: detect.CheckpointKind, config: Path, state: dict, dtype, options,
+                     device_name: str):
     import diffusers
 
     cls = getattr(diffusers, _TRANSFORMERS[kind.arch])
@@ -170,7 +188,7 @@ def load_transformer(entry: ModelEntry, kind: detect.CheckpointKind, config: Pat
     else:
         kwargs.update(transformer_quantization(options, dtype, device_name))
     try:
-        return cls.from_single_file(_transformer_part(_read_state(entry), kind), **kwargs)
+        return cls.from_single_file(_transformer_part(state, kind), **kwargs)
     except Exception as exc:
         raise ModelLoadError(f"{entry.name}: could not be loaded as a {kind.variant} transformer: "
                              f"{type(exc).__name__}: {str(exc)[:400]}", FIELD) from None
@@ -196,17 +214,18 @@ def _has_weights(folder: Path) -> bool:
     return folder.is_dir() and any(folder.glob("*.safetensors"))
 
 
-def shared_components(entry: ModelEntry, kind: detect.CheckpointKind, config: Path, paths, dtype) -> dict:
-    """Text encoders from models/text_encoder and the VAE from models/VAE, for the slots the config folder has
-    no weights for; a missing one is a ModelLoadError naming what to put where."""
-    found = _text_encoders(paths.models / TEXT_ENCODER_FOLDER)
+def shared_components(entry: ModelEntry, kind: detect.CheckpointKind, config: Path, paths, dtype,
+                      bundled: dict) -> dict:
+    """The text encoders and the VAE: the file's own (all-in-one), else models/text_encoder and models/VAE, else
+    the config folder's weights; a missing one is a ModelLoadError naming what to put where."""
+    found = {**_text_encoders(paths.models / TEXT_ENCODER_FOLDER), **bundled}
     components, missing = {}, []
     for slot, role in ROLES[kind.arch].items():
         if role in found:
             components[slot] = load_text_encoder(found[role], config / slot, dtype)
         elif not _has_weights(config / slot):
             missing.append(ROLE_LABELS[role] + " in models/text_encoder")
-    vae = _vae_file(paths.model_dir("vae"), kind.arch)
+    vae = bundled.get("vae") or _vae_file(paths.model_dir("vae"), kind.arch)
     if vae is not None:
         components["vae"] = load_vae(vae, config, dtype)
     elif not _has_weights(config / "vae"):
@@ -255,23 +274,25 @@ def encoder_role(path: Path) -> str | None:
     return None
 
 
-def load_text_encoder(path: Path, slot_config: Path, dtype):
-    """A transformers text encoder of the class the config folder names: from an HF folder, or a .safetensors
-    file of its weights (with or without the `text_model.` prefix) on the config folder's config.json."""
+def load_text_encoder(source: Path | dict, slot_config: Path, dtype):
+    """A transformers text encoder of the class the config folder names: from an HF folder, or weights (a
+    .safetensors file, or an all-in-one file's tensors) on the config folder's config.json."""
     import transformers
 
     config = json.loads((slot_config / "config.json").read_text(encoding="utf-8"))
     cls = getattr(transformers, config["architectures"][0])
+    where = "the checkpoint's own" if isinstance(source, dict) else f"models/{TEXT_ENCODER_FOLDER}/{source.name}"
     try:
-        if path.is_dir():
-            return cls.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        if isinstance(source, Path) and source.is_dir():
+            return cls.from_pretrained(str(source), torch_dtype=dtype, local_files_only=True)
         from safetensors.torch import load_file
 
+        state = source if isinstance(source, dict) else load_file(str(source))
         model_config = cls.config_class.from_pretrained(str(slot_config), local_files_only=True)
-        return cls.from_pretrained(None, config=model_config, state_dict=load_file(str(path)), torch_dtype=dtype)
+        return cls.from_pretrained(None, config=model_config, state_dict=state, torch_dtype=dtype)
     except Exception as exc:
-        raise ModelLoadError(f"models/{TEXT_ENCODER_FOLDER}/{path.name}: could not be loaded as "
-                             f"{cls.__name__}: {type(exc).__name__}: {str(exc)[:300]}", FIELD) from None
+        raise ModelLoadError(f"{where}: could not be loaded as {cls.__name__}: {type(exc).__name__}: "
+                             f"{str(exc)[:300]}", FIELD) from None
 
 
 def _vae_channels(path: Path) -> int | None:
@@ -295,12 +316,14 @@ def _vae_file(folder: Path, arch: str) -> Path | None:
     return (named or candidates or [None])[0]
 
 
-def load_vae(path: Path, config: Path, dtype):
+def load_vae(source: Path | dict, config: Path, dtype):
+    """The VAE from a file or an all-in-one file's tensors (LDM or diffusers names: diffusers converts)."""
     from diffusers import AutoencoderKL
 
+    where = "the checkpoint's own VAE" if isinstance(source, dict) else f"models/VAE/{source.name}"
     try:
-        return AutoencoderKL.from_single_file(str(path), config=str(config), subfolder="vae", torch_dtype=dtype,
-                                              local_files_only=True)
+        return AutoencoderKL.from_single_file(source if isinstance(source, dict) else str(source), config=str(config),
+                                              subfolder="vae", torch_dtype=dtype, local_files_only=True)
     except Exception as exc:
-        raise ModelLoadError(f"models/VAE/{path.name}: could not be loaded as the 16-channel VAE: "
+        raise ModelLoadError(f"{where}: could not be loaded as the 16-channel VAE: "
                              f"{type(exc).__name__}: {str(exc)[:300]}", FIELD) from None

@@ -111,9 +111,3 @@ def test_img2img_on_flux_and_distilled_guidance_elsewhere_are_refused(studio):
     for checkpoint in (SD3, DEMO_NAME):
         job = _job(studio, distilled_cfg_scale=2, override_settings={"sd_model_checkpoint": checkpoint})
         assert job.state.value == "failed" and job.error_field == "distilled_cfg_scale", (checkpoint, job.error)
-
-
-def test_a_quantized_load_of_flux_is_refused_by_field(studio):
-    job = studio.jobs.run("load_checkpoint", {"name": FLUX, "options": {"quantization": "int8"}}, timeout=60)
-    assert job.state.value == "failed" and 400 <= job.error_status < 500, job.error
-    assert job.error_field.split(".")[-1] == "quantization", (job.error_field, job.error)

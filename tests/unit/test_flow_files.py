@@ -13,13 +13,17 @@ import pytest
 
 from modules.models.demo import DEMO_NAME
 
-FOLDER, BFL = "tiny-flux-wide", "tiny-flux-bfl.safetensors"
+FOLDER, BFL, DIFFUSERS_LAYOUT = "tiny-flux-wide", "tiny-flux-bfl.safetensors", "tiny-flux-diffusers.safetensors"
 GGUFS = {"Q8_0": "unet/tiny-flux-Q8_0.gguf", "Q5_K": "unet/tiny-flux-Q5_K.gguf", "Q4_K": "tiny-flux-Q4_K.gguf"}
+
+
+def _own(state: dict) -> dict:
+    return {k: v.clone() for k, v in state.items()}
 
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, demo_checkpoint):
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from modules.models.demo_flow import save_demo_flow, save_flux_files, save_gguf
     from modules.studio import Studio, StudioOptions
@@ -36,9 +40,9 @@ def studio(tmp_path_factory, demo_checkpoint):
         target = models / ("Stable-diffusion" if "/" not in name else "") / name
         save_gguf(target, bfl, qtype)
     shutil.copy(bfl_file, models / "Stable-diffusion" / "tiny-flux-copy.safetensors")
+    save_file(_own(load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))),
+              str(models / "Stable-diffusion" / DIFFUSERS_LAYOUT))
     schnell = {k: v for k, v in load_file(str(bfl_file)).items() if ".guidance_in." not in k}
-    from safetensors.torch import save_file
-
     save_file(schnell, str(models / "Stable-diffusion" / "tiny-flux-schnell.safetensors"))
     s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
     s.load()
@@ -140,6 +144,7 @@ def test_the_bfl_single_file_loads_the_folders_weights_and_image_bit_for_bit(stu
     image, info = _image(studio, BFL)
     assert np.array_equal(image, reference)
     assert "Quantization" not in info
+    assert np.array_equal(_image(studio, DIFFUSERS_LAYOUT)[0], reference)  # diffusers' names in a single file
 
 
 @pytest.mark.parametrize("qtype", list(GGUFS))
@@ -157,15 +162,15 @@ def test_gguf_files_load_generate_close_to_the_folder_and_weigh_less(studio, ref
     assert row["footprint_bytes"] > 0 and row["arch"] == "flux"
 
 
-@pytest.mark.parametrize("quantization", ["nf4", "int8"])
-def test_bitsandbytes_on_the_cpu_quantizes_the_flux_transformer(studio, reference, quantization):
-    loaded = _load(studio, BFL, quantization=quantization)
+@pytest.mark.parametrize("name,quantization", [(BFL, "nf4"), (BFL, "int8"), (FOLDER, "nf4")])
+def test_bitsandbytes_on_the_cpu_quantizes_the_flux_transformer(studio, reference, name, quantization):
+    loaded = _load(studio, name, quantization=quantization)
     assert loaded.quantization == quantization
     assert any(type(m).__module__.startswith("bitsandbytes") for m in loaded.pipe.transformer.modules())
-    image, info = _image(studio, BFL)
+    image, info = _image(studio, name)
     assert f"Quantization: {quantization}" in info
     assert not np.array_equal(image, reference) and np.abs(image - reference).mean() < 40
-    _load(studio, BFL)  # back to unquantized for the other tests
+    _load(studio, name)  # back to unquantized for the other tests
 
 
 def test_a_gguf_file_refuses_bitsandbytes_by_field(studio):
