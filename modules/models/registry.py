@@ -98,6 +98,10 @@ def _describe(entry: ModelEntry) -> None:
         elif entry.kind == "lora":
             entry.arch = detect.lora_arch(entry.path)
             entry.metadata = detect.read_header(entry.path).metadata
+        elif entry.kind == "text_encoder":  # which slot of a Flux / SD3 file it fills: clip_l, clip_g, t5
+            from modules.models import flow_files
+
+            entry.arch = flow_files.encoder_role(entry.path)
         elif entry.kind == "embedding":
             header = detect.read_header(entry.path, lambda k: True)
             shape = next(iter(header.shapes.values()), [])

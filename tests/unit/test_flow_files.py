@@ -78,7 +78,7 @@ def test_single_files_are_listed_as_flux_with_their_quantization(studio):
     for qtype, name in GGUFS.items():
         entry = studio.registry.get("checkpoint", name)
         assert entry.arch == "flux" and entry.metadata["quantization"] == f"GGUF {qtype}", (name, entry)
-    assert any(e.name == "clip_l.safetensors" for e in studio.registry.list("text_encoder"))
+    assert studio.registry.get("text_encoder", "clip_l.safetensors").arch == "clip_l"
 
 
 def test_the_key_table_tells_flux_and_sd3_layouts_apart():
@@ -159,7 +159,7 @@ def test_gguf_files_load_generate_close_to_the_folder_and_weigh_less(studio, ref
     bf16_bytes = 2 * sum(p.numel() for p in _load(studio, FOLDER).pipe.transformer.parameters())
     assert memory.footprint_bytes_module(transformer) < bf16_bytes
     row = next(r for r in studio.models.describe() if r["name"] == name)
-    assert row["footprint_bytes"] > 0 and row["arch"] == "flux"
+    assert row["footprint_bytes"] > 0 and row["arch"] == "flux" and row["quantization"] == f"GGUF {qtype}"
 
 
 @pytest.mark.parametrize("name,quantization", [(BFL, "nf4"), (BFL, "int8"), (FOLDER, "nf4")])
