@@ -123,7 +123,7 @@ def load_file(entry: ModelEntry, kind: detect.CheckpointKind | None, dtype, path
     config = config_source(entry, paths, kind)
     if config is None:
         raise ModelLoadError(missing_config_message(entry, kind, paths), FIELD)
-    state = _read_state(entry)
+    state = read_state(entry)
     components = shared_components(entry, kind, config, paths, dtype, _bundled(state))
     transformer = load_transformer(entry, kind, config, state, dtype, options, device_name)
     del state
@@ -138,7 +138,7 @@ def load_file(entry: ModelEntry, kind: detect.CheckpointKind | None, dtype, path
     return pipe, kind.arch
 
 
-def _read_state(entry: ModelEntry) -> dict:
+def read_state(entry: ModelEntry) -> dict:
     """The file's tensors: safetensors as they are, GGUF's as diffusers' GGUFParameters (still quantized)."""
     if entry.format == "gguf":
         from diffusers.models.model_loading_utils import load_gguf_checkpoint
