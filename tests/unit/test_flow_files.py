@@ -25,20 +25,15 @@ def _own(state: dict) -> dict:
 def studio(tmp_path_factory, demo_checkpoint):
     from safetensors.torch import load_file, save_file
 
-    from modules.models.demo_flow import save_demo_flow, save_flux_files, save_gguf
     from modules.studio import Studio, StudioOptions
     from tests.conftest import make_data_dir
+    from tests.fixtures_models import save_flux_file_set
 
     data = make_data_dir(tmp_path_factory.mktemp("flow-files"), demo_checkpoint)
     models = data / "models"
-    # head_dim 128: the transformer's layers are 256 wide, whole blocks for GGUF's K-quants.
-    folder = save_demo_flow(models / "Stable-diffusion" / FOLDER, "flux", seed=3, head_dim=128)
-    bfl_file = save_flux_files(folder, models, BFL.removesuffix(".safetensors"))
-    bfl = {k.removeprefix("model.diffusion_model."): v for k, v in load_file(str(bfl_file)).items()}
-    (models / "unet").mkdir(exist_ok=True)
-    for qtype, name in GGUFS.items():
-        target = models / ("Stable-diffusion" if "/" not in name else "") / name
-        save_gguf(target, bfl, qtype)
+    placed = {q: (n if "/" in n else "Stable-diffusion/" + n) for q, n in GGUFS.items()}
+    folder = save_flux_file_set(models, FOLDER, placed)
+    bfl_file = models / "Stable-diffusion" / BFL
     shutil.copy(bfl_file, models / "Stable-diffusion" / "tiny-flux-copy.safetensors")
     save_file(_own(load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))),
               str(models / "Stable-diffusion" / DIFFUSERS_LAYOUT))
