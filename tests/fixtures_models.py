@@ -223,7 +223,7 @@ def save_flux_file_set(models: Path, folder_name: str, ggufs: dict[str, str], se
 
     from modules.models.demo_flow import save_demo_flow, save_flux_files, save_gguf
 
-    folder = save_demo_flow(models / "Stable-diffusion" / folder_name, "flux", seed=seed, head_dim=128)
+    folder = save_demo_flow(models / "Stable-diffusion" / folder_name, "flux", seed=seed, width=256, head_dim=128)
     bfl_file = save_flux_files(folder, models, "tiny-flux-bfl")
     bfl = {k.removeprefix("model.diffusion_model."): v for k, v in load_file(str(bfl_file)).items()}
     for qtype, name in ggufs.items():

@@ -30,24 +30,24 @@ def t5_tokenizer():
                            extra_ids=0, model_max_length=512)
 
 
-def _clip(tokenizer, projection: bool, seed: int):
+def _clip(tokenizer, projection: bool, seed: int, width: int = WIDTH):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    config = CLIPTextConfig(hidden_size=WIDTH, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
-                            vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=WIDTH,
+    config = CLIPTextConfig(hidden_size=width, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                            vocab_size=len(tokenizer), max_position_embeddings=77, projection_dim=width,
                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id)
     return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
 
 
-def _t5(tokenizer, seed: int):
+def _t5(tokenizer, seed: int, width: int = WIDTH):
     import torch
     from transformers import T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
-    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=WIDTH, d_ff=37, d_kv=8, num_heads=4,
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_ff=37, d_kv=8, num_heads=4,
                                    num_layers=2, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)).eval()
 
 
@@ -70,23 +70,24 @@ def _clip_tokenizer():
         return CLIPTokenizer.from_pretrained(tmp, local_files_only=True)
 
 
-def build_flux_pipeline(seed: int = 0, head_dim: int = 16):
-    """Flux.1-dev's layout, tiny: CLIP-L (pooled) + T5, one double and one single block, guidance embeds.
-    `head_dim` 128 makes the transformer's layers 256 wide: GGUF's K-quants work in blocks of 256."""
+def build_flux_pipeline(seed: int = 0, width: int = WIDTH, head_dim: int = 16, blocks: tuple[int, int] = (1, 1)):
+    """Flux.1-dev's layout, tiny by default: CLIP-L (pooled) + T5, `blocks` (double, single) transformer blocks
+    of `width` (heads of `head_dim`; the real model: 3072 wide, heads of 128, 19 + 38 blocks), guidance embeds."""
     import torch
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
     clip_tok, t5_tok = _clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=1, num_single_layers=1,
-                                         attention_head_dim=head_dim, num_attention_heads=2, joint_attention_dim=WIDTH,
-                                         pooled_projection_dim=WIDTH, guidance_embeds=True,
-                                         axes_dims_rope=(head_dim // 4, head_dim // 4, head_dim // 2))
+    rope = (head_dim // 4, 3 * head_dim // 8, 3 * head_dim // 8)  # the real split of 128: 16, 56, 56
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=blocks[0], num_single_layers=blocks[1],
+                                         attention_head_dim=head_dim, num_attention_heads=width // head_dim,
+                                         joint_attention_dim=width, pooled_projection_dim=width, axes_dims_rope=rope,
+                                         guidance_embeds=True)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                                                 base_image_seq_len=256, max_image_seq_len=4096)
-    return FluxPipeline(scheduler=scheduler, vae=_vae(seed + 1, 0.1159, 0.3611), text_encoder=_clip(clip_tok, False, seed + 2),
-                        tokenizer=clip_tok, text_encoder_2=_t5(t5_tok, seed + 3), tokenizer_2=t5_tok,
-                        transformer=transformer.eval())
+    return FluxPipeline(scheduler=scheduler, vae=_vae(seed + 1, 0.1159, 0.3611),
+                        text_encoder=_clip(clip_tok, False, seed + 2, width), tokenizer=clip_tok,
+                        text_encoder_2=_t5(t5_tok, seed + 3, width), tokenizer_2=t5_tok, transformer=transformer.eval())
 
 
 def build_sd3_pipeline(seed: int = 0):
@@ -108,9 +109,10 @@ def build_sd3_pipeline(seed: int = 0):
 BUILDERS = {"flux": build_flux_pipeline, "sd3": build_sd3_pipeline}
 
 
-def save_demo_flow(folder: Path, arch: str, seed: int = 0, **build) -> Path:
-    """Build and save a tiny Flux or SD3 checkpoint as a diffusers folder (safetensors), whole or not at all."""
-    pipe = BUILDERS[arch](seed, **build)
+def save_demo_flow(folder: Path, arch: str, seed: int = 0, **sizes) -> Path:
+    """Build and save a tiny Flux or SD3 checkpoint as a diffusers folder (safetensors), whole or not at all;
+    `sizes` go to the builder (the bench's bigger Flux)."""
+    pipe = BUILDERS[arch](seed, **sizes)
     folder = Path(folder)
     tmp = folder.with_name("." + folder.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
