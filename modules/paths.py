@@ -30,7 +30,11 @@ MODEL_FOLDERS = {
     "dat": "DAT",
     "hat": "HAT",
     "gfpgan": "GFPGAN",  # face restorers (GFPGANv1.4), loaded by spandrel too
+    # Flux / SD3 text encoders (CLIP-L, CLIP-G, T5) shared by transformer-only checkpoints, as ComfyUI's folder.
+    "text_encoder": "text_encoder",
 }
+# ComfyUI's folder of transformer-only files (GGUF among them): listed with the checkpoints, as "unet/<name>".
+UNET_FOLDER = "unet"
 
 
 @dataclass(frozen=True)
@@ -88,12 +92,17 @@ class DataPaths:
             raise NotFound(f"unknown model kind {kind!r}; known: {', '.join(self.model_kinds())}", "kind")
         return self.models / MODEL_FOLDERS[kind]
 
+    @property
+    def unet(self) -> Path:
+        return self.models / UNET_FOLDER
+
     def model_kinds(self) -> list[str]:
         return list(MODEL_FOLDERS) + [k for k in self.extra_kinds if k not in MODEL_FOLDERS]
 
     def ensure(self) -> None:
         for kind in self.model_kinds():
             self.model_dir(kind).mkdir(parents=True, exist_ok=True)
+        self.unet.mkdir(parents=True, exist_ok=True)
         self.outputs.mkdir(parents=True, exist_ok=True)
 
     def with_kind(self, kind: str, folder: Path) -> "DataPaths":

@@ -213,3 +213,20 @@ def schematic_face(size: int = 256, background=(90, 120, 160)):
     draw.polygon([(s * 128, s * 110), (s * 118, s * 150), (s * 138, s * 150)], fill=(200, 155, 125))  # nose
     ellipse((100, 166, 156, 184), (150, 60, 60))  # mouth
     return image.filter(ImageFilter.GaussianBlur(2 * s))
+
+
+def save_flux_file_set(models: Path, folder_name: str, ggufs: dict[str, str], seed: int = 3) -> Path:
+    """A tiny Flux-dev diffusers folder (layers 256 wide: whole GGUF K-quant blocks) in models/Stable-diffusion and
+    the same weights as a user keeps them (demo_flow.save_flux_files: `tiny-flux-bfl.safetensors` + shared
+    encoders, VAE, configs), plus GGUF files `{qtype: name under models/}` of its transformer. Returns the folder."""
+    from safetensors.torch import load_file
+
+    from modules.models.demo_flow import save_demo_flow, save_flux_files, save_gguf
+
+    folder = save_demo_flow(models / "Stable-diffusion" / folder_name, "flux", seed=seed, width=256, head_dim=128)
+    bfl_file = save_flux_files(folder, models, "tiny-flux-bfl")
+    bfl = {k.removeprefix("model.diffusion_model."): v for k, v in load_file(str(bfl_file)).items()}
+    for qtype, name in ggufs.items():
+        (models / name).parent.mkdir(parents=True, exist_ok=True)
+        save_gguf(models / name, bfl, qtype)
+    return folder

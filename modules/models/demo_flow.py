@@ -6,6 +6,7 @@ Flux's 2×2 packed latents (transformer in_channels 64) and guidance embedding (
 text encoders (two CLIPs with projections, T5)."""
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -119,3 +120,113 @@ def save_demo_flow(folder: Path, arch: str, seed: int = 0, **sizes) -> Path:
     (tmp / "ATELIER_DEMO.txt").write_text(DEMO_NOTE + "\n", encoding="utf-8")
     tmp.rename(folder)
     return folder
+
+
+# Where the demo puts each text encoder in models/text_encoder: a name ending in .safetensors is a file of its
+# weights (as ComfyUI's clip_l.safetensors), any other a transformers folder.
+ENCODER_FILES = {"flux": (("text_encoder", "clip_l.safetensors"), ("text_encoder_2", "t5xxl")),
+                 "sd3": (("text_encoder", "clip_l"), ("text_encoder_2", "clip_g"), ("text_encoder_3", "t5xxl"))}
+
+
+def _load_saved(folder: Path):
+    from diffusers import DiffusionPipeline
+
+    return DiffusionPipeline.from_pretrained(str(folder), local_files_only=True)
+
+
+def _arch(pipe) -> str:
+    return "flux" if type(pipe).__name__ == "FluxPipeline" else "sd3"
+
+
+def save_configs(folder: Path, models: Path) -> Path:
+    """The folder's configs and tokenizers, no weights, as models/configs/<variant>/ (what a user downloads)."""
+    index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+    guided = json.loads((Path(folder) / "transformer" / "config.json").read_text(encoding="utf-8")).get("guidance_embeds")
+    variant = ("flux-dev" if guided else "flux-schnell") if index["_class_name"] == "FluxPipeline" else "sd3"
+    configs = models / "configs" / variant
+    if not configs.exists():
+        shutil.copytree(folder, configs, ignore=shutil.ignore_patterns("*.safetensors", "ATELIER_DEMO.txt"))
+    return configs
+
+
+def save_shared_parts(folder: Path, models: Path) -> None:
+    """The folder's text encoders into models/text_encoder (ENCODER_FILES) and its VAE into models/VAE."""
+    from safetensors.torch import save_file
+
+    pipe = _load_saved(folder)
+    arch = _arch(pipe)
+    encoders = models / "text_encoder"
+    encoders.mkdir(parents=True, exist_ok=True)
+    for slot, name in ENCODER_FILES[arch]:
+        if name.endswith(".safetensors"):
+            save_file(_contiguous(pipe.components[slot].state_dict()), str(encoders / name))
+        else:
+            pipe.components[slot].save_pretrained(str(encoders / name), safe_serialization=True)
+    (models / "VAE").mkdir(parents=True, exist_ok=True)
+    save_file(_contiguous(pipe.vae.state_dict()), str(models / "VAE" / ("ae" if arch == "flux" else "sd3_vae")
+                                                       ) + ".safetensors")
+
+
+def save_flux_files(folder: Path, models: Path, name: str) -> Path:
+    """The tiny Flux folder's weights as a Forge / ComfyUI user keeps them: the transformer alone in BFL key names
+    (models/Stable-diffusion/<name>.safetensors), CLIP-L as a file and T5 as a folder in models/text_encoder,
+    the VAE in models/VAE, and the configs + tokenizers without weights in models/configs/flux-dev/."""
+    from safetensors.torch import save_file
+
+    from modules.models import flux_layout
+
+    save_configs(folder, models)
+    save_shared_parts(folder, models)
+    bfl = flux_layout.to_bfl(_load_saved(folder).transformer.state_dict())
+    target = models / "Stable-diffusion" / f"{name}.safetensors"
+    save_file(_contiguous({"model.diffusion_model." + k: v for k, v in bfl.items()}), str(target))
+    return target
+
+
+def save_sd3_files(folder: Path, models: Path, name: str) -> tuple[Path, Path]:
+    """The tiny SD3 folder as single files: `<name>-aio.safetensors`, all in one (the transformer under
+    model.diffusion_model., the encoders under text_encoders.clip_l / clip_g / t5xxl.transformer., the VAE under
+    vae., as SAI's files with their encoders), and `<name>.safetensors`, the transformer alone; + configs/sd3."""
+    from safetensors.torch import save_file
+
+    save_configs(folder, models)
+    pipe = _load_saved(folder)
+    parts = {"model.diffusion_model.": pipe.transformer, "text_encoders.clip_l.transformer.": pipe.text_encoder,
+             "text_encoders.clip_g.transformer.": pipe.text_encoder_2,
+             "text_encoders.t5xxl.transformer.": pipe.text_encoder_3, "vae.": pipe.vae}
+    whole = {prefix + k: v for prefix, module in parts.items() for k, v in module.state_dict().items()}
+    aio = models / "Stable-diffusion" / f"{name}-aio.safetensors"
+    save_file(_contiguous(whole), str(aio))
+    alone = models / "Stable-diffusion" / f"{name}.safetensors"
+    save_file(_contiguous(pipe.transformer.state_dict()), str(alone))
+    return aio, alone
+
+
+def _contiguous(state: dict) -> dict:
+    """Own copies: safetensors refuses tensors that share memory (T5's tied embeddings)."""
+    return {k: v.detach().clone().contiguous() for k, v in state.items()}
+
+
+def save_gguf(path: Path, state: dict, qtype: str) -> Path:
+    """A GGUF file of `state` (BFL names, as city96's Flux GGUFs): 2-D weights whose rows fit the type's blocks
+    in `qtype` (Q8_0, Q5_0, Q4_0: the gguf package's quantizers; Q4_K, Q5_K: gguf_kquants'), the rest F32."""
+    import gguf
+    import numpy as np
+
+    from modules.models import gguf_kquants
+
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    block = gguf.GGML_QUANT_SIZES[kind][0]
+    writer = gguf.GGUFWriter(str(path), arch="flux")
+    for key, tensor in state.items():
+        data = tensor.detach().float().numpy()
+        if data.ndim == 2 and key.endswith(".weight") and data.shape[1] % block == 0:
+            packed = gguf_kquants.quantize(data, kind)
+            writer.add_tensor(key, packed, raw_shape=packed.shape, raw_dtype=kind)
+        else:
+            writer.add_tensor(key, np.ascontiguousarray(data, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Path(path)

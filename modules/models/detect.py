@@ -43,13 +43,17 @@ def read_header(path: Path, want_shapes=lambda key: False) -> Header:
 
 @dataclass
 class CheckpointKind:
-    arch: str  # sd1, sd2, sdxl
+    arch: str  # sd1, sd2, sdxl, flux, sd3
     inpaint: bool = False
     refiner: bool = False
+    variant: str = ""  # flux / sd3: flux-dev, flux-schnell, sd3, sd35_medium, sd35_large (diffusers' names)
+    layout: str = ""  # flux / sd3: "bfl" (BFL / SAI / ComfyUI key names) or "diffusers"
 
     @property
     def hub_key(self) -> str:
         """The key of diffusers' DIFFUSERS_DEFAULT_PIPELINE_PATHS for this kind (its config repo)."""
+        if self.variant:
+            return self.variant
         if self.arch == "sdxl":
             return "xl_refiner" if self.refiner else ("xl_inpaint" if self.inpaint else "xl_base")
         if self.arch == "sd2":
@@ -67,7 +71,38 @@ def checkpoint_kind(path: Path) -> CheckpointKind:
     return kind_from_keys(header.keys, header.shapes)
 
 
+_DIFFUSION_PREFIX = "model.diffusion_model."
+
+
+def flow_kind_from_keys(keys) -> CheckpointKind | None:
+    """Flux / SD3 of a transformer file, by its top-level key names (BFL / SAI as Forge and ComfyUI keep
+    them, or diffusers'; with or without `model.diffusion_model.`); None for anything else."""
+    names = {k[len(_DIFFUSION_PREFIX):] if k.startswith(_DIFFUSION_PREFIX) else k for k in keys}
+    tops = {n.split(".", 1)[0] for n in names}
+    if {"double_blocks", "single_blocks"} <= tops:  # BFL: guidance_in is Flux-dev's distilled guidance
+        return CheckpointKind("flux", variant="flux-dev" if "guidance_in" in tops else "flux-schnell", layout="bfl")
+    if {"transformer_blocks", "single_transformer_blocks"} <= tops:
+        guided = any(n.startswith("time_text_embed.guidance_embedder.") for n in names)
+        return CheckpointKind("flux", variant="flux-dev" if guided else "flux-schnell", layout="diffusers")
+    if "joint_blocks" in tops:
+        return CheckpointKind("sd3", variant=_sd3_variant(names, "joint_blocks", ".x_block.attn2."), layout="bfl")
+    if {"transformer_blocks", "context_embedder", "pos_embed"} <= tops:
+        return CheckpointKind("sd3", variant=_sd3_variant(names, "transformer_blocks", ".attn2."), layout="diffusers")
+    return None
+
+
+def _sd3_variant(names: set, blocks: str, attn2: str) -> str:
+    """SD3 Medium (24 joint blocks), SD3.5 Medium (its dual attention, attn2), SD3.5 Large (38 blocks)."""
+    count = 1 + max(int(n.split(".")[1]) for n in names if n.startswith(blocks + "."))
+    if count >= 38:
+        return "sd35_large"
+    return "sd35_medium" if any(attn2 in n for n in names) else "sd3"
+
+
 def kind_from_keys(keys, shapes: dict) -> CheckpointKind:
+    flow = flow_kind_from_keys(keys)
+    if flow is not None:
+        return flow
     keyset = set(keys)
     if not any(k.startswith("model.diffusion_model.") for k in keyset):
         raise ModelLoadError("has no Stable Diffusion UNet (no model.diffusion_model.* keys): it is not a "

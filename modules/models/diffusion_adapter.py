@@ -115,8 +115,10 @@ class DiffusionAdapter:
         quantization = quant.quantize_pipeline(pipe, options, device.name)
         ckpt = LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=options, quantization=quantization,
                                 footprint=memory.footprint_bytes(pipe))
-        # bitsandbytes weights on a GPU are placed by their own config, never moved by .to() or offload hooks.
-        movable = not (quantization and device.type == "cuda")
+        # bitsandbytes weights on a GPU are placed by their own config, never moved by .to() or offload hooks;
+        # GGUF's are plain tensors (dequantized as each layer runs), offloaded like any.
+        bnb_on_gpu = bool(quantization) and device.type == "cuda" and not quantization.startswith("GGUF")
+        movable = not bnb_on_gpu
         loaded = Loaded(kind="checkpoint", entry=entry, options=options, handle=ckpt, footprint=ckpt.footprint,
                         device="cpu", movable=movable)
         self.to(actx, loaded, device.name)

@@ -14,8 +14,8 @@ import logging
 from pathlib import Path
 
 from modules.devices import device_type
-from modules.errors import AtelierError, InvalidRequest, ModelLoadError
-from modules.models import detect
+from modules.errors import AtelierError, ModelLoadError
+from modules.models import detect, flow_files
 from modules.models.registry import SIDECAR_SUFFIX, ModelEntry
 
 log = logging.getLogger("atelier.models")
@@ -38,6 +38,8 @@ def load_checkpoint(entry: ModelEntry, dtype, paths, options=None, device_name: 
     try:
         if entry.format == "diffusers":
             return _load_diffusers_folder(entry, dtype, options, device_name)
+        if entry.format == "gguf":  # a Flux / SD3 transformer in GGUF (models/Stable-diffusion or models/unet)
+            return flow_files.load_file(entry, None, dtype, paths, options, device_name)
         if entry.format in ("safetensors", "pickle"):
             return _load_single_file(entry, dtype, paths, options, device_name)
     except AtelierError as exc:
@@ -64,15 +66,14 @@ def _load_diffusers_folder(entry: ModelEntry, dtype, options, device_name: str):
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{entry.name}: model_index.json is unreadable ({exc})", FIELD) from None
     flow_label = detect.FLOW_PIPELINES.get(str(index.get("_class_name", "")))
-    if flow_label and options is not None and options.quantization != "none":
-        raise InvalidRequest(f"{entry.name}: quantized loads of {flow_label} checkpoints are not available yet; "
-                             "load it with quantization none", "quantization")
     kwargs = {"torch_dtype": dtype, "local_files_only": True}
     if "safety_checker" in index:
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
         quant = _unet_quantization(options, dtype, device_name)
-        if quant:
+        if quant and flow_label:  # Flux / SD3: the transformer is what gets quantized
+            kwargs["transformer"] = flow_files.folder_transformer(entry.path, flow_label, dtype, quant)
+        elif quant:
             kwargs["unet"] = UNet2DConditionModel.from_pretrained(
                 str(entry.path), subfolder="unet", torch_dtype=dtype, local_files_only=True, **quant)
         pipe = DiffusionPipeline.from_pretrained(str(entry.path), **kwargs)
@@ -175,6 +176,8 @@ def _load_single_file(entry: ModelEntry, dtype, paths, options, device_name: str
         kind = _pickle_kind(entry.path)
     else:
         kind = detect.checkpoint_kind(entry.path)
+    if kind.arch in flow_files.ARCHS:  # a transformer-only file: the encoders and VAE come from shared folders
+        return flow_files.load_file(entry, kind, dtype, paths, options, device_name)
     cls = _pipeline_class(kind)
     config = config_source(entry, paths, kind)
     if config is None and not _in_hf_cache(kind):  # say so now, rather than let diffusers try the network

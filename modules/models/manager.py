@@ -433,7 +433,8 @@ class ModelManager:
                     "active": bool(loaded is not None and self._active.get(kind) == loaded.key),
                     "in_use": bool(slot and slot.pinned),
                     "footprint_bytes": loaded.footprint if loaded else 0,
-                    "quantization": (loaded.options if loaded else self.options.get(e.name)).label(),
+                    "quantization": (loaded.options if loaded else self.options.get(e.name)).label()
+                    or (e.metadata.get("quantization") if e.format == "gguf" else None),  # a GGUF file's own type
                     "loadable": kind in self._adapters,
                     "demo": e.path.is_dir() and is_demo(e.path),  # random weights: the UI says so
                 })

@@ -98,17 +98,27 @@ class OptionsStore:
 
 
 def quantize_pipeline(pipe, opts: LoadOptions, device_name: str) -> str | None:
-    """Quantize the UNet on the CPU by swapping its Linear layers; on CUDA the loader already did."""
-    if opts.quantization == "none":
+    """Quantize the denoiser (SD's UNet, Flux / SD3's transformer) on the CPU by swapping its Linear layers; on
+    CUDA the loader already did. Returns the infotext's "Quantization" (a GGUF file's own type: "GGUF Q4_K")."""
+    denoiser = pipe.components.get("unet") or pipe.components.get("transformer")
+    if denoiser is None:
         return None
-    unet = getattr(pipe, "unet", None)
-    if unet is None:
-        return None
+    gguf = gguf_label(denoiser)
+    if gguf or opts.quantization == "none":
+        return gguf
     if device_type(device_name) == "cuda":
-        return opts.label() if getattr(unet, "is_quantized", False) or _has_bnb(unet) else None
-    count = swap_linear_layers(unet, opts)
-    log.info("quantized %d UNet linear layers to %s on the CPU", count, opts.label())
+        return opts.label() if getattr(denoiser, "is_quantized", False) or _has_bnb(denoiser) else None
+    count = swap_linear_layers(denoiser, opts)
+    log.info("quantized %d %s linear layers to %s on the CPU", count, type(denoiser).__name__, opts.label())
     return opts.label()
+
+
+def gguf_label(module) -> str | None:
+    """ "GGUF Q8_0" when the module's weights are diffusers' GGUFParameters (the most common type), else None."""
+    from collections import Counter
+
+    types = Counter(p.quant_type.name for p in module.parameters() if type(p).__name__ == "GGUFParameter")
+    return "GGUF " + types.most_common(1)[0][0] if types else None
 
 
 def _has_bnb(module) -> bool:

@@ -14,7 +14,7 @@ from pathlib import Path
 from modules.errors import AtelierError, NotFound
 from modules.models.hashes import EAGER_LIMIT, HashCache
 from modules.models.hf_info import name_keys
-from modules.paths import MODEL_FOLDERS, DataPaths, resolve_inside
+from modules.paths import MODEL_FOLDERS, UNET_FOLDER, DataPaths, resolve_inside
 
 log = logging.getLogger("atelier.models")
 
@@ -87,6 +87,10 @@ def _describe(entry: ModelEntry) -> None:
             entry.arch = detect.folder_arch(entry.path)
         elif entry.format in ("hf", "peft") or (entry.format == "gguf" and entry.kind in ("llm", "vlm")):
             _describe_transformers(entry)
+        elif entry.format == "gguf" and entry.kind == "checkpoint":  # a Flux / SD3 transformer in GGUF
+            from modules.models import flow_files
+
+            flow_files.describe(entry)
         elif entry.format != "safetensors":
             return
         elif entry.kind == "checkpoint":
@@ -94,6 +98,10 @@ def _describe(entry: ModelEntry) -> None:
         elif entry.kind == "lora":
             entry.arch = detect.lora_arch(entry.path)
             entry.metadata = detect.read_header(entry.path).metadata
+        elif entry.kind == "text_encoder":  # which slot of a Flux / SD3 file it fills: clip_l, clip_g, t5
+            from modules.models import flow_files
+
+            entry.arch = flow_files.encoder_role(entry.path)
         elif entry.kind == "embedding":
             header = detect.read_header(entry.path, lambda k: True)
             shape = next(iter(header.shapes.values()), [])
@@ -138,10 +146,15 @@ class ModelRegistry:
                 self._entries[k] = found
 
     def _scan(self, kind: str) -> dict[str, ModelEntry]:
-        folder = self.paths.model_dir(kind)
         found: dict[str, ModelEntry] = {}
+        self._scan_folder(kind, self.paths.model_dir(kind), "", found)
+        if kind == "checkpoint":  # ComfyUI's models/unet: transformer-only files, listed as unet/<name>
+            self._scan_folder(kind, self.paths.unet, UNET_FOLDER + "/", found)
+        return found
+
+    def _scan_folder(self, kind: str, folder: Path, prefix: str, found: dict[str, ModelEntry]) -> None:
         if not folder.is_dir():
-            return found
+            return
         stack = [folder]
         while stack:
             current = stack.pop()
@@ -153,7 +166,7 @@ class ModelRegistry:
                     if child.is_dir() and not child.name.endswith(SIDECAR_SUFFIX):
                         stack.append(child)
                     continue
-                name = child.relative_to(folder).as_posix()
+                name = prefix + child.relative_to(folder).as_posix()
                 try:
                     size = _folder_size(child) if child.is_dir() else child.stat().st_size
                 except OSError:
@@ -163,8 +176,7 @@ class ModelRegistry:
                 entry.sha256 = self.hashes.cached(child)
                 if entry.sha256 is None and size <= EAGER_LIMIT:
                     entry.sha256 = self._hash(child)
-                found[name] = entry
-        return found
+                found.setdefault(name, entry)
 
     def _hash(self, path: Path) -> str | None:
         try:

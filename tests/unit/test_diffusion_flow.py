@@ -216,9 +216,3 @@ def test_what_flow_img2img_cannot_do_yet_is_refused_by_field(studio, fields, fie
     job = _job(studio, "img2img", **{"init_images": [_gradient()], "denoising_strength": 0.6, **fields},
                override_settings={"sd_model_checkpoint": SD3})
     assert job.state.value == "failed" and job.error_field == field, (job.error_field, job.error)
-
-
-def test_a_quantized_load_of_flux_is_refused_by_field(studio):
-    job = studio.jobs.run("load_checkpoint", {"name": FLUX, "options": {"quantization": "int8"}}, timeout=60)
-    assert job.state.value == "failed" and 400 <= job.error_status < 500, job.error
-    assert job.error_field.split(".")[-1] == "quantization", (job.error_field, job.error)

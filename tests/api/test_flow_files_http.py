@@ -1,0 +1,59 @@
+"""Flux single files through a real server: the A1111 switch (POST /sdapi/v1/options) to a BFL transformer-only
+file, then the official `webuiapi` client's txt2img — equal to plain diffusers on the folder of the same
+weights; a GGUF Q4_K file in ComfyUI's models/unet as `unet/<name>` generates with `Quantization: GGUF Q4_K`
+in its infotext and is listed by /atelier/v1/models with its type and footprint."""
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+import webuiapi
+
+from tests.api.conftest import server_errors
+from tests.conftest import make_data_dir, start_live_server
+
+FOLDER, BFL, GGUF = "tiny-flux-wide", "tiny-flux-bfl.safetensors", "unet/tiny-flux-Q4_K.gguf"
+ARGS = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler", "cfg_scale": 1}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo_checkpoint):
+    from tests.fixtures_models import save_flux_file_set
+
+    data = make_data_dir(tmp_path_factory.mktemp("flow-files-server"), demo_checkpoint)
+    folder = save_flux_file_set(data / "models", FOLDER, {"Q4_K": GGUF})
+    s = start_live_server(data)
+    s.flux_folder = folder
+    yield s
+    s.stop()
+
+
+def _pixels(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB")).astype(int)
+
+
+def test_an_a1111_switch_to_a_bfl_file_then_webuiapi_equals_plain_diffusers(server):
+    import torch
+    from diffusers import FluxPipeline
+
+    switched = httpx.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": BFL}, timeout=300)
+    assert switched.status_code == 200, switched.text
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    result = api.txt2img(**ARGS)
+    pipe = FluxPipeline.from_pretrained(str(server.flux_folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(ARGS["prompt"], num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
+                 generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(_pixels(result.image), _pixels(plain))
+    assert f"Model: {BFL.removesuffix('.safetensors')}" in result.info["infotexts"][0], result.info["infotexts"][0]
+
+
+def test_a_gguf_file_in_models_unet_generates_and_is_listed_with_its_type(server):
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    result = api.txt2img(**ARGS, override_settings={"sd_model_checkpoint": GGUF})
+    assert "Quantization: GGUF Q4_K" in result.info["infotexts"][0], result.info["infotexts"][0]
+    rows = httpx.get(server.url + "/atelier/v1/models", timeout=60).json()
+    rows = rows["models"] if isinstance(rows, dict) else rows
+    row = next(r for r in rows if r["name"] == GGUF)
+    assert row["arch"] == "flux" and row["quantization"] == "GGUF Q4_K" and row["footprint_bytes"] > 0, row
+    assert not server_errors(server)
