@@ -1,6 +1,7 @@
-"""A Flux checkpoint (the tiny diffusers folder of modules/models/demo_flow.py) through a real server: the
-official `webuiapi` client's txt2img equals plain diffusers on the same folder and seed, Forge's
-`distilled_cfg_scale` acts, a UNet sampler is a 4xx naming `sampler_name`."""
+"""Flux and SD3 checkpoints (the tiny diffusers folders of modules/models/demo_flow.py) through a real server:
+the official `webuiapi` client's txt2img equals plain diffusers on the same folder and seed, Forge's
+`distilled_cfg_scale` acts, a UNet sampler is a 4xx naming `sampler_name`, an nf4 load through the model
+manager's REST route generates and says so in the infotext."""
 from __future__ import annotations
 
 import httpx
@@ -11,7 +12,7 @@ import webuiapi
 from tests.api.conftest import assert_json_error, png, server_errors
 from tests.conftest import make_data_dir, start_live_server
 
-FLUX = "tiny-flux-dev"
+FLUX, SD3 = "tiny-flux-dev", "tiny-sd3"
 BODY = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler",
         "cfg_scale": 1, "override_settings": {"sd_model_checkpoint": FLUX}}
 
@@ -22,6 +23,7 @@ def server(tmp_path_factory, demo_checkpoint):
 
     data = make_data_dir(tmp_path_factory.mktemp("flow-server"), demo_checkpoint)
     folder = save_demo_flow(data / "models" / "Stable-diffusion" / FLUX, "flux", seed=1)
+    save_demo_flow(data / "models" / "Stable-diffusion" / SD3, "sd3", seed=2)
     s = start_live_server(data)
     s.flux_folder = folder
     yield s
@@ -56,3 +58,33 @@ def test_distilled_cfg_scale_acts_and_a_unet_sampler_is_refused_by_name(server):
     refused = assert_json_error(c.post("/txt2img", json={**BODY, "sampler_name": "Euler a"}))
     assert refused.get("field") == "sampler_name" and "Euler" in refused["detail"], refused
     assert not server_errors(server)
+
+
+def test_webuiapi_txt2img_on_sd3_equals_plain_diffusers(server):
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    result = api.txt2img(prompt=BODY["prompt"], negative_prompt="dark", width=64, height=64, steps=3, seed=5,
+                         sampler_name="Euler", cfg_scale=4, override_settings={"sd_model_checkpoint": SD3})
+    folder = server.flux_folder.parent / SD3
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(BODY["prompt"], negative_prompt="dark", num_inference_steps=3, height=64, width=64,
+                 guidance_scale=4, generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(_pixels(result.image), _pixels(plain))
+
+
+def test_an_nf4_load_through_the_models_route_generates_and_says_so(server):
+    c = httpx.Client(base_url=server.url, timeout=300)
+    plain = png(c.post("/sdapi/v1/txt2img", json=BODY).json()["images"][0])
+    loaded = c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": FLUX,
+                                                     "options": {"quantization": "nf4"}})
+    assert loaded.status_code == 200, loaded.text
+    try:
+        made = c.post("/sdapi/v1/txt2img", json=BODY).json()
+        assert "Quantization: nf4" in made["info"]
+        assert not np.array_equal(_pixels(plain), _pixels(png(made["images"][0])))  # 4-bit weights: another image
+    finally:
+        c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": FLUX,
+                                                "options": {"quantization": "none"}})

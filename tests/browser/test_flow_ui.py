@@ -1,6 +1,7 @@
 """A Flux checkpoint in a real browser: choosing it in the top bar applies Forge's Flux preset — the Distilled
 CFG Scale slider (hidden for the SD demo), Euler, CFG 1, no tiling — and a txt2img made with it says the
-distilled value in its infotext; back on the SD demo, tiling and CFG 7 return."""
+distilled value in its infotext; an SD3 checkpoint generates from the same tab without the slider; back on the
+SD demo, tiling and CFG 7 return."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +10,7 @@ from modules.models.demo import DEMO_NAME
 from tests.browser.helpers import choose, page_of, set_number, small_run
 from tests.conftest import make_data_dir, start_live_server
 
-FLUX = "tiny-flux-dev"
+FLUX, SD3 = "tiny-flux-dev", "tiny-sd3"
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,7 @@ def flow_server(tmp_path_factory, demo_checkpoint):
 
     data = make_data_dir(tmp_path_factory.mktemp("flow-ui"), demo_checkpoint)
     save_demo_flow(data / "models" / "Stable-diffusion" / FLUX, "flux", seed=1)
+    save_demo_flow(data / "models" / "Stable-diffusion" / SD3, "sd3", seed=2)
     server = start_live_server(data)
     yield server
     server.stop()
@@ -39,7 +41,13 @@ def test_choosing_flux_shows_distilled_guidance_and_it_reaches_the_image(browser
         page.click("#txt2img_generate")
         page.wait_for_function("() => document.querySelector('#txt2img_info textarea').value"
                                ".includes('Distilled CFG Scale: 5')", timeout=180_000)
-        choose(page, "setting_sd_model_checkpoint", DEMO_NAME)
+        # SD3: no distilled guidance, still Euler and no tiling; it generates from the same tab.
+        choose(page, "setting_sd_model_checkpoint", SD3)
         slider.wait_for(state="hidden", timeout=120_000)
+        assert page.locator("#txt2img_sampling input").input_value() == "Euler"
+        page.click("#txt2img_generate")
+        page.wait_for_function("() => document.querySelector('#txt2img_info textarea').value"
+                               ".includes('Model: tiny-sd3')", timeout=180_000)
+        choose(page, "setting_sd_model_checkpoint", DEMO_NAME)
         page.locator("#txt2img_tiling").wait_for(state="visible")
         assert page.locator("#txt2img_cfg_scale input[type=number]").input_value() == "7"

@@ -254,7 +254,7 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
     Distilled CFG Scale and starts at CFG 1 (true CFG off); back on a UNet checkpoint, CFG 1 goes back to 7."""
     import gradio as gr
 
-    from modules.diffusion.flow import is_flow
+    from modules.diffusion.flow import DISTILLED_CFG_DEFAULT, is_flow
 
     panels = [comps for comps in tabs.values() if "distilled_cfg_scale" in comps]
     if not panels:
@@ -276,7 +276,9 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
                 cfg_update = gr.Slider(value=7)
             else:
                 cfg_update = gr.skip()
-            updates += [gr.Slider(visible=arch == "flux"),
+            # Hidden, it goes back to its default: the other checkpoints refuse any other distilled value.
+            distilled = gr.Slider(visible=True) if arch == "flux" else gr.Slider(visible=False, value=DISTILLED_CFG_DEFAULT)
+            updates += [distilled,
                         gr.Checkbox(visible=not flow, value=False) if flow else gr.Checkbox(visible=True),
                         gr.Dropdown(value="Euler") if flow and sampler != "Euler" else gr.skip(), cfg_update]
         return updates
