@@ -2,7 +2,9 @@
 
 - cached switch: A <-> B with both kept in the RAM cache (target < 0.5 s on CPU);
 - cold switch vs a plain safetensors load of the same files (target <= 1.3x), with the
-  cache limited to one checkpoint and three names cycled, so every switch reads the disk;
+  cache limited to one checkpoint and three names cycled, so every switch reads the disk: same
+  architecture (the model manager keeps the module skeleton, skeleton.py, and reads only the
+  weights), and a new architecture (configs no skeleton was kept for: the ordinary load, reported);
 - peak resident memory during the cold switches (reported);
 - LoRA apply + remove of a rank-16 kohya LoRA (target < 0.2 s);
 - txt2img with that LoRA active vs without, through the job engine (target <= 1.05x).
@@ -42,12 +44,30 @@ def _touch(tensors, device: str) -> None:
             t.detach().reshape(-1)[:: max(1, 4096 // t.element_size())].sum()
 
 
-def _switch(models, name: str, device: str) -> None:
+def _switch(models, name: str, device: str) -> str:
+    """Switch to `name` and touch its weights; returns how it was built ("skeleton" or "files")."""
     import torch
 
     ckpt = models.load(name)
     modules = [m for m in ckpt.pipe.components.values() if isinstance(m, torch.nn.Module)]
     _touch([t for m in modules for t in (*m.parameters(), *m.buffers())], device)
+    return ckpt.built_from
+
+
+def _new_arch_copy(src: Path, dst: Path, index: int) -> Path:
+    """A copy of `src` whose scheduler config ends in `index` + 1 more spaces: other config bytes, so no
+    skeleton kept so far fits it and the switch goes the ordinary (new-architecture) way."""
+    import shutil
+
+    from bench.sd15 import link_copy
+
+    link_copy(src, dst)
+    config = dst / "scheduler" / "scheduler_config.json"
+    text = config.read_text(encoding="utf-8")
+    config.unlink()  # a hard link: write a file of its own
+    config.write_text(text + " " * (1 + index), encoding="utf-8")
+    shutil.rmtree(dst / ".cache", ignore_errors=True)
+    return dst
 
 
 def _rss() -> int:
@@ -99,6 +119,7 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
             models.load(names[2])
             log(f"  cold switch: {reps} cold switches alternating with {reps} plain safetensors loads …")
             ta, tb = side_by_side(cold, plain, reps, device, warmup=0)
+            built = {_switch(models, n, device) for n in names}
             gc.collect()
             before = _rss()
             gpu_before = _gpu_allocated(device, reset=True)
@@ -106,9 +127,14 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
                 for _ in range(3):
                     cold()
             in_memory = _weights_bytes(models.load(names[0]).pipe)
-            figures.append(Figure.from_samples("switch_cold", "cold checkpoint switch vs plain safetensors load",
-                                               ratios(ta, tb), target=T_COLD, ok=lambda r: r <= 1.3,
-                                               cold_s=_spread(ta), plain_s=_spread(tb)))
+            fig = Figure.from_samples("switch_cold", "cold checkpoint switch, same architecture, vs plain safetensors load",
+                                      ratios(ta, tb), target=T_COLD, ok=lambda r: r <= 1.3,
+                                      cold_s=_spread(ta), plain_s=_spread(tb), built_from=sorted(built))
+            if built != {"skeleton"}:
+                fig.met = False
+                fig.detail["problem"] = "the same-architecture switches did not all go through the skeleton"
+            figures.append(fig)
+            figures.append(_new_arch_figure(models, src, data, device, reps, log))
             if device == "cpu":
                 peak, growth = sampler.peak, sampler.peak - before
             else:
@@ -129,6 +155,7 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
         why = _why(exc)
         for key, title, target in (("switch_cached", "cached checkpoint switch, SD1.5 size", T_CACHED),
                                    ("switch_cold", "cold checkpoint switch vs plain safetensors load", T_COLD),
+                                   ("switch_cold_new_arch", "cold checkpoint switch, new architecture", ""),
                                    ("switch_peak_mem", "peak RSS while switching", ""),
                                    ("lora_apply_remove", "LoRA rank 16 apply + remove, SD1.5", T_LORA),
                                    ("lora_generation", "txt2img with LoRA active vs without", T_LORA_GEN)):
@@ -141,6 +168,21 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
 
         shutil.rmtree(data, ignore_errors=True)
     return figures
+
+
+def _new_arch_figure(models, src: Path, data: Path, device: str, reps: int, log) -> Figure:
+    """Cold switches to checkpoints whose configs no skeleton fits (each its own), vs the plain read."""
+    title = "cold checkpoint switch, new architecture, vs plain safetensors load"
+    folders = [_new_arch_copy(src, data / "models" / "Stable-diffusion" / f"{src.name}-new{i}", i) for i in range(reps)]
+    models.registry.refresh("checkpoint")
+    queue = iter(f.name for f in folders)
+    built: set[str] = set()
+    log(f"  cold switch, new architecture: {reps} switches alternating with {reps} plain safetensors loads …")
+    ta, tb = side_by_side(lambda: built.add(_switch(models, next(queue), device)), lambda: _plain_load(src, device),
+                          reps, device, warmup=0)
+    fig = Figure.from_samples("switch_cold_new_arch", title, ratios(ta, tb), target="— (reported)",
+                              cold_s=_spread(ta), plain_s=_spread(tb), built_from=sorted(built))
+    return fig
 
 
 def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> list[Figure]:
