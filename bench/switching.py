@@ -6,7 +6,8 @@
   architecture (the model manager keeps the module skeleton, skeleton.py, and reads only the
   weights), and a new architecture (configs no skeleton was kept for: the ordinary load, reported);
 - peak resident memory during the cold switches (reported);
-- LoRA apply + remove of a rank-16 kohya LoRA (target < 0.2 s);
+- LoRA apply + remove of a rank-16 kohya LoRA (target < 0.2 s): the same set on and off, as jobs
+  alternating with and without it; and a weight change between jobs (a new fuse each time);
 - txt2img with that LoRA active vs without, through the job engine (target <= 1.05x).
 The checkpoints are hard links of one random-weights SD1.5 folder (same bytes, other names).
 """
@@ -158,6 +159,7 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
                                    ("switch_cold_new_arch", "cold checkpoint switch, new architecture", ""),
                                    ("switch_peak_mem", "peak RSS while switching", ""),
                                    ("lora_apply_remove", "LoRA rank 16 apply + remove, SD1.5", T_LORA),
+                                   ("lora_weight_change", "LoRA rank 16 weight change between jobs, SD1.5", T_LORA),
                                    ("lora_generation", "txt2img with LoRA active vs without", T_LORA_GEN)):
             if not any(f.key == key for f in figures):
                 figures.append(Figure.missing(key, title, why, target))
@@ -193,6 +195,7 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
 
     out = []
     title_a, title_g = "LoRA rank 16 apply + remove, SD1.5", "txt2img with LoRA active vs without, SD1.5"
+    title_w = "LoRA rank 16 weight change between jobs, SD1.5"
     reps = 5 if quick else 10
     try:
         studio.registry.refresh()
@@ -209,9 +212,23 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
         apply_remove()
         log(f"  LoRA: {reps} apply + remove cycles …")
         times = [timed(apply_remove, device) for _ in range(reps)]
-        out.append(Figure.from_samples("lora_apply_remove", title_a, times, unit="s", target=T_LORA, ok=lambda s: s < 0.2))
+        out.append(Figure.from_samples("lora_apply_remove", title_a, times, unit="s", target=T_LORA, ok=lambda s: s < 0.2,
+                                       what="the same LoRA on, then off: jobs alternating with and without it"))
+        weights = iter([0.7, 0.9] * reps)
+
+        def reweigh():  # another weight than the set fused (and kept) now: computed anew
+            with loras(ckpt, [(LORA_NAME, next(weights))]):
+                pass
+
+        log(f"  LoRA: {reps} weight changes …")
+        times = [timed(reweigh, device) for _ in range(reps)]
+        with loras(ckpt, []):
+            pass
+        out.append(Figure.from_samples("lora_weight_change", title_w, times, unit="s", target=T_LORA, ok=lambda s: s < 0.2,
+                                       what="weight 0.7 <-> 0.9 between jobs: restore + a new fuse each time"))
     except Exception as exc:
-        out.append(Figure.missing("lora_apply_remove", title_a, _why(exc), T_LORA))
+        out += [Figure.missing(key, title, _why(exc), T_LORA) for key, title in
+                (("lora_apply_remove", title_a), ("lora_weight_change", title_w)) if not any(f.key == key for f in out)]
     try:
         # Quick runs use 128x128 (a quarter of the UNet work); the LoRA's share of each step is the same.
         steps, greps, side = (2, 5, 128) if quick else (8, 5, 256)
