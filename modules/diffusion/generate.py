@@ -20,7 +20,7 @@ from modules.diffusion.seeds import SeedPlan
 from modules.diffusion.styles import StyledPrompts
 from modules.errors import AtelierError, InvalidRequest
 from modules.jobs import JobContext
-from modules.models import face_restorers
+from modules.models import face_restorers, speed
 from modules.postprocess.faces import restore_images
 
 if TYPE_CHECKING:
@@ -113,7 +113,7 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
     models = services.models
     images: list = []
     with models.checkpoint(req.checkpoint_override) as ckpt, _loras(models, ckpt, lora_list) as applied, \
-            tiling.maybe(ckpt.pipe, req.tiling):
+            tiling.maybe(ckpt.pipe, req.tiling), speed.autocast(settings, ckpt.pipe, ckpt.pipe.device.type):
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
                   schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
                   fix_steps=settings.img2img_fix_steps,

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.models import loaders, lora, memory, skeleton
+from modules.models import loaders, lora, memory, skeleton, speed
 from modules.models.adapters import AdapterContext, Loaded
 from modules.models.quant import LoadOptions
 from modules.models.registry import ModelEntry
@@ -168,6 +168,8 @@ class DiffusionAdapter:
         memory.configure_vae_tiling(ckpt.pipe, settings.vae_tiling_pixels)
         if ckpt.pipe.vae is not None:
             ckpt.pipe.vae.disable_slicing()  # a previous job's out-of-memory fallback ends with that job
+        # Offload hooks own the weights' placement: under them the weights keep their memory format.
+        speed.apply(ckpt.pipe, settings, actx.device.type, move_weights=ckpt.policy == "gpu")
         loaded.footprint = ckpt.footprint = memory.footprint_bytes(ckpt.pipe)
 
     def release(self, actx: AdapterContext, loaded: Loaded) -> None:
