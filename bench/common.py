@@ -64,7 +64,12 @@ def timed(fn: Callable[[], object], device: str = "cpu") -> float:
 
 def side_by_side(a: Callable[[], object], b: Callable[[], object], reps: int, device: str = "cpu",
                  warmup: int = 1) -> tuple[list[float], list[float]]:
-    """Time A and B alternately (ABBA order, so neither always runs second); returns both lists."""
+    """Time A and B alternately (ABBA order, so neither always runs second); returns both lists.
+
+    `reps` is rounded up to an even number: the first run of a pair is the slower one on a shared machine
+    (issue 13: Atelier-first vs Atelier-second ratios 1.27 vs 0.36 in one run), so with an odd count the
+    side that runs first once more is penalised — the quick overhead figure (3 pairs) was biased that way."""
+    reps += reps % 2
     for _ in range(warmup):
         a()
         b()

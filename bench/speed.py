@@ -22,9 +22,11 @@ CASES = [
     ("speed_channels_last", "channels_last UNet + VAE vs plain diffusers", {"channels_last": True}, 2, None),
     ("speed_attention_classic", "classic attention (not SDPA) vs plain diffusers", {"attention": "classic"}, 2, None),
     ("speed_cpu_bf16", "bf16 autocast on the CPU vs plain diffusers (fp32)", {"cpu_bf16": True}, 24, None),
-    ("speed_all_safe", "every safe setting on (channels_last, sdpa, physical-core threads) vs plain diffusers",
-     {"channels_last": True}, 2, TARGET_ALL),
+    ("speed_all_on", "every setting this CPU offers on (bf16 autocast, sdpa, physical-core threads) vs plain diffusers",
+     {"cpu_bf16": True}, 24, TARGET_ALL),
 ]
+# channels_last is left out of the last row: in eager mode it was slower than the default format on this kind of CPU
+# (its own row says by how much); without native bf16 the last row is not measured.
 
 
 def run(device: str, quick: bool, log=print) -> list[Figure]:
@@ -57,7 +59,7 @@ def _measure(device: str, quick: bool, log) -> list[Figure]:
     from modules.jobs import JobState
 
     folder = ensure_sd15_folder(log)
-    side, steps, reps = (256, 2, 3) if quick else (256, 8, 5)
+    side, steps, reps = (256, 2, 2) if quick else (256, 8, 4)
     studio = open_studio(make_data_dir(folder, name="speed"), device)
     out: list[Figure] = []
     try:

@@ -91,7 +91,7 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
     for n in names:
         link_copy(src, data / "models" / "Stable-diffusion" / n)
     ensure_lora(src, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")
-    reps = 3 if quick else 6
+    reps = 4 if quick else 6  # even: side_by_side pairs them ABBA
     figures: list[Figure] = []
     studio = None
     try:
