@@ -91,6 +91,31 @@ def _emptied(pipe):
     return copy.deepcopy(pipe, memo)
 
 
+def _assign(module, state: dict) -> None:
+    """`module.load_state_dict(state, strict=True, assign=True)` in one pass over the modules: torch's filters
+    the whole dict by prefix at every level (~0.2 s for an SD1.5 UNet); the checks are the same — every
+    parameter and persistent buffer given, nothing extra, each shape as built, dtypes as the ordinary load's."""
+    import torch
+
+    state = dict(state)
+    for prefix, sub in module.named_modules():
+        dot = prefix + "." if prefix else ""
+        for table, persistent in ((sub._parameters, None), (sub._buffers, sub._non_persistent_buffers_set)):
+            for key, old in table.items():
+                if old is None or (persistent is not None and key in persistent):
+                    continue
+                given = state.pop(dot + key, None)
+                if given is None:
+                    raise ValueError(f"missing key {dot + key}")
+                if given.shape != old.shape:
+                    raise ValueError(f"{dot + key}: shape {tuple(given.shape)}, built {tuple(old.shape)}")
+                if given.dtype != old.dtype and given.is_floating_point():
+                    given = given.to(old.dtype)
+                table[key] = torch.nn.Parameter(given, requires_grad=old.requires_grad) if persistent is None else given
+    if state:
+        raise ValueError(f"unexpected key {next(iter(state))}")
+
+
 class SkeletonCache:
     """The skeletons of the architectures loaded so far, by config fingerprint (owned by the checkpoint adapter)."""
 
@@ -134,14 +159,7 @@ class SkeletonCache:
         pipe = self._copy(skeleton)  # meta tensors: no memory is copied
         try:
             for name, module in _modules(pipe).items():
-                wanted = {k: t.dtype for k, t in module.state_dict(keep_vars=True).items()}
-                state = states[name]
-                for k, t in state.items():
-                    if k in wanted and t.dtype != wanted[k] and t.is_floating_point():
-                        state[k] = t.to(wanted[k])
-                module.load_state_dict(state, strict=True, assign=True)
-                if any(t.is_meta for t in (*module.parameters(), *module.buffers())):
-                    raise ValueError(f"{name}: weights left unset")
+                _assign(module, states[name])
         except (RuntimeError, ValueError) as exc:  # a missing / extra key or another shape: the ordinary load decides
             log.info("%s: not loaded through the %s skeleton (%s); loading it the ordinary way",
                      folder.name, skeleton.arch.upper(), str(exc).splitlines()[0][:200])
