@@ -7,7 +7,7 @@ empty copy of the result is kept: every parameter and persistent buffer on the m
 (no memory), everything else (configs, tokenizer, scheduler, non-persistent buffers such as
 position ids) as loaded. A later diffusers folder whose non-weight files (configs, tokenizer,
 scheduler) are byte-identical gets a copy of that skeleton with its own files' tensors
-assigned (`load_state_dict(strict=True, assign=True)`). Anything unusual — a missing or extra
+assigned (the checks of `load_state_dict(strict=True, assign=True)`, in one pass: `_assign`). Anything unusual — a missing or extra
 key, a shape that differs, a sharded or variant file, quantization at load — goes the
 ordinary way, so the skeleton path never differs from a cold load (checked tensor by tensor
 when the skeleton is made: a library that renames or rewrites a weight on load disables it).
