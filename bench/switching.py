@@ -231,7 +231,7 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
                 (("lora_apply_remove", title_a), ("lora_weight_change", title_w)) if not any(f.key == key for f in out)]
     try:
         # Quick runs use 128x128 (a quarter of the UNet work); the LoRA's share of each step is the same.
-        steps, greps, side = (2, 5, 128) if quick else (8, 5, 256)
+        steps, greps, side = (2, 6, 128) if quick else (8, 6, 256)  # even: each side first in half the pairs
         images = {}
 
         def gen(tag: str):
