@@ -14,7 +14,7 @@ from pathlib import Path
 
 from bench.common import Figure, machine_info, quiet_libraries
 
-GROUPS = ("overhead", "startup", "switching", "mixed", "throughput", "llm_load", "chat", "vision",
+GROUPS = ("overhead", "startup", "switching", "speed", "mixed", "throughput", "llm_load", "chat", "vision",
           "training", "upscale", "llm_training", "devices", "yolo", "flow", "flow_quant")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 

@@ -14,7 +14,7 @@ from typing import Callable
 class Figure:
     """One row of the table: a ratio or a value, its spread, its target and whether it is met.
 
-    `met` is None when the issue sets no target for the row (it is reported, not judged),
+    `met` is True only when every sample meets the target; None when the issue sets no target for the row (it is reported, not judged),
     and `not_measured` says why a row has no number at all — never a made-up one.
     """
 
@@ -33,8 +33,10 @@ class Figure:
     def from_samples(cls, key: str, title: str, samples: list[float], unit: str = "x", target: str = "",
                      ok: Callable[[float], bool] | None = None, **detail) -> "Figure":
         med = statistics.median(samples)
-        return cls(key, title, unit, min(samples), med, max(samples), target,
-                   None if ok is None else bool(ok(med)), None, {"samples": [round(s, 6) for s in samples], **detail})
+        # Met only when the whole spread meets it: a min–max that straddles the target is a miss.
+        met = None if ok is None else bool(ok(min(samples)) and ok(max(samples)))
+        return cls(key, title, unit, min(samples), med, max(samples), target, met, None,
+                   {"samples": [round(s, 6) for s in samples], **detail})
 
     @classmethod
     def missing(cls, key: str, title: str, why: str, target: str = "") -> "Figure":
@@ -62,7 +64,12 @@ def timed(fn: Callable[[], object], device: str = "cpu") -> float:
 
 def side_by_side(a: Callable[[], object], b: Callable[[], object], reps: int, device: str = "cpu",
                  warmup: int = 1) -> tuple[list[float], list[float]]:
-    """Time A and B alternately (ABBA order, so neither always runs second); returns both lists."""
+    """Time A and B alternately (ABBA order, so neither always runs second); returns both lists.
+
+    `reps` is rounded up to an even number: the first run of a pair is the slower one on a shared machine
+    (issue 13: Atelier-first vs Atelier-second ratios 1.27 vs 0.36 in one run), so with an odd count the
+    side that runs first once more is penalised — the quick overhead figure (3 pairs) was biased that way."""
+    reps += reps % 2
     for _ in range(warmup):
         a()
         b()

@@ -2,9 +2,12 @@
 
 - cached switch: A <-> B with both kept in the RAM cache (target < 0.5 s on CPU);
 - cold switch vs a plain safetensors load of the same files (target <= 1.3x), with the
-  cache limited to one checkpoint and three names cycled, so every switch reads the disk;
+  cache limited to one checkpoint and three names cycled, so every switch reads the disk: same
+  architecture (the model manager keeps the module skeleton, skeleton.py, and reads only the
+  weights), and a new architecture (configs no skeleton was kept for: the ordinary load, reported);
 - peak resident memory during the cold switches (reported);
-- LoRA apply + remove of a rank-16 kohya LoRA (target < 0.2 s);
+- LoRA apply + remove of a rank-16 kohya LoRA (target < 0.2 s): the same set on and off, as jobs
+  alternating with and without it; and a weight change between jobs (a new fuse each time);
 - txt2img with that LoRA active vs without, through the job engine (target <= 1.05x).
 The checkpoints are hard links of one random-weights SD1.5 folder (same bytes, other names).
 """
@@ -42,12 +45,30 @@ def _touch(tensors, device: str) -> None:
             t.detach().reshape(-1)[:: max(1, 4096 // t.element_size())].sum()
 
 
-def _switch(models, name: str, device: str) -> None:
+def _switch(models, name: str, device: str) -> str:
+    """Switch to `name` and touch its weights; returns how it was built ("skeleton" or "files")."""
     import torch
 
     ckpt = models.load(name)
     modules = [m for m in ckpt.pipe.components.values() if isinstance(m, torch.nn.Module)]
     _touch([t for m in modules for t in (*m.parameters(), *m.buffers())], device)
+    return ckpt.built_from
+
+
+def _new_arch_copy(src: Path, dst: Path, index: int) -> Path:
+    """A copy of `src` whose scheduler config ends in `index` + 1 more spaces: other config bytes, so no
+    skeleton kept so far fits it and the switch goes the ordinary (new-architecture) way."""
+    import shutil
+
+    from bench.sd15 import link_copy
+
+    link_copy(src, dst)
+    config = dst / "scheduler" / "scheduler_config.json"
+    text = config.read_text(encoding="utf-8")
+    config.unlink()  # a hard link: write a file of its own
+    config.write_text(text + " " * (1 + index), encoding="utf-8")
+    shutil.rmtree(dst / ".cache", ignore_errors=True)
+    return dst
 
 
 def _rss() -> int:
@@ -70,7 +91,7 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
     for n in names:
         link_copy(src, data / "models" / "Stable-diffusion" / n)
     ensure_lora(src, data / "models" / "Lora" / f"{LORA_NAME}.safetensors")
-    reps = 3 if quick else 6
+    reps = 4 if quick else 6  # even: side_by_side pairs them ABBA
     figures: list[Figure] = []
     studio = None
     try:
@@ -99,6 +120,7 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
             models.load(names[2])
             log(f"  cold switch: {reps} cold switches alternating with {reps} plain safetensors loads …")
             ta, tb = side_by_side(cold, plain, reps, device, warmup=0)
+            built = {_switch(models, n, device) for n in names}
             gc.collect()
             before = _rss()
             gpu_before = _gpu_allocated(device, reset=True)
@@ -106,9 +128,14 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
                 for _ in range(3):
                     cold()
             in_memory = _weights_bytes(models.load(names[0]).pipe)
-            figures.append(Figure.from_samples("switch_cold", "cold checkpoint switch vs plain safetensors load",
-                                               ratios(ta, tb), target=T_COLD, ok=lambda r: r <= 1.3,
-                                               cold_s=_spread(ta), plain_s=_spread(tb)))
+            fig = Figure.from_samples("switch_cold", "cold checkpoint switch, same architecture, vs plain safetensors load",
+                                      ratios(ta, tb), target=T_COLD, ok=lambda r: r <= 1.3,
+                                      cold_s=_spread(ta), plain_s=_spread(tb), built_from=sorted(built))
+            if built != {"skeleton"}:
+                fig.met = False
+                fig.detail["problem"] = "the same-architecture switches did not all go through the skeleton"
+            figures.append(fig)
+            figures.append(_new_arch_figure(models, src, data, device, reps, log))
             if device == "cpu":
                 peak, growth = sampler.peak, sampler.peak - before
             else:
@@ -129,8 +156,10 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
         why = _why(exc)
         for key, title, target in (("switch_cached", "cached checkpoint switch, SD1.5 size", T_CACHED),
                                    ("switch_cold", "cold checkpoint switch vs plain safetensors load", T_COLD),
+                                   ("switch_cold_new_arch", "cold checkpoint switch, new architecture", ""),
                                    ("switch_peak_mem", "peak RSS while switching", ""),
                                    ("lora_apply_remove", "LoRA rank 16 apply + remove, SD1.5", T_LORA),
+                                   ("lora_weight_change", "LoRA rank 16 weight change between jobs, SD1.5", T_LORA),
                                    ("lora_generation", "txt2img with LoRA active vs without", T_LORA_GEN)):
             if not any(f.key == key for f in figures):
                 figures.append(Figure.missing(key, title, why, target))
@@ -143,6 +172,21 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
     return figures
 
 
+def _new_arch_figure(models, src: Path, data: Path, device: str, reps: int, log) -> Figure:
+    """Cold switches to checkpoints whose configs no skeleton fits (each its own), vs the plain read."""
+    title = "cold checkpoint switch, new architecture, vs plain safetensors load"
+    folders = [_new_arch_copy(src, data / "models" / "Stable-diffusion" / f"{src.name}-new{i}", i) for i in range(reps)]
+    models.registry.refresh("checkpoint")
+    queue = iter(f.name for f in folders)
+    built: set[str] = set()
+    log(f"  cold switch, new architecture: {reps} switches alternating with {reps} plain safetensors loads …")
+    ta, tb = side_by_side(lambda: built.add(_switch(models, next(queue), device)), lambda: _plain_load(src, device),
+                          reps, device, warmup=0)
+    fig = Figure.from_samples("switch_cold_new_arch", title, ratios(ta, tb), target="— (reported)",
+                              cold_s=_spread(ta), plain_s=_spread(tb), built_from=sorted(built))
+    return fig
+
+
 def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> list[Figure]:
     import numpy as np
 
@@ -151,6 +195,7 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
 
     out = []
     title_a, title_g = "LoRA rank 16 apply + remove, SD1.5", "txt2img with LoRA active vs without, SD1.5"
+    title_w = "LoRA rank 16 weight change between jobs, SD1.5"
     reps = 5 if quick else 10
     try:
         studio.registry.refresh()
@@ -167,12 +212,26 @@ def _lora_figures(studio, checkpoint: str, device: str, quick: bool, log) -> lis
         apply_remove()
         log(f"  LoRA: {reps} apply + remove cycles …")
         times = [timed(apply_remove, device) for _ in range(reps)]
-        out.append(Figure.from_samples("lora_apply_remove", title_a, times, unit="s", target=T_LORA, ok=lambda s: s < 0.2))
+        out.append(Figure.from_samples("lora_apply_remove", title_a, times, unit="s", target=T_LORA, ok=lambda s: s < 0.2,
+                                       what="the same LoRA on, then off: jobs alternating with and without it"))
+        weights = iter([0.7, 0.9] * reps)
+
+        def reweigh():  # another weight than the set fused (and kept) now: computed anew
+            with loras(ckpt, [(LORA_NAME, next(weights))]):
+                pass
+
+        log(f"  LoRA: {reps} weight changes …")
+        times = [timed(reweigh, device) for _ in range(reps)]
+        with loras(ckpt, []):
+            pass
+        out.append(Figure.from_samples("lora_weight_change", title_w, times, unit="s", target=T_LORA, ok=lambda s: s < 0.2,
+                                       what="weight 0.7 <-> 0.9 between jobs: restore + a new fuse each time"))
     except Exception as exc:
-        out.append(Figure.missing("lora_apply_remove", title_a, _why(exc), T_LORA))
+        out += [Figure.missing(key, title, _why(exc), T_LORA) for key, title in
+                (("lora_apply_remove", title_a), ("lora_weight_change", title_w)) if not any(f.key == key for f in out)]
     try:
         # Quick runs use 128x128 (a quarter of the UNet work); the LoRA's share of each step is the same.
-        steps, greps, side = (2, 5, 128) if quick else (8, 5, 256)
+        steps, greps, side = (2, 6, 128) if quick else (8, 6, 256)  # even: each side first in half the pairs
         images = {}
 
         def gen(tag: str):

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modules import atomic
+from modules import atomic, cpu_features
 from modules.errors import InvalidRequest
 
 log = logging.getLogger("atelier.settings")
@@ -36,6 +36,12 @@ class Settings(BaseModel):
     sd_checkpoint_cache_gb: float = Field(16.0, ge=0.0, le=1024.0, description="RAM budget for cached checkpoints, GiB")
     memory_policy: MemoryPolicy = Field("auto", description="auto, gpu, model_offload, sequential_offload")
     vae_tiling_pixels: int = Field(1024 * 1024, ge=0, description="Tile the VAE above this many pixels (0: never)")
+    channels_last: bool = Field(False, description="Speed: the UNet and VAE in channels_last memory format")
+    attention: Literal["sdpa", "classic"] = Field(
+        "sdpa", description="Speed: attention of the UNet and VAE — sdpa (torch's scaled_dot_product_attention, the "
+        "default) or classic (diffusers' plain matmul + softmax)")
+    cpu_bf16: bool = Field(False, description="Speed, on the CPU: bf16 autocast (needs a CPU with AVX-512 BF16 or AMX)")
+    cpu_threads: int = Field(0, ge=0, le=1024, description="Speed, on the CPU: torch threads (0: one per physical core)")
     show_progress_every_n_steps: int = Field(2, ge=0, le=100, description="Live preview every N steps (0: off)")
     samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field("png", description="File format of saved images (and of API images)")
     jpeg_quality: int = Field(80, ge=1, le=100, description="Quality of saved JPEG and WebP images")
@@ -117,13 +123,18 @@ class SettingsStore:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if not isinstance(data, dict):
                 raise ValueError("top level is not an object")
-            return Settings.model_validate(data)
+            loaded = Settings.model_validate(data)
         except (ValueError, ValidationError) as exc:
             backup = self.path.with_name(self.path.name + ".bak")
             shutil.copy2(self.path, backup)
             self.warning = f"{self.path.name} could not be read ({exc.__class__.__name__}); it was kept as {backup.name} and the defaults are in use"
             log.warning(self.warning)
             return Settings()
+        if loaded.cpu_bf16 and not cpu_features.bf16_flags():  # a config.json from another machine
+            self.warning = f"cpu_bf16 is on in {self.path.name}, but bf16 autocast is {cpu_features.bf16_note()}; it is off"
+            log.warning(self.warning)
+            loaded = loaded.model_copy(update={"cpu_bf16": False})
+        return loaded
 
     def get(self) -> Settings:
         return self.value
@@ -141,6 +152,8 @@ class SettingsStore:
                 new = Settings.model_validate(merged)
             except ValidationError as exc:
                 raise InvalidRequest.from_validation(exc) from None
+            if new.cpu_bf16 and not cpu_features.bf16_flags():
+                raise InvalidRequest(f"bf16 autocast is {cpu_features.bf16_note()}; leave cpu_bf16 off", "cpu_bf16")
             self.value = new
             if save:
                 self.save()

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.models import loaders, lora, memory
+from modules.models import loaders, lora, memory, skeleton, speed
 from modules.models.adapters import AdapterContext, Loaded
 from modules.models.quant import LoadOptions
 from modules.models.registry import ModelEntry
@@ -36,6 +36,7 @@ class LoadedCheckpoint:
     skipped_embeddings: dict = field(default_factory=dict)  # path -> why it does not fit this checkpoint
     base_vae: Any = None  # the checkpoint's own VAE while another one is in use
     loras: lora.LoraState = field(default_factory=lora.LoraState)
+    built_from: str = "files"  # "skeleton": same-architecture switch, only the weights were read (skeleton.py)
     _modes: dict = field(default_factory=dict)
 
     @property
@@ -88,7 +89,12 @@ class LoadedCheckpoint:
 
 
 class DiffusionAdapter:
-    """load / move / prepare / release for diffusers checkpoints."""
+    """load / move / prepare / release for diffusers checkpoints.
+
+    Holds one thing across models: the module skeleton of each architecture loaded so far (skeleton.py)."""
+
+    def __init__(self):
+        self.skeletons = skeleton.SkeletonCache()
 
     def residency(self, settings) -> dict:
         """A1111's checkpoint cache: one checkpoint on the device, `sd_checkpoints_limit` in RAM
@@ -107,14 +113,14 @@ class DiffusionAdapter:
             hasher = threading.Thread(target=actx.registry.ensure_hash, args=(entry,), name="atelier-hash", daemon=True)
             hasher.start()
         try:
-            pipe, arch = loaders.load_checkpoint(entry, dtype, actx.registry.paths, options, device.name)
+            pipe, arch, built_from = self._read(actx, entry, options, dtype)
         finally:
             if hasher is not None:
                 hasher.join()
         pipe.set_progress_bar_config(disable=True)
         quantization = quant.quantize_pipeline(pipe, options, device.name)
         ckpt = LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=options, quantization=quantization,
-                                footprint=memory.footprint_bytes(pipe))
+                                footprint=memory.footprint_bytes(pipe), built_from=built_from)
         # bitsandbytes weights on a GPU are placed by their own config, never moved by .to() or offload hooks;
         # GGUF's are plain tensors (dequantized as each layer runs), offloaded like any.
         bnb_on_gpu = bool(quantization) and device.type == "cuda" and not quantization.startswith("GGUF")
@@ -123,6 +129,20 @@ class DiffusionAdapter:
                         device="cpu", movable=movable)
         self.to(actx, loaded, device.name)
         return loaded
+
+    def _read(self, actx: AdapterContext, entry: ModelEntry, options: LoadOptions, dtype):
+        """(pipe, arch, built_from): from the skeleton of a same-architecture diffusers folder, else the ordinary load."""
+        device = actx.device
+        key = None
+        if entry.format == "diffusers" and not loaders.quantized_at_load(options, device.name):
+            key = self.skeletons.fingerprint(entry.path, dtype)
+            built = self.skeletons.build(key, entry.path)
+            if built is not None:
+                return (*built, "skeleton")
+        pipe, arch = loaders.load_checkpoint(entry, dtype, actx.registry.paths, options, device.name)
+        if key is not None:
+            self.skeletons.remember(key, entry.path, pipe, arch)  # before anything (LoRAs, quantization) touches it
+        return pipe, arch, "files"
 
     def to(self, actx: AdapterContext, loaded: Loaded, device: str) -> None:
         ckpt: LoadedCheckpoint = loaded.handle
@@ -158,6 +178,8 @@ class DiffusionAdapter:
         memory.configure_vae_tiling(ckpt.pipe, settings.vae_tiling_pixels)
         if ckpt.pipe.vae is not None:
             ckpt.pipe.vae.disable_slicing()  # a previous job's out-of-memory fallback ends with that job
+        # Offload hooks own the weights' placement: under them the weights keep their memory format.
+        speed.apply(ckpt.pipe, settings, actx.device.type, move_weights=ckpt.policy == "gpu")
         loaded.footprint = ckpt.footprint = memory.footprint_bytes(ckpt.pipe)
 
     def release(self, actx: AdapterContext, loaded: Loaded) -> None:

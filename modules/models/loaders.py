@@ -37,11 +37,11 @@ def load_checkpoint(entry: ModelEntry, dtype, paths, options=None, device_name: 
     _quiet_library_progress_bars()
     try:
         if entry.format == "diffusers":
-            return _load_diffusers_folder(entry, dtype, options, device_name)
+            return _complete(_load_diffusers_folder(entry, dtype, options, device_name))
         if entry.format == "gguf":  # a Flux / SD3 transformer in GGUF (models/Stable-diffusion or models/unet)
-            return flow_files.load_file(entry, None, dtype, paths, options, device_name)
+            return _complete(flow_files.load_file(entry, None, dtype, paths, options, device_name))
         if entry.format in ("safetensors", "pickle"):
-            return _load_single_file(entry, dtype, paths, options, device_name)
+            return _complete(_load_single_file(entry, dtype, paths, options, device_name))
     except AtelierError as exc:
         exc.field = exc.field if exc.field not in (None, "file") else FIELD
         if entry.name not in exc.message:
@@ -51,9 +51,30 @@ def load_checkpoint(entry: ModelEntry, dtype, paths, options=None, device_name: 
                          "use a .safetensors file or a diffusers folder", FIELD)
 
 
+def _complete(loaded):
+    """Refuse a pipeline with weights its files lack: diffusers leaves them on the meta device (only a
+    warning), and the first move would fail with "Cannot copy out of meta tensor"."""
+    import torch
+
+    pipe, _ = loaded
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module):
+            missing = [k for k, t in component.state_dict(keep_vars=True).items() if t.is_meta]
+            if missing:
+                raise ModelLoadError(f"its {name} file lacks {len(missing)} weight(s) ({', '.join(missing[:3])}"
+                                     f"{', …' if len(missing) > 3 else ''}): the file is incomplete; download it "
+                                     "again", FIELD)
+    return loaded
+
+
+def quantized_at_load(options, device_name: str) -> bool:
+    """Whether the UNet is quantized while it loads (diffusers' config on CUDA) rather than after (quant.py)."""
+    return options is not None and options.quantization != "none" and device_type(device_name) == "cuda"
+
+
 def _unet_quantization(options, dtype, device_name: str) -> dict:
     """diffusers' BitsAndBytesConfig for the UNet on CUDA (it refuses the CPU; quant.py covers that)."""
-    if options is None or options.quantization == "none" or device_type(device_name) != "cuda":
+    if not quantized_at_load(options, device_name):
         return {}
     return {"quantization_config": options.diffusers_config(dtype)}
 

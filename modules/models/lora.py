@@ -1,13 +1,15 @@
 """LoRAs on a loaded checkpoint, through diffusers' own adapters (peft).
 
 Each LoRA file is loaded once per checkpoint as a named adapter (`load_lora_weights`) and kept
-loaded. The active set is **fused** into the weights (`fuse_lora`), so a step costs what it costs
-without LoRAs (peft's unfused layers add work to every step); the touched base tensors are backed
-up first (in RAM) and copied back exactly when the set or a weight changes, or a job has no LoRA —
-so weight 0 and removal give the base output bit-exactly. The fused set stays between jobs: the
-same LoRAs again cost nothing. A quantized or offloaded checkpoint keeps the unfused adapters
-(bnb weights cannot take a delta; offload hooks own the weights). A LoRA that cannot apply
-(unknown, another architecture, keys that match nothing) is refused by name.
+loaded. The active set is **fused** into the weights (LoraState.fuse), so a step costs what it
+costs without LoRAs (peft's unfused layers add work to every step); the touched base tensors are
+kept (in RAM) and put back exactly when the set or a weight changes, or a job has no LoRA — so
+weight 0 and removal give the base output bit-exactly. The fused set stays between jobs: the
+same LoRAs again cost nothing, and on the CPU the last set's fused tensors are kept after a
+restore, so alternating jobs with and without it swap tensors. A quantized or offloaded
+checkpoint keeps the unfused adapters (bnb weights cannot take a delta; offload hooks own the
+weights). A LoRA that cannot apply (unknown, another architecture, keys that match nothing) is
+refused by name.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import contextlib
 import hashlib
 import logging
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from modules.errors import AtelierError, InvalidRequest, NotFound
@@ -23,6 +26,7 @@ from modules.models.registry import ModelEntry
 log = logging.getLogger("atelier.models")
 
 MAX_LOADED_ADAPTERS = 12
+FUSED_SETS_KEPT = 1  # fused sets whose tensors stay in RAM after a restore (see LoraState)
 _NO_MATCH = ("LoRA {!r} has no keys that match this checkpoint's UNet or text encoder, so it would do nothing; "
              "it is not a LoRA for this model (or not a LoRA at all)")  # beyond this the least recently used adapter is deleted from the pipeline
 
@@ -88,12 +92,26 @@ def _load(pipe, entry: ModelEntry, name: str) -> None:
 
 
 class LoraState:
-    """The adapters loaded into one checkpoint's pipeline, most recently used last, and the set fused now."""
+    """The adapters loaded into one checkpoint's pipeline, most recently used last, and the set fused now.
+
+    On the CPU the fused tensors of the last set are kept after a restore (FUSED_SETS_KEPT), so jobs that
+    alternate between that set and none — or come back to it — swap tensors instead of computing again;
+    the cost is one more copy of the touched weights in RAM. A new set or weight is computed once."""
 
     def __init__(self):
         self.order: list[str] = []
         self.fused: tuple[tuple[str, float], ...] = ()  # (adapter, weight) fused into the weights now
         self.backup: dict = {}  # peft layer -> its base weight before fusing (on the CPU)
+        self.kept: OrderedDict = OrderedDict()  # fused set -> {peft layer: fused weight}, CPU only
+        self.unfused_active = False  # the unfused adapters (offload / quantized path) may be enabled
+        self._layers: list | None = None  # the pipeline's peft layers, found once per set of loaded adapters
+
+    def layers(self, pipe) -> list:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if self._layers is None:
+            self._layers = [m for c in _lora_components(pipe) for m in c.modules() if isinstance(m, BaseTunerLayer)]
+        return self._layers
 
     def fuse(self, pipe, names: list[str], weights: list[float]) -> None:
         """Merge the active adapters into their layers' weights, keeping each original weight tensor.
@@ -101,31 +119,32 @@ class LoraState:
         Written here rather than diffusers' `fuse_lora` (which adds in place, so an exact restore needs a full
         copy first and a second pass back): on the CPU the fused weight is a new tensor and the original is
         kept as it is, so restoring is a pointer swap; on a GPU the original is copied to RAM (no second copy
-        of the weights in VRAM) and the delta added in place."""
+        of the weights in VRAM) and the delta added in place. A plain LoRA Linear is fused with one addmm
+        (W + s·B·A, no separate delta tensor); other layer types through peft's get_delta_weight."""
         import torch
-        from peft.tuners.tuners_utils import BaseTunerLayer
 
-        pipe.enable_lora()
-        pipe.set_adapters(names, adapter_weights=weights)  # sets each adapter's scaling, read by get_delta_weight
+        key = tuple(zip(names, weights))
+        kept = self.kept.pop(key, None)
+        self.kept.clear()  # never three copies of the touched weights: the one kept set goes before a new one
         with torch.no_grad():
-            for component in _lora_components(pipe):
-                for module in component.modules():
-                    active = [n for n in names if isinstance(module, BaseTunerLayer) and n in module.lora_A]
-                    if not active:
-                        continue
-                    weight = module.get_base_layer().weight
-                    delta = module.get_delta_weight(active[0])
-                    for more in active[1:]:
-                        delta += module.get_delta_weight(more)
-                    delta = delta.to(weight.dtype)
-                    if weight.device.type == "cpu":
-                        self.backup[module] = weight.data
-                        weight.data = weight.data + delta
-                    else:
-                        self.backup[module] = weight.data.to("cpu", copy=True)
-                        weight.data.add_(delta)
-                    module.merged_adapters.extend(active)  # peft's forward now uses the base layer alone
-        self.fused = tuple(zip(names, weights))
+            for module in self.layers(pipe):
+                active = [n for n in names if n in module.lora_A]
+                if not active:
+                    continue
+                weight = module.get_base_layer().weight
+                if kept is not None and module in kept and weight.device.type == "cpu":
+                    fused = kept[module]
+                else:
+                    for name, w in zip(names, weights):
+                        if name in active:
+                            module.set_scale(name, w)  # what set_adapters would set, for this layer only
+                    fused = _fused_weight(module, weight, active)
+                self.backup[module] = weight.data if weight.device.type == "cpu" else weight.data.to("cpu", copy=True)
+                if fused is not None:  # None: added in place (a GPU)
+                    weight.data = fused
+                module.enable_adapters(True)  # peft unmerges a merged layer whose adapters are disabled
+                module.merged_adapters.extend(active)  # peft's forward now uses the base layer alone
+        self.fused = key
 
     def unfuse(self, pipe) -> None:
         """Back to the base weights, bit-exactly, and peft told that nothing is merged."""
@@ -133,16 +152,20 @@ class LoraState:
             return
         import torch
 
+        kept = {}
         with torch.no_grad():
             for module, original in self.backup.items():
                 weight = module.get_base_layer().weight
                 if original.device == weight.device and original.device.type == "cpu":
+                    kept[module] = weight.data
                     weight.data = original
                 else:  # a GPU, or the model moved since fusing: copy back where the weight lives now
                     weight.data.copy_(original.to(weight.device))
                 module.merged_adapters.clear()
+                module.enable_adapters(False)  # unmerged adapters would otherwise act, unfused, on the next step
+        if kept and len(kept) == len(self.backup) and FUSED_SETS_KEPT:
+            self.kept[self.fused] = kept
         self.backup, self.fused = {}, ()
-        pipe.disable_lora()  # unmerged adapters would otherwise act, unfused, on the next step
 
     def ensure(self, pipe, entry: ModelEntry) -> str:
         name = adapter_name(entry)
@@ -150,6 +173,8 @@ class LoraState:
             self.order.remove(name)
         else:
             _load(pipe, entry, name)
+            self._layers = None
+            pipe.disable_lora()  # diffusers activates a newly loaded adapter: off until a set asks for it
         self.order.append(name)
         return name
 
@@ -159,8 +184,34 @@ class LoraState:
             if victim is None:
                 return
             self.order.remove(victim)
+            self._layers = None
+            self.kept = OrderedDict((k, v) for k, v in self.kept.items() if victim not in dict(k))
             with contextlib.suppress(Exception):
                 pipe.delete_adapters([victim])
+
+
+def _fused_weight(module, weight, active: list[str]):
+    """The fused weight as a new tensor on the CPU; elsewhere the delta is added in place and None returned."""
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+
+    on_cpu = weight.device.type == "cpu"
+    base = weight.data
+    out = None if on_cpu else base
+    for name in active:
+        a, b = module.lora_A[name], module.lora_B[name]
+        plain = (isinstance(module, LoraLinear) and isinstance(a, torch.nn.Linear) and not module.fan_in_fan_out
+                 and not module.use_dora.get(name) and not module.lora_bias.get(name)
+                 and a.weight.dtype == b.weight.dtype == base.dtype and (not on_cpu or base.dtype == torch.float32))
+        if plain:  # W + s·(B @ A) in one op
+            if out is None:
+                out = torch.addmm(base, b.weight, a.weight, alpha=module.scaling[name])
+            else:
+                out.addmm_(b.weight, a.weight, alpha=module.scaling[name])
+        else:
+            delta = module.get_delta_weight(name).to(base.dtype)
+            out = base + delta if out is None else out.add_(delta)
+    return out if on_cpu else None
 
 
 def _lora_components(pipe) -> list:
@@ -175,6 +226,7 @@ def unfuse_keeping_active(ckpt) -> None:
         state.unfuse(ckpt.pipe)
         ckpt.pipe.enable_lora()
         ckpt.pipe.set_adapters(names, adapter_weights=weights)
+        state.unfused_active = True
 
 
 def can_fuse(ckpt) -> bool:
@@ -210,13 +262,12 @@ def applied(registry, ckpt, wanted: list[tuple[str, float]]):
     state.evict(pipe, set(names))
     try:
         try:
-            if not names:
-                pipe.disable_lora()
-            elif fuse and not state.fused:
+            if fuse and names and not state.fused:
                 state.fuse(pipe, names, weights)
-            elif not fuse:
+            elif not fuse and names:
                 pipe.enable_lora()
                 pipe.set_adapters(names, adapter_weights=weights)
+                state.unfused_active = True
         except Exception as exc:  # the adapters loaded but cannot be combined: name them, not a 500
             state.unfuse(pipe)
             listed = ", ".join(e.stem for e, _ in entries)
@@ -224,5 +275,6 @@ def applied(registry, ckpt, wanted: list[tuple[str, float]]):
                                  f"{str(exc)[:300]}", "prompt") from None
         yield [AppliedLora(entry, weight) for entry, weight in entries]
     finally:
-        if state.order and not state.fused:
+        if state.unfused_active:
             pipe.disable_lora()  # unfused adapters stay off outside the job: the base output, bit-exact
+            state.unfused_active = False

@@ -166,3 +166,23 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return torch.equal(a, b)
+
+
+def test_coming_back_to_the_last_fused_set_swaps_its_kept_tensors_and_gives_the_same_image(studio):
+    """Jobs alternating a LoRA on and off: the second time the fused weights are the kept ones (no new
+    computation), the image is the first fused image, and the base between them is the base bit for bit."""
+    base, _ = _image(studio)
+    on, _ = _image(studio, [("kohya", 0.9)])
+    with studio.models.checkpoint(None) as ckpt:
+        fused_ptrs = {m: m.get_base_layer().weight.data.data_ptr() for m in ckpt.loras.backup}
+    assert np.array_equal(_image(studio)[0], base)
+    with studio.models.checkpoint(None) as ckpt:
+        assert not ckpt.loras.fused and ckpt.loras.kept, "the fused tensors of the last set are kept after a restore"
+    again, _ = _image(studio, [("kohya", 0.9)])
+    with studio.models.checkpoint(None) as ckpt:
+        assert {m: m.get_base_layer().weight.data.data_ptr() for m in ckpt.loras.backup} == fused_ptrs, \
+            "coming back to the same set should reuse its kept fused tensors"
+    assert fused_ptrs and np.array_equal(again, on)
+    other, _ = _image(studio, [("kohya", 0.4)])
+    assert not np.array_equal(other, on), "another weight must be fused anew, not taken from the kept set"
+    assert np.array_equal(_image(studio)[0], base)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import typing
 
+from modules import cpu_features
 from modules.errors import AtelierError
 from modules.extensions.tabs import TabSpec
 
@@ -32,11 +33,11 @@ def _bounds(info) -> tuple[float | None, float | None]:
     return lo, hi
 
 
-def widget_for(name: str, info, value):
-    """A Gradio component for one settings field, labelled with its description."""
+def widget_for(name: str, info, value, note: str = ""):
+    """A Gradio component for one settings field, labelled with its description (and `note`, what this machine allows)."""
     import gradio as gr
 
-    label = LABELS.get(name) or info.description or name.replace("_", " ")
+    label = (LABELS.get(name) or info.description or name.replace("_", " ")) + (f" — {note}" if note else "")
     elem_id = f"setting_{name}"
     ann = info.annotation
     if typing.get_origin(ann) is typing.Literal:
@@ -66,13 +67,14 @@ def build(studio) -> dict:
         c["save"] = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=180)
         c["result"] = gr.Markdown("", elem_id="settings_result")
     fields: dict = {}
+    notes = {"cpu_bf16": cpu_features.bf16_note(), "cpu_threads": f"{cpu_features.physical_cores()} physical cores here"}
     shown = [(n, i) for n, i in Settings.model_fields.items() if n not in SKIP]
     half = (len(shown) + 1) // 2
     with gr.Row(elem_id="settings_fields", equal_height=False):
         for column in (shown[:half], shown[half:]):
             with gr.Column():
                 for name, info in column:
-                    fields[name] = widget_for(name, info, current[name])
+                    fields[name] = widget_for(name, info, current[name], notes.get(name, ""))
     # Each task's own section (models, chat, …), saved under tasks.<name> in config.json.
     sections = studio.settings.sections()
     section_fields: list[tuple[str, str]] = []  # (section, field) in widget order

@@ -1,0 +1,133 @@
+"""Same-architecture checkpoint switches through the kept module skeleton (modules/models/skeleton.py):
+the image is the cold load's bit for bit, nothing of the previous checkpoint stays, and anything
+the skeleton cannot reproduce (a missing key, other configs, another architecture) loads the ordinary way."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_data_dir
+
+SECOND, MISSING, OTHER_SCHEDULER, OTHER_ARCH = "second-sd15", "missing-key-sd15", "other-scheduler-sd15", "wide-sd15"
+DEMO = "atelier-demo-sd15"
+DROPPED = "conv_out.weight"  # the key left out of MISSING's UNet file
+
+
+def _studio(data, first: str = DEMO):
+    """A studio (its own model manager and skeletons) whose first load is `first`."""
+    from modules.studio import Studio, StudioOptions
+
+    s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
+    s.settings.update({"sd_model_checkpoint": first, "sd_checkpoints_limit": 1}, save=False)
+    s.load()
+    assert s.load_error is None, s.load_error
+    return s
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, demo_checkpoint, second_checkpoint):
+    from safetensors.torch import load_file, save_file
+
+    from modules.models.demo import save_demo_checkpoint
+
+    root = make_data_dir(tmp_path_factory.mktemp("skeleton-data"), demo_checkpoint)
+    ckpts = root / "models" / "Stable-diffusion"
+    shutil.copytree(second_checkpoint, ckpts / SECOND)
+    shutil.copytree(second_checkpoint, ckpts / MISSING)
+    unet_file = ckpts / MISSING / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(str(unet_file))
+    del state[DROPPED]
+    save_file(state, str(unet_file), metadata={"format": "pt"})
+    shutil.copytree(second_checkpoint, ckpts / OTHER_SCHEDULER)
+    config = ckpts / OTHER_SCHEDULER / "scheduler" / "scheduler_config.json"
+    config.write_text(config.read_text(encoding="utf-8").replace('"timestep_spacing": "leading"', '"timestep_spacing": "trailing"'),
+                      encoding="utf-8")
+    save_demo_checkpoint(ckpts / OTHER_ARCH, seed=2, unet_channels=(64, 64))
+    return root
+
+
+@pytest.fixture(scope="module")
+def studio(data):
+    s = _studio(data)
+    yield s
+    s.shutdown()
+
+
+def _switch(studio, name):
+    studio.jobs.run("load_checkpoint", name, timeout=300).raise_for_error()
+    return studio.models.active
+
+
+def _image(studio, name):
+    from modules.diffusion.params import Txt2ImgRequest
+
+    req = Txt2ImgRequest(prompt="a red cat", steps=3, width=64, height=64, seed=5, save_images=False,
+                         override_settings={"sd_model_checkpoint": name})
+    job = studio.jobs.run("txt2img", req, timeout=300)
+    job.raise_for_error()
+    assert f"Model: {name}" in job.result.images[0].infotext
+    return np.asarray(job.result.images[0].image)
+
+
+def _state(ckpt) -> dict:
+    return {f"{name}.{k}": t for name in ("unet", "vae", "text_encoder")
+            for k, t in getattr(ckpt.pipe, name).state_dict().items()}
+
+
+def test_a_same_architecture_switch_reads_only_the_weights_and_equals_a_cold_load(studio, data):
+    import torch
+
+    first = _switch(studio, DEMO)
+    first_state = {k: t.clone() for k, t in _state(first).items()}
+    demo_cold = _image(studio, DEMO)
+    second = _switch(studio, SECOND)
+    assert second.built_from == "skeleton", "a second SD1 folder with the same configs should reuse the skeleton"
+    by_skeleton = _image(studio, SECOND)
+    state = _state(second)
+    assert state.keys() == first_state.keys()
+    assert not any(torch.equal(state[k], first_state[k]) for k in state if state[k].numel() > 16 and "norm" not in k
+                   and k.endswith("weight")), "a weight of the first checkpoint was left in the second"
+    fresh = _studio(data, first=SECOND)
+    try:
+        cold = _switch(fresh, SECOND)
+        assert cold.built_from == "files"
+        cold_state = _state(cold)
+        assert all(torch.equal(state[k], cold_state[k]) and state[k].dtype == cold_state[k].dtype for k in state)
+        assert np.array_equal(by_skeleton, _image(fresh, SECOND)), "the skeleton path changed the image"
+    finally:
+        fresh.shutdown()
+    back = _switch(studio, DEMO)
+    assert back.built_from == "skeleton"
+    assert np.array_equal(demo_cold, _image(studio, DEMO)), "switching back by the skeleton changed the first image"
+
+
+def test_a_key_missing_from_the_file_is_refused_as_the_cold_load_refuses_it(studio, data):
+    from modules.errors import AtelierError
+
+    _switch(studio, SECOND)
+    with pytest.raises(AtelierError) as by_skeleton:
+        _switch(studio, MISSING)
+    assert DROPPED in by_skeleton.value.message and "incomplete" in by_skeleton.value.message
+    assert studio.models.active.name == SECOND, "the checkpoint in use must keep serving"
+    _image(studio, SECOND)
+    fresh = _studio(data, first=SECOND)
+    try:
+        with pytest.raises(AtelierError) as cold:
+            _switch(fresh, MISSING)
+        assert cold.value.message == by_skeleton.value.message
+    finally:
+        fresh.shutdown()
+
+
+def test_other_configs_or_another_architecture_load_the_ordinary_way(studio):
+    _switch(studio, SECOND)
+    other = _switch(studio, OTHER_SCHEDULER)
+    assert other.built_from == "files", "another scheduler config must not come from the SD1 skeleton"
+    assert other.pipe.scheduler.config.timestep_spacing == "trailing"
+    wide = _switch(studio, OTHER_ARCH)
+    assert wide.built_from == "files"
+    assert tuple(wide.pipe.unet.config.block_out_channels) == (64, 64)
+    _image(studio, OTHER_ARCH)
+    assert _switch(studio, SECOND).built_from == "skeleton"
