@@ -59,6 +59,20 @@ def _modules(pipe) -> dict:
     return {name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
 
 
+def _own_keys(module) -> set[str]:
+    """The keys `_assign` reads from a file: a tensor tied under two names (T5's `shared.weight` and
+    `encoder.embed_tokens.weight`) counts once, under its first name, as the library saves it."""
+    keys, seen = set(), set()
+    for prefix, sub in module.named_modules():
+        dot = prefix + "." if prefix else ""
+        for table, skip in ((sub._parameters, ()), (sub._buffers, sub._non_persistent_buffers_set)):
+            for k, t in table.items():
+                if t is not None and k not in skip and id(t) not in seen:
+                    seen.add(id(t))
+                    keys.add(dot + k)
+    return keys
+
+
 def _key_prefix(module_keys: set[str], file_keys: set[str]) -> str | None:
     """The prefix the library adds to the file's keys (transformers 5 saves CLIP without `text_model.`)."""
     if module_keys == file_keys:
@@ -98,11 +112,15 @@ def _assign(module, state: dict) -> None:
     import torch
 
     state = dict(state)
+    tied: dict[int, object] = {}  # a tensor under two names (_own_keys): the second gets the first's new one
     for prefix, sub in module.named_modules():
         dot = prefix + "." if prefix else ""
         for table, persistent in ((sub._parameters, None), (sub._buffers, sub._non_persistent_buffers_set)):
             for key, old in table.items():
                 if old is None or (persistent is not None and key in persistent):
+                    continue
+                if id(old) in tied:
+                    table[key] = tied[id(old)]
                     continue
                 given = state.pop(dot + key, None)
                 if given is None:
@@ -112,6 +130,7 @@ def _assign(module, state: dict) -> None:
                 if given.dtype != old.dtype and given.is_floating_point():
                     given = given.to(old.dtype)
                 table[key] = torch.nn.Parameter(given, requires_grad=old.requires_grad) if persistent is None else given
+                tied[id(old)] = table[key]
     if state:
         raise ValueError(f"unexpected key {next(iter(state))}")
 
@@ -207,7 +226,7 @@ class SkeletonCache:
                     return None
                 state = module.state_dict()
                 with safe_open(str(folder / name / found[0]), framework="pt", device="cpu") as f:
-                    prefix = _key_prefix(set(state), set(f.keys()))
+                    prefix = _key_prefix(_own_keys(module), set(f.keys()))
                     if prefix is None:
                         return None
                     # The skeleton path must give exactly what the ordinary load gave: every tensor compared once

@@ -131,3 +131,43 @@ def test_other_configs_or_another_architecture_load_the_ordinary_way(studio):
     assert tuple(wide.pipe.unet.config.block_out_channels) == (64, 64)
     _image(studio, OTHER_ARCH)
     assert _switch(studio, SECOND).built_from == "skeleton"
+
+
+def test_a_flux_switch_takes_the_skeleton_too_and_equals_a_cold_load(tmp_path_factory, demo_checkpoint):
+    """The skeleton is per pipeline, not per UNet: two Flux folders of one config (other weights) switch by it."""
+    import torch
+
+    from modules.diffusion.params import Txt2ImgRequest
+    from modules.models.demo_flow import save_demo_flow
+
+    root = make_data_dir(tmp_path_factory.mktemp("skeleton-flux"), demo_checkpoint)
+    for name, seed in (("flux-a", 1), ("flux-b", 2)):
+        save_demo_flow(root / "models" / "Stable-diffusion" / name, "flux", seed=seed)
+
+    def image(s, name):
+        req = Txt2ImgRequest(prompt="a red fox", steps=3, width=64, height=64, seed=5, sampler_name="Euler",
+                             cfg_scale=1, save_images=False, override_settings={"sd_model_checkpoint": name})
+        job = s.jobs.run("txt2img", req, timeout=300)
+        job.raise_for_error()
+        return np.asarray(job.result.images[0].image)
+
+    studio = _studio(root, first="flux-a")
+    fresh = None
+    try:
+        assert _switch(studio, "flux-a").built_from == "files"
+        switched = _switch(studio, "flux-b")
+        assert switched.built_from == "skeleton"
+        by_skeleton = image(studio, "flux-b")
+        fresh = _studio(root, first="flux-b")
+        cold = _switch(fresh, "flux-b")
+        assert cold.built_from == "files"
+        for part in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            ours, theirs = getattr(switched.pipe, part).state_dict(), getattr(cold.pipe, part).state_dict()
+            assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), part
+        t5 = switched.pipe.text_encoder_2  # T5's tied embedding stays one tensor under both names
+        assert t5.encoder.embed_tokens.weight is t5.shared.weight
+        assert np.array_equal(by_skeleton, image(fresh, "flux-b"))
+    finally:
+        studio.shutdown()
+        if fresh is not None:
+            fresh.shutdown()
