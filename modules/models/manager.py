@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from modules.devices import DeviceChoice, device_type, free_accelerator_memory
+from modules.devices import DeviceChoice, free_accelerator_memory
 from modules.errors import AtelierError, Busy, NotFound
 from modules.models.adapters import AdapterContext, Loaded, ModelAdapter
 from modules.models.quant import LoadOptions, OptionsStore
@@ -490,33 +490,18 @@ class ModelManager:
         return lora.applied(self.registry, ckpt, wanted)
 
     def retry_on_oom(self, ckpt, fn):
-        """Call fn(); on out-of-memory free caches, switch to the next lighter policy and retry once."""
-        from modules.models import memory
+        """Call fn(); on out-of-memory free caches, move the checkpoint to the next lighter policy, retry once
+        (memory.retry_on_oom; the move is the manager's: it owns the slot and the checkpoint adapter)."""
+        from modules.models import lora, memory
 
-        try:
-            return fn()
-        except Exception as exc:
-            if not memory.is_oom(exc):
-                raise
-            log.warning("out of memory with policy %s; freeing caches and retrying lighter", ckpt.policy)
         here = self._here().name
-        free_accelerator_memory(here)
-        policy_before = ckpt.policy
-        nxt = memory.lighter(ckpt.policy) if device_type(here) == "cuda" else None
         slot = self._slots.get(("checkpoint", str(ckpt.entry.path)))
-        if nxt is not None and not ckpt.quantization and slot is not None:
-            from modules.models import lora
 
+        def move_to(policy: str) -> None:
             lora.unfuse_keeping_active(ckpt)  # offload hooks take the weights over: no fused deltas under them
-            self._adapters["checkpoint"].apply_policy(slot.loaded, nxt, here)
-        memory.lightest_vae(ckpt.pipe)
-        try:
-            return fn()
-        except Exception as exc:
-            if not memory.is_oom(exc):
-                raise
-            free_accelerator_memory(here)
-            raise memory.OutOfMemory(memory.oom_message(here, nxt or policy_before), "width") from None
+            self._adapters["checkpoint"].apply_policy(slot.loaded, policy, here)
+
+        return memory.retry_on_oom(ckpt, fn, here, move_to if slot is not None else None)
 
     # -- start-up ----------------------------------------------------------------------
     def load_at_start(self):

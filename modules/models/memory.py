@@ -138,3 +138,28 @@ def oom_message(device_name: str, policy: str) -> str:
         change = "close other programs to free RAM"
     return (f"out of memory on {device_name} even after freeing caches and retrying; "
             f"make the image smaller or the batch size lower, or {change}")
+
+
+def retry_on_oom(ckpt, fn, device_name: str, move_to=None):
+    """Call fn(); on out-of-memory free the caches, move the checkpoint to the next lighter policy (`move_to`,
+    on CUDA, unquantized) and the VAE to its lightest mode, and call it once more; a second OOM is refused
+    with what to change."""
+    try:
+        return fn()
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        log.warning("out of memory with policy %s; freeing caches and retrying lighter", ckpt.policy)
+    free_accelerator_memory(device_name)
+    policy_before = ckpt.policy
+    nxt = lighter(ckpt.policy) if device_type(device_name) == "cuda" else None
+    if nxt is not None and not ckpt.quantization and move_to is not None:
+        move_to(nxt)
+    lightest_vae(ckpt.pipe)
+    try:
+        return fn()
+    except Exception as exc:
+        if not is_oom(exc):
+            raise
+        free_accelerator_memory(device_name)
+        raise OutOfMemory(oom_message(device_name, nxt or policy_before), "width") from None
