@@ -91,3 +91,10 @@ def reference_scheduler(name: str, base_config, seed: int):
     if "noise_sampler_seed" in inspect.signature(cls.__init__).parameters:  # DPM++ SDE: seeded Brownian noise
         options["noise_sampler_seed"] = seed
     return cls.from_config(base_config, **options)
+
+
+def rgb_pixels(image):
+    """A PIL image as an int array of RGB values, for exact and difference comparisons."""
+    import numpy as np
+
+    return np.asarray(image.convert("RGB")).astype(int)

@@ -11,6 +11,7 @@ import webuiapi
 
 from tests.api.conftest import server_errors
 from tests.conftest import make_data_dir, start_live_server
+from tests.support import rgb_pixels
 
 FOLDER, BFL, GGUF = "tiny-flux-wide", "tiny-flux-bfl.safetensors", "unet/tiny-flux-Q4_K.gguf"
 ARGS = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler", "cfg_scale": 1}
@@ -28,10 +29,6 @@ def server(tmp_path_factory, demo_checkpoint):
     s.stop()
 
 
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(int)
-
-
 def test_an_a1111_switch_to_a_bfl_file_then_webuiapi_equals_plain_diffusers(server):
     import torch
     from diffusers import FluxPipeline
@@ -44,7 +41,7 @@ def test_an_a1111_switch_to_a_bfl_file_then_webuiapi_equals_plain_diffusers(serv
     pipe.set_progress_bar_config(disable=True)
     plain = pipe(ARGS["prompt"], num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
                  generator=torch.Generator().manual_seed(5)).images[0]
-    assert np.array_equal(_pixels(result.image), _pixels(plain))
+    assert np.array_equal(rgb_pixels(result.image), rgb_pixels(plain))
     assert f"Model: {BFL.removesuffix('.safetensors')}" in result.info["infotexts"][0], result.info["infotexts"][0]
 
 

@@ -11,6 +11,7 @@ import webuiapi
 
 from tests.api.conftest import assert_json_error, png, server_errors
 from tests.conftest import make_data_dir, start_live_server
+from tests.support import rgb_pixels
 
 FLUX, SD3 = "tiny-flux-dev", "tiny-sd3"
 BODY = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler",
@@ -30,10 +31,6 @@ def server(tmp_path_factory, demo_checkpoint):
     s.stop()
 
 
-def _pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(int)
-
-
 def test_webuiapi_txt2img_on_flux_equals_plain_diffusers(server):
     import torch
     from diffusers import FluxPipeline
@@ -45,7 +42,7 @@ def test_webuiapi_txt2img_on_flux_equals_plain_diffusers(server):
     pipe.set_progress_bar_config(disable=True)
     plain = pipe(BODY["prompt"], num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
                  generator=torch.Generator().manual_seed(5)).images[0]
-    assert np.array_equal(_pixels(result.image), _pixels(plain))
+    assert np.array_equal(rgb_pixels(result.image), rgb_pixels(plain))
     assert "Distilled CFG Scale: 3.5" in result.info["infotexts"][0]
 
 
@@ -54,7 +51,7 @@ def test_distilled_cfg_scale_acts_and_a_unet_sampler_is_refused_by_name(server):
     base = png(c.post("/txt2img", json=BODY).json()["images"][0])
     other = c.post("/txt2img", json={**BODY, "distilled_cfg_scale": 6})
     assert other.status_code == 200 and "Distilled CFG Scale: 6" in other.json()["info"]
-    assert not np.array_equal(_pixels(base), _pixels(png(other.json()["images"][0])))
+    assert not np.array_equal(rgb_pixels(base), rgb_pixels(png(other.json()["images"][0])))
     refused = assert_json_error(c.post("/txt2img", json={**BODY, "sampler_name": "Euler a"}))
     assert refused.get("field") == "sampler_name" and "Euler" in refused["detail"], refused
     assert not server_errors(server)
@@ -72,7 +69,7 @@ def test_webuiapi_txt2img_on_sd3_equals_plain_diffusers(server):
     pipe.set_progress_bar_config(disable=True)
     plain = pipe(BODY["prompt"], negative_prompt="dark", num_inference_steps=3, height=64, width=64,
                  guidance_scale=4, generator=torch.Generator().manual_seed(5)).images[0]
-    assert np.array_equal(_pixels(result.image), _pixels(plain))
+    assert np.array_equal(rgb_pixels(result.image), rgb_pixels(plain))
 
 
 def test_an_nf4_load_through_the_models_route_generates_and_says_so(server):
@@ -84,7 +81,7 @@ def test_an_nf4_load_through_the_models_route_generates_and_says_so(server):
     try:
         made = c.post("/sdapi/v1/txt2img", json=BODY).json()
         assert "Quantization: nf4" in made["info"]
-        assert not np.array_equal(_pixels(plain), _pixels(png(made["images"][0])))  # 4-bit weights: another image
+        assert not np.array_equal(rgb_pixels(plain), rgb_pixels(png(made["images"][0])))  # 4-bit weights: another image
     finally:
         c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": FLUX,
                                                 "options": {"quantization": "none"}})

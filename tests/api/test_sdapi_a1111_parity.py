@@ -10,6 +10,7 @@ import pytest
 import webuiapi
 
 from tests.api.conftest import assert_json_error, start_server
+from tests.support import rgb_pixels
 
 STYLES = '\ufeffname,prompt,negative_prompt\r\nmoody,"dark, {prompt}, rain",sunny\r\nsharp,"sharp, detailed",blurry\r\n'
 
@@ -31,22 +32,18 @@ def gen(api, **kw):
     return api.txt2img(**{"width": 64, "height": 64, "steps": 6, "seed": 21, **kw})
 
 
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(int)
-
-
 def test_prompt_editing_and_alternation(api):
     a, b = gen(api, prompt="a red fox"), gen(api, prompt="a blue bird")
     edited = gen(api, prompt="[a red fox:a blue bird:0.5]")
     alternating = gen(api, prompt="[a red fox|a blue bird]")
     for r in (edited, alternating):
-        assert not np.array_equal(pixels(r.image), pixels(a.image)) and not np.array_equal(pixels(r.image), pixels(b.image))
+        assert not np.array_equal(rgb_pixels(r.image), rgb_pixels(a.image)) and not np.array_equal(rgb_pixels(r.image), rgb_pixels(b.image))
     assert edited.info["infotexts"][0].startswith("[a red fox:a blue bird:0.5]\n")  # as written
     assert edited.image.info["parameters"] == edited.info["infotexts"][0]
     assert api.png_info(edited.image).json["parameters"]["Prompt"] == "[a red fox:a blue bird:0.5]"
-    assert np.array_equal(pixels(gen(api, prompt="[a red fox:a blue bird:6]").image), pixels(a.image))
+    assert np.array_equal(rgb_pixels(gen(api, prompt="[a red fox:a blue bird:6]").image), rgb_pixels(a.image))
     negative = gen(api, prompt="a red fox", negative_prompt="[blurry:grainy:2]")
-    assert not np.array_equal(pixels(negative.image), pixels(a.image))
+    assert not np.array_equal(rgb_pixels(negative.image), rgb_pixels(a.image))
 
 
 def test_styles_listed_applied_and_read_back(api, server):
@@ -61,7 +58,7 @@ def test_styles_listed_applied_and_read_back(api, server):
     assert styled.info["all_prompts"] == ["dark, a red fox, rain, sharp, detailed"]
     assert styled.parameters["styles"] == ["moody", "sharp"] and styled.parameters["prompt"] == "a red fox"
     same = gen(api, prompt="dark, a red fox, rain, sharp, detailed", negative_prompt="ugly, sunny, blurry")
-    assert np.array_equal(pixels(styled.image), pixels(same.image))
+    assert np.array_equal(rgb_pixels(styled.image), rgb_pixels(same.image))
     parsed = api.png_info(styled.image).json["parameters"]
     assert parsed["Styles array"] == ["moody", "sharp"]
     assert (parsed["Prompt"], parsed["Negative prompt"]) == ("a red fox", "ugly")
@@ -89,12 +86,12 @@ def test_styles_file_edited_while_serving(server):
 def test_tiling_acts_and_is_recorded(api):
     plain = gen(api, prompt="a stone wall texture")
     tiled = gen(api, prompt="a stone wall texture", tiling=True)
-    assert not np.array_equal(pixels(tiled.image), pixels(plain.image))
+    assert not np.array_equal(rgb_pixels(tiled.image), rgb_pixels(plain.image))
     assert "Tiling: True" in tiled.info["infotexts"][0] and "Tiling" not in plain.info["infotexts"][0]
     assert tiled.parameters["tiling"] is True
     assert api.png_info(tiled.image).json["parameters"]["Tiling"] == "True"
     again = gen(api, prompt="a stone wall texture")
-    assert np.array_equal(pixels(again.image), pixels(plain.image)), "the next job has no tiling left behind"
+    assert np.array_equal(rgb_pixels(again.image), rgb_pixels(plain.image)), "the next job has no tiling left behind"
     rng = np.random.default_rng(1)
     from PIL import Image
 
@@ -130,7 +127,7 @@ def test_xyz_plot_script_over_the_api(api, server):
     lone = gen(api, prompt="a red fox", script_name="X/Y/Z plot", script_args=xyz_args(include_lone_images=True))
     assert len(lone.images) == 5 and len(lone.info["infotexts"]) == 5
     alone = gen(api, prompt="a red fox", steps=3, sampler_name="DDIM")  # the cell (steps 3, DDIM)
-    assert np.array_equal(pixels(lone.images[4]), pixels(alone.image))
+    assert np.array_equal(rgb_pixels(lone.images[4]), rgb_pixels(alone.image))
     assert "Steps: 3, Sampler: DDIM" in lone.info["infotexts"][4]
 
 

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw
 from modules.models.demo import DEMO_NAME
 from tests.api.conftest import SECOND, png
 from tests.conftest import STYLE_LORA
+from tests.support import rgb_pixels
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,6 @@ def gen(api, **kw):
     return api.txt2img(**args)
 
 
-def pixels(image) -> np.ndarray:
-    return np.asarray(image.convert("RGB")).astype(int)
-
-
 def title_of(api, stem: str) -> str:
     return next(t for t in api.util_get_model_names() if t.startswith(stem))
 
@@ -50,7 +47,7 @@ def test_webuiapi_txt2img_returns_png_with_infotext_and_a1111_info(api):
     assert r.image.info["parameters"] == text, "the PNG carries the infotext"
     assert r.parameters["prompt"] == "a red fox" and r.parameters["steps"] == 3
     again = gen(api, seed=7, negative_prompt="blurry")
-    assert (pixels(again.image) == pixels(r.image)).all(), "same seed, same image"
+    assert (rgb_pixels(again.image) == rgb_pixels(r.image)).all(), "same seed, same image"
 
 
 def test_batch_returns_every_image_with_its_seed(api):
@@ -72,7 +69,7 @@ def test_img2img_and_inpaint_with_mask(api):
     ImageDraw.Draw(mask).rectangle((0, 0, 31, 63), fill=255)  # repaint the left half
     r = api.img2img(images=[init], mask_image=mask, inpainting_fill=1, inpaint_full_res=False, mask_blur=0,
                     denoising_strength=1.0, width=64, height=64, steps=4, seed=3)
-    out, src = pixels(r.image), pixels(init)
+    out, src = rgb_pixels(r.image), rgb_pixels(init)
     # A lossless PNG both ways and no blur: every pixel outside the mask is the original's, exactly.
     assert np.array_equal(out[:, 32:], src[:, 32:]), "pixels outside the mask must stay exactly as they were"
     assert np.abs(out[:, :32] - src[:, :32]).mean() > 5, "pixels inside the mask must be repainted"
@@ -95,16 +92,16 @@ def test_switch_checkpoint_via_options_and_back(api, server):
     assert api.util_get_current_model().startswith(SECOND)
     other = gen(api)
     assert f"Model: {SECOND}" in other.info["infotexts"][0]
-    assert (pixels(other.image) != pixels(first.image)).any(), "another checkpoint makes another image"
+    assert (rgb_pixels(other.image) != rgb_pixels(first.image)).any(), "another checkpoint makes another image"
     assert json.loads((server.data_dir / "config.json").read_text())["sd_model_checkpoint"] == SECOND
 
     api.set_options({"sd_model_checkpoint": demo})
     assert api.util_get_current_model().startswith(DEMO_NAME)
     back = gen(api)
     assert f"Model: {DEMO_NAME}" in back.info["infotexts"][0]
-    assert (pixels(back.image) == pixels(first.image)).all(), "back on the first checkpoint: the same image"
+    assert (rgb_pixels(back.image) == rgb_pixels(first.image)).all(), "back on the first checkpoint: the same image"
     api.set_options({"sd_model_checkpoint": SECOND})
-    assert (pixels(gen(api).image) == pixels(other.image)).all()
+    assert (rgb_pixels(gen(api).image) == rgb_pixels(other.image)).all()
     api.set_options({"sd_model_checkpoint": DEMO_NAME})  # by plain name as well as by title
 
 
@@ -113,10 +110,10 @@ def test_override_settings_uses_a_checkpoint_for_one_request(api):
     base = gen(api)
     other = gen(api, override_settings={"sd_model_checkpoint": SECOND})
     assert f"Model: {SECOND}" in other.info["infotexts"][0]
-    assert (pixels(other.image) != pixels(base.image)).any()
+    assert (rgb_pixels(other.image) != rgb_pixels(base.image)).any()
     after = gen(api)
     assert f"Model: {DEMO_NAME}" in after.info["infotexts"][0], "the override lasts one request"
-    assert (pixels(after.image) == pixels(base.image)).all()
+    assert (rgb_pixels(after.image) == rgb_pixels(base.image)).all()
 
 
 def test_listings_have_a1111_shapes(server, api):
@@ -227,11 +224,11 @@ def test_prompt_lora_over_the_api_changes_the_image_and_names_its_hash(server):
     body = {"prompt": "a red cat", "steps": 3, "width": 64, "height": 64, "seed": 21, "sampler_name": "Euler"}
     plain = c.post("/txt2img", json=body).json()
     styled = c.post("/txt2img", json={**body, "prompt": f"a red cat <lora:{STYLE_LORA}:1>"}).json()
-    assert not np.array_equal(pixels(png(styled["images"][0])), pixels(png(plain["images"][0])))
+    assert not np.array_equal(rgb_pixels(png(styled["images"][0])), rgb_pixels(png(plain["images"][0])))
     lora = next(x for x in c.get("/loras").json() if x["name"] == STYLE_LORA)
     text = json.loads(styled["info"])["infotexts"][0]
     assert f"Lora hashes: \"{STYLE_LORA}: " in text, text
     again = c.post("/txt2img", json=body).json()
-    assert np.array_equal(pixels(png(again["images"][0])), pixels(png(plain["images"][0]))), \
+    assert np.array_equal(rgb_pixels(png(again["images"][0])), rgb_pixels(png(plain["images"][0]))), \
         "the LoRA must be gone from the next generation"
     assert lora["path"].endswith(f"{STYLE_LORA}.safetensors")
