@@ -16,24 +16,30 @@ def _gradient(path):
     return img
 
 
-def wait_until_shown(canvas, timeout_s: float = 60) -> None:
+def wait_until_shown(canvas, timeout_s: float = 90) -> None:
     """Until the canvas shows the gradient, fitted and still: a stroke painted before the background has
-    landed makes a white image (a fixed sleep raced it on a loaded machine)."""
+    landed makes a white image (a fixed sleep raced it on a loaded machine). "Still" allows a few changed
+    pixels between two shots (a cursor or antialiasing), not the image moving while it is being fitted."""
     import io
 
     import numpy as np
     from PIL import Image
 
-    deadline, last = time.monotonic() + timeout_s, None
+    deadline, last, seen = time.monotonic() + timeout_s, None, []
     while time.monotonic() < deadline:
         shot = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("RGB")).astype(int)
-        colourful = int((np.abs(shot[..., 2] - 128) < 12).sum() > 0.05 * shot[..., 0].size
-                        and (shot[..., 0] - shot[..., 1]).std() > 20)  # blue 128 and a red/green gradient
-        if colourful and last is not None and np.array_equal(shot, last):
+        blue = float((np.abs(shot[..., 2] - 128) < 12).mean())
+        spread = float((shot[..., 0] - shot[..., 1]).std())
+        colourful = blue > 0.05 and spread > 20  # blue 128 and a red/green gradient
+        moved = None if last is None or last.shape != shot.shape else \
+            float((np.abs(shot - last).max(axis=-1) > 8).mean())
+        seen.append((round(blue, 3), round(spread, 1), moved))
+        if colourful and moved is not None and moved < 0.002:
             return
         last = shot if colourful else None
-        time.sleep(0.2)
-    raise AssertionError("the uploaded image never showed on the inpaint canvas")
+        time.sleep(0.25)
+    raise AssertionError(f"the uploaded image never showed still on the inpaint canvas; last shots "
+                         f"(blue share, red-green spread, share of pixels moved): {seen[-5:]}")
 
 
 def test_paint_mask_and_generate(page, live_server, tmp_path):
@@ -45,6 +51,13 @@ def test_paint_mask_and_generate(page, live_server, tmp_path):
     page.locator("#inpaint_editor input[type=file]").set_input_files(str(tmp_path / "source.png"))
     canvas = page.locator("#inpaint_editor .pixi-target canvas").first
     canvas.wait_for(state="visible")
+    # The upload event sends the editor's value to the server, which answers with the image's size: once the
+    # width reads 64 the editor holds the background (the default is 512), and only the fitting is left.
+    width = page.locator("#inpaint_width input[type=number]").first
+    deadline = time.monotonic() + 90
+    while width.input_value() != "64":
+        assert time.monotonic() < deadline, f"the upload never reached the server (width {width.input_value()})"
+        time.sleep(0.2)
 
     wait_until_shown(canvas)  # paint only once the image is on the canvas, as a person would
     page.get_by_role("button", name="Brush", exact=True).click()
