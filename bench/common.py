@@ -1,11 +1,13 @@
 """What every figure shares: side-by-side timing, the Figure record, the machine description."""
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import platform
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -80,6 +82,17 @@ def side_by_side(a: Callable[[], object], b: Callable[[], object], reps: int, de
         for fn, out in order:
             out.append(timed(fn, device))
     return ta, tb
+
+
+@contextlib.contextmanager
+def on_worker_thread(fn: Callable[..., object]):
+    """`fn` called on a persistent thread of its own, as a job runs on the engine's worker thread: the plain side
+    of an overhead figure run this way tells the thread's share of a difference from Atelier's own work."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-plain")
+    try:
+        yield lambda *args: pool.submit(fn, *args).result()
+    finally:
+        pool.shutdown()
 
 
 def ratios(ta: list[float], tb: list[float]) -> list[float]:

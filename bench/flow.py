@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from bench.common import Figure, ratios, side_by_side
+from bench.common import Figure, on_worker_thread, ratios, side_by_side
 
 TARGET = "<= 1.03x"
 PROMPT = "a lighthouse on a cliff at dusk, oil painting"
@@ -28,7 +28,7 @@ def _folder(name: str, arch: str, **sizes) -> Path:
     return folder
 
 
-def measure(key: str, title: str, folder: Path, device: str, width: int, steps: int, reps: int) -> Figure:
+def measure(key: str, title: str, folder: Path, device: str, width: int, steps: int, reps: int) -> list[Figure]:
     import numpy as np
     import torch
 
@@ -56,13 +56,20 @@ def measure(key: str, title: str, folder: Path, device: str, width: int, steps: 
                             generator=torch.Generator("cpu").manual_seed(seed), **guidance)
             images["diffusers"] = out.images[0]
 
-        atelier(1), diffusers_call(1)  # warm-up
-        ta, tb = side_by_side(atelier, diffusers_call, reps, device, warmup=0)
-        same = bool(np.array_equal(np.asarray(images["atelier"]), np.asarray(images["diffusers"])))
         params = sum(p.numel() for p in base.transformer.parameters())
-        return Figure.from_samples(key, title, ratios(ta, tb), target=TARGET, ok=lambda r: r <= 1.03,
-                                   same_image=same, steps=steps, size=f"{width}x{width}",
-                                   transformer_params=params, atelier_median_s=round(sorted(ta)[len(ta) // 2], 4))
+        figures = []
+        # The plain call on this thread, then on a worker thread of its own as a job runs (the thread's share).
+        with on_worker_thread(diffusers_call) as diffusers_in_thread:
+            for variant, plain_side, label in (("", diffusers_call, ""), (
+                    "_vs_plain_in_a_thread", diffusers_in_thread, ", plain diffusers on a worker thread too")):
+                atelier(1), plain_side(1)  # warm-up
+                ta, tb = side_by_side(atelier, plain_side, reps, device, warmup=0)
+                same = bool(np.array_equal(np.asarray(images["atelier"]), np.asarray(images["diffusers"])))
+                figures.append(Figure.from_samples(
+                    key + variant, title + label, ratios(ta, tb), target=TARGET, ok=lambda r: r <= 1.03,
+                    same_image=same, steps=steps, size=f"{width}x{width}", transformer_params=params,
+                    atelier_median_s=round(sorted(ta)[len(ta) // 2], 4)))
+        return figures
     finally:
         studio.shutdown()
 
@@ -81,7 +88,7 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
     for key, title, folder, width, steps, reps in cases:
         log(f"  {title}: {reps} repetitions of {steps} steps at {width}x{width} …")
         try:
-            figures.append(measure(key, title, folder(), device, width, steps, reps))
+            figures += measure(key, title, folder(), device, width, steps, reps)
         except Exception as exc:  # a missing part is reported, never replaced by a number
             figures.append(Figure.missing(key, title, f"{type(exc).__name__}: {exc}", TARGET))
     return figures

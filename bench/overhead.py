@@ -12,10 +12,10 @@ plain call on a worker thread as well (a job's thread vs this one).
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
 from pathlib import Path
 
-from bench.common import Figure, ratios, side_by_side
+from bench.common import Figure, on_worker_thread, ratios, side_by_side
 
 TARGET = "<= 1.03x"
 # Sampler names the bench uses, with the diffusers class the plain side builds itself.
@@ -58,8 +58,8 @@ def measure(key: str, title: str, checkpoint: Path, device: str, width: int, ste
 
         # A job runs on the engine's worker thread, the plain call on this one: the same plain call on a
         # persistent thread of its own tells the thread's share (allocator arena, OpenMP) from Atelier's own work.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bench-plain")
-        diffusers_in_thread = lambda n=steps: pool.submit(diffusers_call, n).result()
+        threads = contextlib.ExitStack()
+        diffusers_in_thread = threads.enter_context(on_worker_thread(diffusers_call))
         # The candidates for the overhead (issue 13): the job thread's torch threads vs this thread's, the order
         # of A and B, and the preview decode (a figure with previews off).
         job_threads: list[int] = []
@@ -86,7 +86,7 @@ def measure(key: str, title: str, checkpoint: Path, device: str, width: int, ste
                 ratio_atelier_first=_median(r[0::2]), ratio_atelier_second=_median(r[1::2]) if len(r) > 1 else None,
                 preview_every=studio.settings.get().show_progress_every_n_steps,
             ))
-        pool.shutdown()
+        threads.close()
         return out
     finally:
         studio.shutdown()
