@@ -6,6 +6,7 @@ than fp32, so the setting is refused there rather than accepted and made slower.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
@@ -35,6 +36,7 @@ def bf16_note() -> str:
     return "not available: this CPU has neither AVX-512 BF16 nor AMX (bf16 would be emulated, slower than fp32)"
 
 
+@functools.cache  # the machine's cores do not change while the studio runs; read once, not every job
 def physical_cores() -> int:
     import psutil
 

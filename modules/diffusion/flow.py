@@ -64,7 +64,7 @@ def check(run) -> None:
     if not distilled and req.distilled_cfg_scale != DISTILLED_CFG_DEFAULT:
         raise InvalidRequest(f"this {label} checkpoint has no distilled guidance (Flux-dev's); it uses cfg_scale "
                              f"— leave distilled_cfg_scale at {DISTILLED_CFG_DEFAULT}", "distilled_cfg_scale")
-    make_scheduler(arch, run.sampler, run.schedule, run.ckpt.pipe.scheduler.config)
+    scheduler_options(arch, run.sampler, run.schedule)
 
 
 def _check_img2img(req, label: str) -> None:
@@ -81,6 +81,11 @@ def _check_img2img(req, label: str) -> None:
 
 def make_scheduler(arch: str, sampler: str, schedule: str, base_config: dict):
     """A fresh flow-matching Euler scheduler from the checkpoint's config, with the schedule type's options."""
+    return _EULER.cls().from_config(dict(base_config), **scheduler_options(arch, sampler, schedule))
+
+
+def scheduler_options(arch: str, sampler: str, schedule: str) -> dict:
+    """The Euler scheduler's options for the schedule type; refuses a sampler or schedule flow matching lacks."""
     if sampler != _EULER.name:
         raise InvalidRequest(f"{LABELS[arch]} checkpoints sample by flow matching: use the Euler sampler "
                              f"({sampler} is a UNet sampler)", "sampler_name")
@@ -90,7 +95,7 @@ def make_scheduler(arch: str, sampler: str, schedule: str, base_config: dict):
                              f"{', '.join(allowed)}", "scheduler")
     options = {k: False for k in _SIGMA_FLAGS if k in _EULER.accepted_options()}
     options.update(SCHEDULE_OPTIONS[schedule])
-    return _EULER.cls().from_config(dict(base_config), **options)
+    return options
 
 
 def plain_text(text: str) -> str:

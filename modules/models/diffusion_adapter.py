@@ -30,6 +30,7 @@ class LoadedCheckpoint:
     policy: str = "gpu"
     location: str = "cpu"  # where the weights are: "cpu", "cuda", … (offloaded: "cuda (model_offload)")
     footprint: int = 0
+    footprint_of: tuple = ()  # what `footprint` was counted for: the modules, embeddings and LoRAs loaded
     vae: ModelEntry | None = None  # the VAE file in use; None = the checkpoint's own
     vae_setting: str = "Automatic"
     embeddings: list[ModelEntry] = field(default_factory=list)
@@ -180,7 +181,11 @@ class DiffusionAdapter:
             ckpt.pipe.vae.disable_slicing()  # a previous job's out-of-memory fallback ends with that job
         # Offload hooks own the weights' placement: under them the weights keep their memory format.
         speed.apply(ckpt.pipe, settings, actx.device.type, move_weights=ckpt.policy == "gpu")
-        loaded.footprint = ckpt.footprint = memory.footprint_bytes(ckpt.pipe)
+        # Counting every tensor costs milliseconds a job: counted again only when what is loaded changed.
+        counted_for = (tuple(map(id, memory.modules_of(ckpt.pipe))), len(ckpt.embeddings), tuple(ckpt.loras.order))
+        if counted_for != ckpt.footprint_of:
+            loaded.footprint = ckpt.footprint = memory.footprint_bytes(ckpt.pipe)
+            ckpt.footprint_of = counted_for
 
     def release(self, actx: AdapterContext, loaded: Loaded) -> None:
         ckpt: LoadedCheckpoint = loaded.handle

@@ -28,13 +28,13 @@ class OutOfMemory(AtelierError):
 def footprint_bytes(pipe) -> int:
     """Bytes of every parameter and buffer of the pipeline's torch modules."""
     total = 0
-    for module in _modules(pipe):
+    for module in modules_of(pipe):
         for t in list(module.parameters()) + list(module.buffers()):
             total += t.numel() * t.element_size()
     return total
 
 
-def _modules(pipe):
+def modules_of(pipe):
     import torch
 
     return [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
@@ -50,7 +50,7 @@ def choose_policy(wanted: str, device_name: str, pipe) -> str:
 
     free, _total = torch.cuda.mem_get_info()
     need = footprint_bytes(pipe)
-    biggest = max((footprint_bytes_module(m) for m in _modules(pipe)), default=0)
+    biggest = max((footprint_bytes_module(m) for m in modules_of(pipe)), default=0)
     headroom = 2 * 1024**3  # activations of a 1024² SDXL step fit in about this
     if free >= need + headroom:
         return "gpu"

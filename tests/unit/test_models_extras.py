@@ -32,6 +32,9 @@ def studio(tmp_path_factory, demo_checkpoint, markers):
     ldm = ldm_state_dict(build_sd15_pipeline(5))
     vae = {k.removeprefix("first_stage_model."): v for k, v in ldm.items() if k.startswith("first_stage_model.")}
     save_file(vae, str(data / "models" / "VAE" / "other.vae.safetensors"))  # A1111/LDM key layout
+    from tests.fixtures_models import save_demo_lora
+
+    save_demo_lora(data / "models" / "Lora" / "tiny.safetensors", "kohya", seed=1, alpha=4.0, rank=4)
     emb = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
     save_file({"emb_params": emb}, str(data / "models" / "embeddings" / "mystyle.safetensors"))
     # Pickles shaped like a real VAE / A1111 embedding, each carrying a payload shown to fire when loaded unsafely.
@@ -72,6 +75,26 @@ def test_vae_from_models_vae_changes_the_decode_and_none_restores_it(studio):
     again, _ = _txt2img(studio)
     assert np.array_equal(base, again) and studio.models.active.vae is None
     studio.settings.update({"sd_vae": "Automatic"}, save=False)
+
+
+def test_footprint_follows_what_is_loaded_into_the_checkpoint(studio):
+    """The footprint is counted again only when the loaded parts change (not every job): a LoRA's tensors and a
+    VAE swap must still show in it, equal to a fresh count of the pipeline."""
+    from modules.models import memory
+
+    _txt2img(studio)
+    ckpt = studio.models.active
+    before = ckpt.footprint
+    assert before == memory.footprint_bytes(ckpt.pipe)
+    _txt2img(studio, prompt="a red cat <lora:tiny:1>")
+    _txt2img(studio)  # counted when the next job readies the checkpoint; the LoRA stays loaded (unfused) for later
+    assert ckpt.footprint > before and ckpt.footprint == memory.footprint_bytes(ckpt.pipe), "the LoRA was not counted"
+    studio.settings.update({"sd_vae": "other.vae.safetensors"}, save=False)
+    try:
+        _txt2img(studio)
+        assert ckpt.footprint == memory.footprint_bytes(ckpt.pipe)
+    finally:
+        studio.settings.update({"sd_vae": "Automatic"}, save=False)
 
 
 def test_embedding_is_loaded_under_its_file_name(studio):
