@@ -86,6 +86,14 @@ def measure(key: str, title: str, checkpoint: Path, device: str, width: int, ste
                 ratio_atelier_first=_median(r[0::2]), ratio_atelier_second=_median(r[1::2]) if len(r) > 1 else None,
                 preview_every=studio.settings.get().show_progress_every_n_steps,
             ))
+        if extra_variants:
+            # The thread's own share, without Atelier: the same plain call on a worker thread vs on this one.
+            log(f"  plain diffusers on a worker thread vs this thread: {reps} repetitions …")
+            tt, tm = side_by_side(diffusers_in_thread, diffusers_call, reps, device, warmup=0)
+            out.append(Figure.from_samples(
+                key + "_thread_share", "plain diffusers on a worker thread vs on the main thread, " +
+                title.split(", ", 1)[1], ratios(tt, tm), target="— (reported)", worker_thread_s=_spread(tt),
+                main_thread_s=_spread(tm), steps=steps, size=f"{width}x{width}"))
         threads.close()
         return out
     finally:
