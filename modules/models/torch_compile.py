@@ -46,19 +46,31 @@ def sync(ckpt, mode: str, cache_dir: Path | None = None) -> None:
     if want == "off":
         module._compiled_call_impl = None  # what nn.Module.compile set: __call__ runs the eager forward again
     else:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir))  # read at the first compile
+        _point_cache_at(cache_dir)
         # Bucket bound: torch's recompile_limit (8) graphs per module; past it dynamo runs that call eagerly.
         module.compile(mode=None if want == "default" else want, dynamic=False)
         log.info("compile_unet %s: %s of %s compiles at its next use", want, type(module).__name__, ckpt.name)
     ckpt.compiled = want
 
 
+def _point_cache_at(folder: Path) -> None:
+    """TORCHINDUCTOR_CACHE_DIR (read at each cache access) to the studio's folder, unless the user chose another.
+    Importing diffusers already wrote torch's default there (cache_dir() writes back what it picks), so the
+    default — or another studio's folder, in a process that opened two — counts as not chosen."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or Path(current) == Path(default_cache_dir()).resolve() or \
+            Path(current).parts[-2:] == folder.parts[-2:]:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(folder)
+
+
 @contextlib.contextmanager
 def reported(job_log, ckpt, mode: str):
     """Around one generation: the seconds torch.compile spent in it go to the job's log (the first job at a
     new size, LoRA set or checkpoint pays them), and a setting this checkpoint cannot honour is said there."""
-    if mode != "off" and ckpt.compiled == "off":
-        job_log(f"compile_unet {mode}: not applied, {why_not(ckpt)}; this job runs eagerly")
+    if mode != "off" and ckpt.compiled == "off" and (reason := why_not(ckpt)):
+        job_log(f"compile_unet {mode}: not applied, {reason}; this job runs eagerly")
     if ckpt.compiled == "off":
         yield
         return
@@ -72,6 +84,7 @@ def reported(job_log, ckpt, mode: str):
         if spent > 0.0:
             ckpt.compile_seconds += spent
             line = (f"compile_unet {ckpt.compiled}: {spent:.1f} s compiling {type(denoiser(ckpt.pipe)).__name__} of "
-                    f"{ckpt.name} in this job (once per image size, LoRA set and checkpoint; cached in data/cache/torch-compile)")
+                    f"{ckpt.name} in this job (once per image size, LoRA set and checkpoint; cached in "
+                    f"{os.environ.get('TORCHINDUCTOR_CACHE_DIR')})")
             log.info(line)
             job_log(line)

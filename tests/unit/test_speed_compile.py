@@ -6,6 +6,7 @@ Compiling even the tiny demo UNet takes tens of seconds on a small CPU (minutes 
 one studio is compiled once for the module and its tests run in order on it."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -15,7 +16,7 @@ from modules.errors import InvalidRequest
 from tests.conftest import SECOND, STYLE_LORA
 
 TOLERANCE = 2  # max abs difference in 0–255 pixel steps: inductor reorders float math, nothing more
-LORA = f"<lora:{STYLE_LORA}:1>"
+LORA, HALF_LORA = f"<lora:{STYLE_LORA}:1>", f"<lora:{STYLE_LORA}:0.5>"
 pytestmark = pytest.mark.timeout(900)  # the module's first compile; see the docstring
 
 
@@ -60,7 +61,8 @@ def eager(studio, demo_checkpoint) -> dict:
     """The images with compile_unet off: the demo model, with the LoRA, and the second checkpoint."""
     first = demo_checkpoint.name
     return {"base": _image(studio, checkpoint=first), "lora": _image(studio, f"a red cat {LORA}", first),
-            "second": _image(studio, checkpoint=SECOND), "first": first}
+            "half": _image(studio, f"a red cat {HALF_LORA}", first), "second": _image(studio, checkpoint=SECOND),
+            "first": first}
 
 
 def test_cuda_only_modes_are_refused_on_the_cpu_naming_the_setting(studio):
@@ -88,6 +90,8 @@ def test_the_compiled_unet_runs_and_its_image_is_within_tolerance_of_eager(studi
     assert any("s compiling UNet2DConditionModel" in line for line in job.logs), list(job.logs)
     assert ckpt.compile_seconds > 0
     assert _diff(on, eager["base"]) <= TOLERANCE
+    cache = studio.registry.paths.compile_cache  # the FX graph cache of this compile, kept for a restart
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(cache) and any((cache / "fxgraph").rglob("*"))
     again = _job(studio, checkpoint=eager["first"])  # same size, same weights: no compile, nothing in the log
     assert not any("compiling" in line for line in again.logs)
 
@@ -97,6 +101,10 @@ def test_a_lora_fused_after_the_compile_acts_as_in_eager_mode(studio, eager):
     assert studio.models.active.compiled == "default"
     assert _diff(eager["lora"], eager["base"]) > 10, "the demo LoRA must change the image for this test to mean anything"
     assert _diff(on, eager["lora"]) <= TOLERANCE
+    # Another weight changes only the tensors (peft's layers and merged flag stay): the graph is reused, so a
+    # graph with the weights folded in (inductor's freezing) would draw the weight-1 image here.
+    assert _diff(eager["half"], eager["lora"]) > 10
+    assert _diff(_image(studio, f"a red cat {HALF_LORA}", eager["first"]), eager["half"]) <= TOLERANCE
     assert _diff(_image(studio, checkpoint=eager["first"]), eager["base"]) <= TOLERANCE  # and out again
 
 
