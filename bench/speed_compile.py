@@ -28,9 +28,8 @@ def request(side: int, steps: int, sampler: str):
 
 
 def cache_is_cold(studio_cache: Path) -> bool:
-    """Whether the compile about to happen finds no cache: the studio's folder, or the user's TORCHINDUCTOR_CACHE_DIR."""
-    where = Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR", studio_cache))
-    return not (where.is_dir() and any(where.iterdir()))
+    """Whether the compile about to happen finds the studio's cache folder empty (the bench's data folder is new)."""
+    return not (studio_cache.is_dir() and any(studio_cache.iterdir()))
 
 
 def first_row(ckpt, first_job_s: float, cold: bool) -> Figure:
