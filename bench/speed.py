@@ -6,12 +6,14 @@ plain side), with the same sampler, seed, steps and size, alternating (ABBA). Ea
 speed ratio (plain time / Atelier time: above 1 is faster than diffusers) with its samples and
 min–max, and the max abs pixel difference from the plain image with the tolerance it must stay
 within. The issue's target — >= 1.2x with every safe setting on — is judged on the whole spread.
-torch.compile of the UNet is not a setting yet: its row says so.
+compile_unet (torch.compile, default mode) is measured last, as the others; its first job's compile seconds
+and a second process's (from the disk cache) are rows of their own (speed_compile.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from bench import speed_compile
 from bench.common import Figure, side_by_side
 from bench.overhead import SAMPLER
 
@@ -24,9 +26,13 @@ CASES = [
     ("speed_cpu_bf16", "bf16 autocast on the CPU vs plain diffusers (fp32)", {"cpu_bf16": True}, 24, None),
     ("speed_all_on", "every setting this CPU offers on (bf16 autocast, sdpa, physical-core threads) vs plain diffusers",
      {"cpu_bf16": True}, 24, TARGET_ALL),
+    ("speed_compile_unet", "torch.compile of the UNet (compile_unet default) vs plain diffusers",
+     {"compile_unet": "default"}, 2, None),
 ]
+OFF = {"channels_last": False, "attention": "sdpa", "cpu_bf16": False, "compile_unet": "off"}
 # channels_last is left out of the last row: in eager mode it was slower than the default format on this kind of CPU
-# (its own row says by how much); without native bf16 the last row is not measured.
+# (its own row says by how much); without native bf16 that row is not measured. compile_unet is left out of it too:
+# it is measured on its own, with its compile time apart.
 
 
 def run(device: str, quick: bool, log=print) -> list[Figure]:
@@ -37,10 +43,8 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
         figures += _measure(device, quick, log)
     except Exception as exc:  # a missing part is reported, never replaced by a number
         why = f"{type(exc).__name__}: {exc}"[:400]
-        figures += [Figure.missing(k, t, why, target or "") for k, t, _, _, target in CASES if not
-                    any(f.key == k for f in figures)]
-    figures.append(Figure.missing("speed_compile_unet", "torch.compile of the UNet vs plain diffusers",
-                                  "not built yet: no compile setting (see the README's Speed settings)", ""))
+        rows = [(k, t, target or "") for k, t, _, _, target in CASES] + speed_compile.ROWS
+        figures += [Figure.missing(k, t, why, target) for k, t, target in rows if not any(f.key == k for f in figures)]
     if device == "cpu":
         for f in figures:
             if f.key == "speed_cpu_bf16" and f.not_measured is None:
@@ -49,18 +53,20 @@ def run(device: str, quick: bool, log=print) -> list[Figure]:
 
 
 def _measure(device: str, quick: bool, log) -> list[Figure]:
+    import time
+
     import torch
     import diffusers
 
     from bench.sd15 import ensure_sd15_folder
     from bench.studio_setup import make_data_dir, open_studio
     from modules import cpu_features
-    from modules.diffusion.params import Txt2ImgRequest
     from modules.jobs import JobState
 
     folder = ensure_sd15_folder(log)
     side, steps, reps = (256, 2, 2) if quick else (256, 8, 4)
-    studio = open_studio(make_data_dir(folder, name="speed"), device)
+    data_dir = make_data_dir(folder, name="speed")
+    studio = open_studio(data_dir, device)
     out: list[Figure] = []
     try:
         plain = diffusers.StableDiffusionPipeline.from_pretrained(
@@ -68,12 +74,10 @@ def _measure(device: str, quick: bool, log) -> list[Figure]:
             requires_safety_checker=False, local_files_only=True).to(device)
         plain.scheduler = getattr(diffusers, SAMPLER[1]).from_config(plain.scheduler.config)
         plain.set_progress_bar_config(disable=True)
-        prompt, seed, images = "a lighthouse on a cliff at dusk, oil painting", 1234, {}
+        prompt, seed, images = speed_compile.PROMPT, speed_compile.SEED, {}
 
         def atelier(n: int = steps):
-            req = Txt2ImgRequest(prompt=prompt, steps=n, width=side, height=side, seed=seed, sampler_name=SAMPLER[0],
-                                 cfg_scale=7.0, save_images=False)
-            job = studio.jobs.run("txt2img", req)
+            job = studio.jobs.run("txt2img", speed_compile.request(side, n, SAMPLER[0]))
             if job.state != JobState.DONE:
                 raise RuntimeError(f"the Atelier job ended {job.state.value}: {job.error}")
             images["atelier"] = np.asarray(job.result.images[0].image).astype(np.int16)
@@ -90,9 +94,13 @@ def _measure(device: str, quick: bool, log) -> list[Figure]:
                 out.append(Figure.missing(key, title, "bf16 autocast is " + cpu_features.bf16_note()
                                           if device == "cpu" else "a CPU setting", target or ""))
                 continue
-            studio.settings.update({"channels_last": False, "attention": "sdpa", "cpu_bf16": False, **settings},
-                                   save=False)
-            atelier(1)  # applies the setting (memory format, processors) before the timing
+            studio.settings.update({**OFF, **settings}, save=False)
+            cold = speed_compile.cache_is_cold(studio.registry.paths.compile_cache)
+            t0 = time.perf_counter()
+            atelier(1)  # applies the setting (memory format, processors, the compile) before the timing
+            if "compile_unet" in settings:
+                out.append(speed_compile.first_row(studio.models.active, time.perf_counter() - t0, cold))
+                log(f"  {title}: first job {time.perf_counter() - t0:.1f} s (the compile)")
             log(f"  {title}: {reps} x {steps} steps at {side}x{side} …")
             ta, tb = side_by_side(atelier, plain_call, reps, device, warmup=0)
             diff = int(np.abs(images["atelier"] - images["plain"]).max())
@@ -107,8 +115,10 @@ def _measure(device: str, quick: bool, log) -> list[Figure]:
                 fig.detail["problem"] = f"the image is {diff} pixel steps from plain diffusers' (tolerance {tolerance})"
             out.append(fig)
     finally:
-        studio.settings.update({"channels_last": False, "attention": "sdpa", "cpu_bf16": False}, save=False)
+        studio.settings.update(OFF, save=False)
         studio.shutdown()
+    del plain
+    out.append(speed_compile.cached_row(data_dir, device, side, SAMPLER[0], log))
     return out
 
 

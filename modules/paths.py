@@ -80,6 +80,11 @@ class DataPaths:
         return self.root / "training"
 
     @property
+    def compile_cache(self) -> Path:
+        """torch.compile's caches (inductor's kernels, the FX graph and AOTAutograd caches), kept across restarts."""
+        return self.root / "cache" / "torch-compile"
+
+    @property
     def extensions(self) -> Path:
         return self.root / "extensions"
 

@@ -22,6 +22,9 @@ from modules.errors import InvalidRequest
 log = logging.getLogger("atelier.settings")
 
 MemoryPolicy = Literal["auto", "gpu", "model_offload", "sequential_offload"]
+# torch.compile modes (SD.Next's cuda_compile_mode choices); "off" first: the default everywhere.
+CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead"]
+CUDA_ONLY_COMPILE = ("max-autotune-no-cudagraphs", "reduce-overhead")  # GPU kernel autotuning / CUDA graphs
 
 
 class Settings(BaseModel):
@@ -42,6 +45,11 @@ class Settings(BaseModel):
         "default) or classic (diffusers' plain matmul + softmax)")
     cpu_bf16: bool = Field(False, description="Speed, on the CPU: bf16 autocast (needs a CPU with AVX-512 BF16 or AMX)")
     cpu_threads: int = Field(0, ge=0, le=1024, description="Speed, on the CPU: torch threads (0: one per physical core)")
+    compile_unet: CompileMode = Field(
+        "off", description="Speed: torch.compile of the UNet (Flux / SD3: the transformer) — off, default, "
+        "max-autotune-no-cudagraphs or reduce-overhead (the last two on a CUDA GPU only). The first image at each new "
+        "size, LoRA set or checkpoint pays the compile (its seconds are in the job's log); compiled kernels are "
+        "cached in data/cache/torch-compile, so a restart compiles faster")
     show_progress_every_n_steps: int = Field(2, ge=0, le=100, description="Live preview every N steps (0: off)")
     samples_format: Literal["png", "jpg", "jpeg", "webp"] = Field("png", description="File format of saved images (and of API images)")
     jpeg_quality: int = Field(80, ge=1, le=100, description="Quality of saved JPEG and WebP images")
@@ -78,6 +86,24 @@ class SettingsStore:
         self.warning: str | None = None
         self.value = self._load()
         self._sections: dict[str, type[BaseModel]] = {}  # task name -> its settings model
+        self.device_types: frozenset[str] = frozenset()  # "cpu", "cuda": the studio's devices, once chosen
+
+    def attach_devices(self, device_types) -> None:
+        """The studio's devices, once load() has chosen them: what compile_unet may ask of them. A CUDA-only
+        compile mode in a config.json from a GPU machine falls back to "default" here, with a warning."""
+        with self._lock:
+            self.device_types = frozenset(device_types)
+            mode = self.value.compile_unet
+            if refused := self._compile_refusal(mode):
+                self.warning = f"compile_unet is {mode!r} in {self.path.name}, but {refused}; \"default\" is in use"
+                log.warning(self.warning)
+                self.value = self.value.model_copy(update={"compile_unet": "default"})
+
+    def _compile_refusal(self, mode: str) -> str | None:
+        if mode in CUDA_ONLY_COMPILE and "cuda" not in self.device_types:
+            where = ", ".join(sorted(self.device_types)) or "a device not chosen yet"
+            return f"{mode} needs a CUDA GPU (GPU kernel autotuning / CUDA graphs) and this studio runs on {where}"
+        return None
 
     # -- the tasks' sections ---------------------------------------------
     def add_section(self, name: str, model: type[BaseModel]) -> None:
@@ -154,6 +180,8 @@ class SettingsStore:
                 raise InvalidRequest.from_validation(exc) from None
             if new.cpu_bf16 and not cpu_features.bf16_flags():
                 raise InvalidRequest(f"bf16 autocast is {cpu_features.bf16_note()}; leave cpu_bf16 off", "cpu_bf16")
+            if refused := self._compile_refusal(new.compile_unet):
+                raise InvalidRequest(f"compile_unet {refused}; choose \"default\" (or \"off\")", "compile_unet")
             self.value = new
             if save:
                 self.save()

@@ -107,6 +107,7 @@ class Studio:
                 tmp.unlink(missing_ok=True)
             self.devices = choose_devices(self.options.device)
             self.device = self.devices[0]
+            self.settings.attach_devices(d.type for d in self.devices)
             self.models.attach(*self.devices)
             if len(self.devices) > 1:  # one worker per device for the device-bound queues (image generation)
                 self.jobs.use_pool(DevicePool(tuple(d.lane for d in self.devices), self.models.on_device,

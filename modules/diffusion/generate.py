@@ -20,7 +20,7 @@ from modules.diffusion.seeds import SeedPlan
 from modules.diffusion.styles import StyledPrompts
 from modules.errors import AtelierError, InvalidRequest
 from modules.jobs import JobContext
-from modules.models import face_restorers, speed
+from modules.models import face_restorers, speed, torch_compile
 from modules.postprocess.faces import restore_images
 
 if TYPE_CHECKING:
@@ -119,7 +119,8 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
                   passes=2 if is_hires else 1, preview_every=settings.show_progress_every_n_steps)
         flow.check(run)  # what a Flux / SD3 checkpoint cannot do yet, refused by field before any work
         with _loras(models, ckpt, lora_list) as applied, tiling.maybe(ckpt.pipe, req.tiling), \
-                speed.autocast(settings, ckpt.pipe, ckpt.pipe.device.type):
+                speed.autocast(settings, ckpt.pipe, ckpt.pipe.device.type), \
+                torch_compile.reported(ctx.log, ckpt, settings.compile_unet):
             return _batches(ctx, services, run, make_batch, outdir, applied)
 
 

@@ -12,7 +12,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.models import loaders, lora, memory, skeleton, speed
+from modules.models import loaders, lora, memory, skeleton, speed, torch_compile
 from modules.models.adapters import AdapterContext, Loaded
 from modules.models.quant import LoadOptions
 from modules.models.registry import ModelEntry
@@ -38,6 +38,8 @@ class LoadedCheckpoint:
     base_vae: Any = None  # the checkpoint's own VAE while another one is in use
     loras: lora.LoraState = field(default_factory=lora.LoraState)
     built_from: str = "files"  # "skeleton": same-architecture switch, only the weights were read (skeleton.py)
+    compiled: str = "off"  # the torch.compile mode of its denoiser now (torch_compile.py)
+    compile_seconds: float = 0.0  # spent compiling it so far
     _modes: dict = field(default_factory=dict)
 
     @property
@@ -161,6 +163,8 @@ class DiffusionAdapter:
         ckpt: LoadedCheckpoint = loaded.handle
         memory.apply_policy(ckpt.pipe, policy, torch.device(device))
         ckpt.policy = policy
+        if torch_compile.why_not(ckpt):  # the OOM retry's offload: hooks move weights mid-call, eager from here
+            torch_compile.sync(ckpt, "off")
         loaded.device = device
         loaded.location_note = "" if policy == "gpu" else f" ({policy})"
         ckpt.location = loaded.location
@@ -181,6 +185,7 @@ class DiffusionAdapter:
             ckpt.pipe.vae.disable_slicing()  # a previous job's out-of-memory fallback ends with that job
         # Offload hooks own the weights' placement: under them the weights keep their memory format.
         speed.apply(ckpt.pipe, settings, actx.device.type, move_weights=ckpt.policy == "gpu")
+        torch_compile.sync(ckpt, settings.compile_unet, actx.registry.paths.compile_cache)
         # Counting every tensor costs milliseconds a job: counted again only when what is loaded changed.
         counted_for = (tuple(map(id, memory.modules_of(ckpt.pipe))), len(ckpt.embeddings), tuple(ckpt.loras.order))
         if counted_for != ckpt.footprint_of:

@@ -67,7 +67,8 @@ def build(studio) -> dict:
         c["save"] = gr.Button("Apply settings", variant="primary", elem_id="settings_submit", scale=0, min_width=180)
         c["result"] = gr.Markdown("", elem_id="settings_result")
     fields: dict = {}
-    notes = {"cpu_bf16": cpu_features.bf16_note(), "cpu_threads": f"{cpu_features.physical_cores()} physical cores here"}
+    notes = {"cpu_bf16": cpu_features.bf16_note(), "cpu_threads": f"{cpu_features.physical_cores()} physical cores here",
+             "compile_unet": "the last two are refused without a CUDA GPU"}
     shown = [(n, i) for n, i in Settings.model_fields.items() if n not in SKIP]
     half = (len(shown) + 1) // 2
     with gr.Row(elem_id="settings_fields", equal_height=False):
