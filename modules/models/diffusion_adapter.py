@@ -27,6 +27,7 @@ class LoadedCheckpoint:
     arch: str = "sd1"
     options: LoadOptions = field(default_factory=LoadOptions)
     quantization: str | None = None  # "nf4", "nf4 double quant", "int8", … for the infotext
+    t5_storage: str | None = None  # Flux / SD3: "int8" / "fp8" when T5 is stored so (t5_storage.py)
     policy: str = "gpu"
     location: str = "cpu"  # where the weights are: "cpu", "cuda", … (offloaded: "cuda (model_offload)")
     footprint: int = 0
@@ -103,9 +104,10 @@ class DiffusionAdapter:
                 "max_parked_bytes": int(settings.sd_checkpoint_cache_gb * 1024**3)}
 
     def load(self, actx: AdapterContext, entry: ModelEntry, options: LoadOptions) -> Loaded:
-        from modules.models import quant
+        from modules.models import quant, t5_storage
 
         device = actx.device
+        t5_storage.check(options, entry.arch, device.name)  # before the read: a refusal costs nothing
         dtype = options.torch_dtype(device.dtype)
         # A big file is hashed (once, then cached) while it loads: both read the same pages.
         hasher = None
@@ -119,8 +121,9 @@ class DiffusionAdapter:
                 hasher.join()
         pipe.set_progress_bar_config(disable=True)
         quantization = quant.quantize_pipeline(pipe, options, device.name)
+        t5 = t5_storage.apply(pipe, arch, options, device.name)
         ckpt = LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=options, quantization=quantization,
-                                footprint=memory.footprint_bytes(pipe), built_from=built_from)
+                                t5_storage=t5, footprint=memory.footprint_bytes(pipe), built_from=built_from)
         # bitsandbytes weights on a GPU are placed by their own config, never moved by .to() or offload hooks;
         # GGUF's are plain tensors (dequantized as each layer runs), offloaded like any.
         bnb_on_gpu = bool(quantization) and device.type == "cuda" and not quantization.startswith("GGUF")

@@ -124,7 +124,8 @@ def load_file(entry: ModelEntry, kind: detect.CheckpointKind | None, dtype, path
     if config is None:
         raise ModelLoadError(missing_config_message(entry, kind, paths), FIELD)
     state = read_state(entry)
-    components = shared_components(entry, kind, config, paths, dtype, _bundled(state))
+    keep_fp8 = options is None or options.t5 != "int8"  # int8 is made from the upcast weights
+    components = shared_components(entry, kind, config, paths, dtype, _bundled(state), keep_fp8)
     transformer = load_transformer(entry, kind, config, state, dtype, options, device_name)
     del state
     index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
@@ -215,14 +216,15 @@ def _has_weights(folder: Path) -> bool:
 
 
 def shared_components(entry: ModelEntry, kind: detect.CheckpointKind, config: Path, paths, dtype,
-                      bundled: dict) -> dict:
+                      bundled: dict, keep_fp8: bool = True) -> dict:
     """The text encoders and the VAE: the file's own (all-in-one), else models/text_encoder and models/VAE, else
-    the config folder's weights; a missing one is a ModelLoadError naming what to put where."""
+    the config folder's weights; a missing one is a ModelLoadError naming what to put where. A T5 stored in fp8
+    stays fp8 when `keep_fp8` (t5_storage.py)."""
     found = {**_text_encoders(paths.models / TEXT_ENCODER_FOLDER), **bundled}
     components, missing = {}, []
     for slot, role in ROLES[kind.arch].items():
         if role in found:
-            components[slot] = load_text_encoder(found[role], config / slot, dtype)
+            components[slot] = load_text_encoder(found[role], config / slot, dtype, keep_fp8 and role == "t5")
         elif not _has_weights(config / slot):
             missing.append(ROLE_LABELS[role] + " in models/text_encoder")
     vae = bundled.get("vae") or _vae_file(paths.model_dir("vae"), kind.arch)
@@ -274,10 +276,13 @@ def encoder_role(path: Path) -> str | None:
     return None
 
 
-def load_text_encoder(source: Path | dict, slot_config: Path, dtype):
+def load_text_encoder(source: Path | dict, slot_config: Path, dtype, keep_fp8: bool = False):
     """A transformers text encoder of the class the config folder names: from an HF folder, or weights (a
-    .safetensors file, or an all-in-one file's tensors) on the config folder's config.json."""
+    .safetensors file, or an all-in-one file's tensors) on the config folder's config.json; fp8 weights kept
+    fp8 when `keep_fp8`."""
     import transformers
+
+    from modules.models import t5_storage
 
     config = json.loads((slot_config / "config.json").read_text(encoding="utf-8"))
     cls = getattr(transformers, config["architectures"][0])
@@ -289,6 +294,8 @@ def load_text_encoder(source: Path | dict, slot_config: Path, dtype):
 
         state = source if isinstance(source, dict) else load_file(str(source))
         model_config = cls.config_class.from_pretrained(str(slot_config), local_files_only=True)
+        if keep_fp8 and t5_storage.state_is_fp8(state):
+            return t5_storage.load_fp8_encoder(cls, model_config, state, dtype)
         return cls.from_pretrained(None, config=model_config, state_dict=state, torch_dtype=dtype)
     except Exception as exc:
         raise ModelLoadError(f"{where}: could not be loaded as {cls.__name__}: {type(exc).__name__}: "
