@@ -206,9 +206,13 @@ class ModelManager:
         with self.use(kind, name, options) as handle:
             return handle
 
-    def checkpoint(self, name: str | None = None):
-        """`with manager.checkpoint(override) as ckpt:` — the SD checkpoint for one job."""
-        return self.use("checkpoint", name)
+    def checkpoint(self, name: str | None = None, modules: tuple[str, ...] | None = None):
+        """`with manager.checkpoint(override) as ckpt:` — the SD checkpoint for one job; `modules` (Forge's
+        forge_additional_modules) replaces the remembered options' choice of shared text encoder / VAE files."""
+        if modules is None:
+            return self.use("checkpoint", name)
+        entry = self._entry("checkpoint", name)
+        return self.use("checkpoint", entry.name, self.options.get(entry.name).model_copy(update={"modules": modules}))
 
     @property
     def active(self):
