@@ -111,6 +111,8 @@ def test_t5_is_refused_by_field_where_there_is_no_t5(studio):
 
     job = studio.jobs.run("load_checkpoint", {"name": DEMO_NAME, "options": {"t5": "fp8"}}, timeout=120)
     assert job.state.value == "failed" and 400 <= job.error_status < 500 and job.error_field == "t5", job.error
+    assert studio.models.options.get(DEMO_NAME).t5 == "none"  # a refused option is not remembered
+    studio.jobs.run("load_checkpoint", DEMO_NAME, timeout=120).raise_for_error()
     kind, name, _ = DEMOS[0]
     job = studio.jobs.run("load_model", {"kind": kind, "name": name, "options": {"t5": "int8"}}, timeout=120)
     assert job.state.value == "failed" and 400 <= job.error_status < 500 and job.error_field == "t5", job.error
