@@ -432,14 +432,16 @@ class ModelManager:
             for e in self.registry.list(kind):
                 slot = resident.get((kind, str(e.path)))
                 loaded = slot.loaded if slot else None
+                opts = loaded.options if loaded else self.options.get(e.name)
                 rows.append({
                     "kind": kind, "name": e.name, "size": e.size, "arch": e.arch, "format": e.format,
                     "short_hash": e.short_hash, "location": _location(slot) if slot else "disk",
                     "active": bool(loaded is not None and self._active.get(kind) == loaded.key),
                     "in_use": bool(slot and slot.pinned),
                     "footprint_bytes": loaded.footprint if loaded else 0,
-                    "quantization": (loaded.options if loaded else self.options.get(e.name)).label()
+                    "quantization": opts.label()
                     or (e.metadata.get("quantization") if e.format == "gguf" else None),  # a GGUF file's own type
+                    "t5": opts.t5,  # Flux / SD3: T5's storage (t5_storage.py)
                     "loadable": kind in self._adapters,
                     "demo": e.path.is_dir() and is_demo(e.path),  # random weights: the UI says so
                 })

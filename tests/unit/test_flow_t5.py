@@ -130,3 +130,24 @@ def test_what_a_device_cannot_do_is_refused_by_field(device, t5):
         t5_storage.check(LoadOptions(t5=t5), "flux", device)
     assert refused.value.field == "t5" and device in refused.value.message
     t5_storage.check(LoadOptions(t5="fp8"), "flux", "cuda")  # fp8 storage runs on CUDA
+
+
+def test_the_models_tab_loads_t5_fp8_and_shows_it_with_the_smaller_footprint(studio):
+    from modules.errors import AtelierError
+    from webui.checkpoints import switch_checkpoint
+    from webui.ui.models import rows
+
+    def row(name):
+        return next(r for r in rows(studio, "checkpoint") if r[0] == name)
+
+    switch_checkpoint(studio, FOLDER, {"t5": "none"})  # the tab's Load: the A1111 switch with its options
+    full = _footprint(studio, FOLDER)
+    assert "T5" not in row(FOLDER)[6]
+    switch_checkpoint(studio, FOLDER, {"t5": "fp8"})
+    try:
+        assert "T5 fp8" in row(FOLDER)[6] and _footprint(studio, FOLDER) < full, row(FOLDER)  # the Options column
+    finally:
+        switch_checkpoint(studio, FOLDER, {"t5": "none"})
+    with pytest.raises(AtelierError) as refused:
+        switch_checkpoint(studio, DEMO_NAME, {"t5": "int8"})
+    assert refused.value.field == "t5" and studio.models.options.get(DEMO_NAME).t5 == "none"
