@@ -102,4 +102,6 @@ def test_t5_fp8_through_the_models_route_shrinks_the_footprint_and_a_t5_on_sd_is
     refused = assert_json_error(c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": "atelier-demo-sd15",
                                                                        "options": {"t5": "int8"}}))
     assert refused.get("field") == "t5", refused
+    bad = assert_json_error(c.post("/atelier/v1/models/load", json={**body, "options": {"t5": "fp4"}}))
+    assert bad.get("field") == "t5", bad
     assert not server_errors(server)
