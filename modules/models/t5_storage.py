@@ -51,15 +51,20 @@ def apply(pipe, arch: str, options, device_name: str) -> str | None:
         if options.t5 != "none":
             raise InvalidRequest(f"t5 {options.t5}: this checkpoint was loaded without a T5 text encoder", FIELD)
         return None
+    return store(encoder, options.t5)
+
+
+def store(encoder, wanted: str) -> str | None:
+    """One T5 encoder in the storage `wanted` ("none", "int8", "fp8"); returns what it is stored as now."""
     if is_fp8(encoder):
         return "fp8"  # a file already in fp8 (or loaded so before): nothing to do
-    if options.t5 == "int8":
+    if wanted == "int8":
         from modules.models import quant
 
-        count = quant.swap_linear_layers(encoder, options.model_copy(update={"quantization": "int8"}))
+        count = quant.swap_linear_layers(encoder, quant.LoadOptions(quantization="int8"))
         log.info("T5: %d linear layers in int8", count)
         return "int8"
-    if options.t5 == "fp8":
+    if wanted == "fp8":
         store_fp8(encoder, _compute_dtype(encoder))
         return "fp8"
     return None
