@@ -1,6 +1,8 @@
 """Figures: the Flux transformer's footprint in memory when loaded quantized through Atelier's loader
 (modules/models/flow_files.py) — GGUF Q8_0 / Q5_K / Q4_K files, bitsandbytes int8 / nf4 (the CPU layer swap) —
-as a ratio to the same weights in bf16 (2 bytes a parameter).
+as a ratio to the same weights in bf16 (2 bytes a parameter); and the T5 text encoder's with the load option
+t5 (modules/models/t5_storage.py: fp8 storage, int8 layer swap), on a T5 of T5-XXL's proportions (gated
+feed-forward 2.5x as wide, the embedding ~3 % of the weights; 512 wide, 4 layers), kept in fp32 beside it.
 
 The transformer is the demo factory's Flux layout made 512 wide (4 heads of 128; --quick: 256), so its layers
 fit GGUF's 256-value K-quant blocks; norms, biases and the small embeddings stay F32, as in city96's files,
@@ -14,6 +16,40 @@ from pathlib import Path
 from bench.common import Figure
 
 TITLE = "Flux transformer footprint, {name} / bf16 (same weights, loaded by Atelier)"
+T5_TITLE = "T5 encoder footprint, t5 {name} / bf16 (T5-XXL's proportions, its embedding and norms in fp32)"
+
+
+def _t5():
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    config = T5Config(vocab_size=1024, d_model=512, d_ff=1280, d_kv=64, num_heads=8, num_layers=4,
+                      feed_forward_proj="gated-gelu", is_encoder_decoder=False)
+    return T5EncoderModel(config).eval()
+
+
+def _t5_figures(device: str, log) -> list[Figure]:
+    import torch
+
+    from modules.models import memory, t5_storage
+    from modules.models.quant import LoadOptions
+
+    bf16 = 2 * sum(p.numel() for p in _t5().parameters())
+    figures = []
+    for name in ("fp8", "int8"):
+        if device != "cpu" and name == "int8":
+            figures.append(Figure.missing("t5_footprint_int8", T5_TITLE.format(name=name), "the CPU layer swap only"))
+            continue
+        t5_storage.check(LoadOptions(t5=name), "flux", device)
+        model = _t5()
+        t5_storage.store(model, name)
+        assert model.shared.weight.dtype == torch.float32
+        ratio = memory.footprint_bytes_module(model) / bf16
+        log(f"flow_quant: T5 {name} {ratio:.3f} of bf16")
+        figures.append(Figure.from_samples(f"t5_footprint_{name}", T5_TITLE.format(name=name), [ratio],
+                                           target="< 1 (reported)", ok=lambda r: r < 1))
+    return figures
 
 
 def _transformer(width_heads: int):
@@ -61,4 +97,4 @@ def run(device: str, quick: bool, log) -> list[Figure]:
             log(f"flow_quant: {quantization} {ratio:.3f} of bf16")
             figures.append(Figure.from_samples(f"flux_footprint_{quantization}", TITLE.format(name=quantization),
                                                [ratio], target="< 1 (reported)", ok=lambda r: r < 1))
-    return figures
+    return figures + _t5_figures(device, log)

@@ -230,3 +230,16 @@ def save_flux_file_set(models: Path, folder_name: str, ggufs: dict[str, str], se
         (models / name).parent.mkdir(parents=True, exist_ok=True)
         save_gguf(models / name, bfl, qtype)
     return folder
+
+
+def save_fp8_t5_file(t5_folder: Path, target: Path) -> Path:
+    """A T5 encoder folder's weights as ComfyUI's t5xxl_fp8_e4m3fn.safetensors: every matrix in float8_e4m3fn
+    (the embedding and attention bias too), the layer norms as they are; one copy of the tied embedding."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(next(Path(t5_folder).glob("*.safetensors"))))
+    state.pop("encoder.embed_tokens.weight", None)
+    fp8 = {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 else v).contiguous() for k, v in state.items()}
+    save_file(fp8, str(target))
+    return target

@@ -22,14 +22,16 @@ def find_checkpoint(studio, name, field: str = FIELD):
         raise
 
 
-def switch_checkpoint(studio, name) -> str:
-    """Load `name` through the job queue (a running generation finishes on the model it started with),
-    then remember it as A1111 does, in config.json; a name that fails to load is never written there.
-    Blocks until the load is done; returns the checkpoint's name."""
+def switch_checkpoint(studio, name, options: dict | None = None) -> str:
+    """Load `name` through the job queue (a running generation finishes on the model it started with), with its
+    load `options` when given (remembered unless the load refuses them), then remember it as A1111 does, in
+    config.json; a name that fails to load is never written there. Blocks until the load is done; returns the
+    checkpoint's name."""
     if not studio.ready.is_set():
         raise ServiceUnavailable("the studio is still starting; try again in a moment", FIELD)
     entry = find_checkpoint(studio, name)
-    job = studio.submit("load_checkpoint", entry.name).wait()
+    request = entry.name if options is None else {"name": entry.name, "options": options}
+    job = studio.submit("load_checkpoint", request).wait()
     try:
         job.raise_for_error()
     except AtelierError as exc:

@@ -10,9 +10,10 @@ path, in one place. The rest of a generation (seeds, progress, interrupt, face r
 - img2img and inpaint through diffusers' Flux / SD3 img2img and inpaint pipelines (variation seeds blend into
   flow matching's `scale_noise`, variation.py).
 - LoRAs as for every checkpoint (models/lora.py: diffusers' Flux / SD3 loaders read PEFT, kohya, XLabs, …).
-- Hires fix: the first pass's latents (Flux: unpacked) upscaled and denoised again by the img2img pipeline.
-- Not yet: prompt editing, tiling; latent upscale, latent-noise / latent-nothing masked
-  content — each refused by its field.
+- Hires fix: the first pass's latents (Flux: unpacked) upscaled and denoised again by the img2img pipeline;
+  img2img's latent upscale (resize mode 3) and inpaint's latent noise / latent nothing the same way: the
+  16-channel latents (unpacked: the pipelines take them as the image and pack them themselves).
+- Not yet: prompt editing, tiling — each refused by its field.
 """
 from __future__ import annotations
 
@@ -68,12 +69,6 @@ def check(run) -> None:
 
 
 def _check_img2img(req, label: str) -> None:
-    if req.resize_mode == 3:
-        raise InvalidRequest(f"latent upscale with {label} checkpoints is not available yet; pick another "
-                             "resize mode", "resize_mode")
-    if req.is_inpaint and req.inpainting_fill in (2, 3):
-        raise InvalidRequest(f"masked content latent noise / latent nothing with {label} checkpoints is not "
-                             "available yet; use fill or original", "inpainting_fill")
     if req.is_inpaint and req.subseed_strength > 0 and (req.denoising_strength or 0) >= 1:
         raise InvalidRequest(f"variation seeds for {label} inpaint at full denoising strength are not available "
                              "yet; lower the denoising strength below 1", "subseed_strength")

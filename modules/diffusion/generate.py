@@ -111,7 +111,7 @@ def _run(ctx: JobContext, req, make_batch, outdir: str) -> GenerationResult:
     _, lora_list = prompts.extract_loras(texts.prompt)  # a style may bring LoRAs too
     settings = services.settings.get()
     models = services.models
-    with models.checkpoint(req.checkpoint_override) as ckpt:
+    with models.checkpoint(req.checkpoint_override, req.additional_modules) as ckpt:
         run = Run(samplers=services.samplers, ctx=ctx, req=req, ckpt=ckpt, plan=plan, sampler=spec.name,
                   schedule=schedule, clip_skip=_clip_skip(req, settings), texts=texts,
                   fix_steps=settings.img2img_fix_steps,

@@ -123,6 +123,10 @@ FIELD_FOR_KEY = {
 }
 
 
+def _module_number(key: str) -> int:
+    return int(key.split(" ", 1)[1])
+
+
 def to_request_fields(parsed: dict) -> dict:
     """Turn parsed infotext into request fields (values that don't convert are left out)."""
     fields: dict = {}
@@ -138,6 +142,9 @@ def to_request_fields(parsed: dict) -> dict:
         fields["inpaint_full_res"] = True
     if "Model" in parsed:
         fields.setdefault("override_settings", {})["sd_model_checkpoint"] = parsed["Model"]
+    modules = [parsed[k] for k in sorted((k for k in parsed if re.fullmatch(r"Module \d+", k)), key=_module_number)]
+    if modules:  # Forge's Module 1, 2, …: the VAE / text encoder files, as its forge_additional_modules
+        fields.setdefault("override_settings", {})["forge_additional_modules"] = modules
     if isinstance(parsed.get("Styles array"), list):
         fields["styles"] = list(parsed["Styles array"])
     return fields

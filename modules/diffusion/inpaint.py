@@ -146,10 +146,10 @@ def batch(run: Run, iteration: int, inits: list) -> list:
     extra = {}
     if req.inpainting_fill in (2, 3):
         image = _latent_fill(run, pipe, preps, gens, req.inpainting_fill)
-        if pipe.unet.config.in_channels == 9:  # an inpainting model is conditioned on the masked original
+        if not flow.is_flow(run.arch) and pipe.unet.config.in_channels == 9:  # conditioned on the masked original
             extra["masked_image_latents"] = sampling.encode(pipe, [_masked(p) for p in preps], gens)
         else:
-            extra["masked_image_latents"] = image  # only its shape matters to a 4-channel UNet
+            extra["masked_image_latents"] = image  # only its shape matters to a 4-channel UNet or a transformer
     elif req.inpainting_fill == 0:
         image = [fill(p.work_image, p.work_mask) for p in preps]
     else:

@@ -102,6 +102,19 @@ class GenerationRequest(BaseModel):
         value = self.override_settings.get("sd_model_checkpoint")
         return str(value) if value else None
 
+    @property
+    def additional_modules(self) -> tuple[str, ...] | None:
+        """override_settings' forge_additional_modules (Forge's: file names or paths of the VAE / text encoders a
+        transformer-only Flux / SD3 file takes); None when not given or empty."""
+        value = self.override_settings.get("forge_additional_modules")
+        if value in (None, [], ""):
+            return None
+        if not isinstance(value, list) or not all(isinstance(v, str) and 0 < len(v) <= 1024 for v in value) \
+                or len(value) > 8:
+            raise InvalidRequest("a list of up to 8 file names (models/text_encoder, models/VAE)",
+                                 "forge_additional_modules")
+        return tuple(value)
+
     def face_restorer(self, default: str) -> str:
         """The face restorer of `restore_faces`: override_settings' face_restoration_model, else the setting's."""
         value = self.override_settings.get("face_restoration_model")

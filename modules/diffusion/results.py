@@ -42,6 +42,8 @@ def image_params(run: Run, index: int, loras: list) -> dict:
         params["Clip skip"] = run.clip_skip
     if req.tiling:
         params["Tiling"] = "True"
+    for i, module in enumerate(ckpt.modules):  # Forge's: the shared files a transformer-only file took
+        params[f"Module {i + 1}"] = module
     if req.enable_hr and not img2img:
         if req.hr_resize_x or req.hr_resize_y:
             w, h = req.hires_size()

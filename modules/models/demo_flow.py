@@ -184,17 +184,21 @@ def save_flux_files(folder: Path, models: Path, name: str) -> Path:
 
 
 def save_sd3_files(folder: Path, models: Path, name: str) -> tuple[Path, Path]:
-    """The tiny SD3 folder as single files: `<name>-aio.safetensors`, all in one (the transformer under
-    model.diffusion_model., the encoders under text_encoders.clip_l / clip_g / t5xxl.transformer., the VAE under
-    vae., as SAI's files with their encoders), and `<name>.safetensors`, the transformer alone; + configs/sd3."""
+    """The tiny SD3 folder as single files: `<name>-aio.safetensors`, all in one as SAI ships them (the transformer
+    in SAI's MMDiT names under model.diffusion_model.joint_blocks…, the encoders under text_encoders.clip_l /
+    clip_g / t5xxl.transformer., the VAE under vae.), and `<name>.safetensors`, the transformer alone in
+    diffusers' names; + configs/sd3."""
     from safetensors.torch import save_file
+
+    from modules.models import sd3_layout
 
     save_configs(folder, models)
     pipe = _load_saved(folder)
-    parts = {"model.diffusion_model.": pipe.transformer, "text_encoders.clip_l.transformer.": pipe.text_encoder,
+    parts = {"text_encoders.clip_l.transformer.": pipe.text_encoder,
              "text_encoders.clip_g.transformer.": pipe.text_encoder_2,
              "text_encoders.t5xxl.transformer.": pipe.text_encoder_3, "vae.": pipe.vae}
     whole = {prefix + k: v for prefix, module in parts.items() for k, v in module.state_dict().items()}
+    whole.update({"model.diffusion_model." + k: v for k, v in sd3_layout.to_sai(pipe.transformer.state_dict()).items()})
     aio = models / "Stable-diffusion" / f"{name}-aio.safetensors"
     save_file(_contiguous(whole), str(aio))
     alone = models / "Stable-diffusion" / f"{name}.safetensors"

@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from modules.models import loaders, lora, memory, skeleton, speed, torch_compile
+from modules.errors import InvalidRequest
+from modules.models import flow_files, loaders, lora, memory, skeleton, speed, torch_compile
 from modules.models.adapters import AdapterContext, Loaded
 from modules.models.quant import LoadOptions
 from modules.models.registry import ModelEntry
@@ -27,6 +28,8 @@ class LoadedCheckpoint:
     arch: str = "sd1"
     options: LoadOptions = field(default_factory=LoadOptions)
     quantization: str | None = None  # "nf4", "nf4 double quant", "int8", … for the infotext
+    t5_storage: str | None = None  # Flux / SD3: "int8" / "fp8" when T5 is stored so (t5_storage.py)
+    modules: list[str] = field(default_factory=list)  # Forge's infotext Module 1, 2, …: the shared files used
     policy: str = "gpu"
     location: str = "cpu"  # where the weights are: "cpu", "cuda", … (offloaded: "cuda (model_offload)")
     footprint: int = 0
@@ -106,9 +109,14 @@ class DiffusionAdapter:
                 "max_parked_bytes": int(settings.sd_checkpoint_cache_gb * 1024**3)}
 
     def load(self, actx: AdapterContext, entry: ModelEntry, options: LoadOptions) -> Loaded:
-        from modules.models import quant
+        from modules.models import quant, t5_storage
 
         device = actx.device
+        t5_storage.check(options, entry.arch, device.name)  # before the read: a refusal costs nothing
+        if options.modules and (entry.format not in ("safetensors", "gguf") or entry.arch not in flow_files.ARCHS):
+            raise InvalidRequest(f"{entry.name} brings its own text encoders and VAE: forge_additional_modules "
+                                 "choose them for transformer-only Flux / SD3 files; leave it out",
+                                 flow_files.MODULES_FIELD)
         dtype = options.torch_dtype(device.dtype)
         # A big file is hashed (once, then cached) while it loads: both read the same pages.
         hasher = None
@@ -122,8 +130,10 @@ class DiffusionAdapter:
                 hasher.join()
         pipe.set_progress_bar_config(disable=True)
         quantization = quant.quantize_pipeline(pipe, options, device.name)
+        t5 = t5_storage.apply(pipe, arch, options, device.name)
         ckpt = LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=options, quantization=quantization,
-                                footprint=memory.footprint_bytes(pipe), built_from=built_from)
+                                t5_storage=t5, footprint=memory.footprint_bytes(pipe), built_from=built_from,
+                                modules=flow_files.module_names(entry, arch, actx.registry.paths, options.modules))
         # bitsandbytes weights on a GPU are placed by their own config, never moved by .to() or offload hooks;
         # GGUF's are plain tensors (dequantized as each layer runs), offloaded like any.
         bnb_on_gpu = bool(quantization) and device.type == "cuda" and not quantization.startswith("GGUF")

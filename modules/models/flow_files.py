@@ -32,6 +32,7 @@ from modules.models.registry import SIDECAR_SUFFIX, ModelEntry
 
 log = logging.getLogger("atelier.models")
 FIELD = "sd_model_checkpoint"
+MODULES_FIELD = "forge_additional_modules"  # Forge's setting: the VAE / text encoder files to use
 ARCHS = ("flux", "sd3")
 TEXT_ENCODER_FOLDER = "text_encoder"
 # The text encoder each pipeline slot takes, by role (which file in models/text_encoder fills it).
@@ -124,7 +125,9 @@ def load_file(entry: ModelEntry, kind: detect.CheckpointKind | None, dtype, path
     if config is None:
         raise ModelLoadError(missing_config_message(entry, kind, paths), FIELD)
     state = read_state(entry)
-    components = shared_components(entry, kind, config, paths, dtype, _bundled(state))
+    keep_fp8 = options is None or options.t5 != "int8"  # int8 is made from the upcast weights
+    wanted = options.modules if options is not None else ()
+    components = shared_components(entry, kind, config, paths, dtype, _bundled(state), keep_fp8, wanted)
     transformer = load_transformer(entry, kind, config, state, dtype, options, device_name)
     del state
     index = json.loads((config / "model_index.json").read_text(encoding="utf-8"))
@@ -215,17 +218,18 @@ def _has_weights(folder: Path) -> bool:
 
 
 def shared_components(entry: ModelEntry, kind: detect.CheckpointKind, config: Path, paths, dtype,
-                      bundled: dict) -> dict:
-    """The text encoders and the VAE: the file's own (all-in-one), else models/text_encoder and models/VAE, else
-    the config folder's weights; a missing one is a ModelLoadError naming what to put where."""
-    found = {**_text_encoders(paths.models / TEXT_ENCODER_FOLDER), **bundled}
+                      bundled: dict, keep_fp8: bool = True, wanted: tuple[str, ...] = ()) -> dict:
+    """The text encoders and the VAE: the modules `wanted` names (Forge's forge_additional_modules), else the
+    file's own (all-in-one), else models/text_encoder and models/VAE by role, else the config folder's weights; a
+    missing one is a ModelLoadError naming what to put where. A T5 stored in fp8 stays fp8 when `keep_fp8`."""
+    found = {**shared_files(paths, kind.arch), **bundled, **picked_files(paths, wanted)}
     components, missing = {}, []
     for slot, role in ROLES[kind.arch].items():
         if role in found:
-            components[slot] = load_text_encoder(found[role], config / slot, dtype)
+            components[slot] = load_text_encoder(found[role], config / slot, dtype, keep_fp8 and role == "t5")
         elif not _has_weights(config / slot):
             missing.append(ROLE_LABELS[role] + " in models/text_encoder")
-    vae = bundled.get("vae") or _vae_file(paths.model_dir("vae"), kind.arch)
+    vae = found.get("vae")
     if vae is not None:
         components["vae"] = load_vae(vae, config, dtype)
     elif not _has_weights(config / "vae"):
@@ -234,6 +238,45 @@ def shared_components(entry: ModelEntry, kind: detect.CheckpointKind, config: Pa
         raise ModelLoadError(f"{entry.name} is a transformer-only {kind.variant} file; it needs "
                              f"{', '.join(missing)} (as Forge and ComfyUI keep them)", FIELD)
     return components
+
+
+def shared_files(paths, arch: str) -> dict[str, Path]:
+    """role (clip_l, clip_g, t5, vae) → the file or folder models/text_encoder and models/VAE give it by default."""
+    files = _text_encoders(paths.models / TEXT_ENCODER_FOLDER)
+    vae = _vae_file(paths.model_dir("vae"), arch)
+    return {**files, "vae": vae} if vae is not None else files
+
+
+def picked_files(paths, wanted: tuple[str, ...]) -> dict[str, Path]:
+    """role → the module each name in `wanted` is (a file name, a stem as Forge's infotext writes it, or a path as
+    Forge's API clients send it), found in models/text_encoder or models/VAE; a missing one is refused by name."""
+    picked: dict[str, Path] = {}
+    vae_folder = paths.model_dir("vae")
+    for name in wanted:
+        base = re.split(r"[\\/]", name)[-1]
+        path = next((child for folder in (paths.models / TEXT_ENCODER_FOLDER, vae_folder) if folder.is_dir()
+                     for child in sorted(folder.iterdir()) if base in (child.name, child.stem)), None)
+        if path is None:
+            raise InvalidRequest(f"module {base!r} is not in models/{TEXT_ENCODER_FOLDER} or models/VAE; put it "
+                                 "there or leave it out", MODULES_FIELD)
+        role = "vae" if path.parent == vae_folder else encoder_role(path)
+        if role is None:
+            raise InvalidRequest(f"module {base!r} is neither CLIP-L, CLIP-G, T5 nor a VAE", MODULES_FIELD)
+        picked[role] = path
+    return picked
+
+
+def module_names(entry: ModelEntry, arch: str, paths, wanted: tuple[str, ...]) -> list[str]:
+    """Forge's infotext `Module 1`, `Module 2`, …: the shared files a transformer-only file was loaded with (their
+    stems, as Forge writes them), the VAE first, then the text encoders in slot order."""
+    if entry.format not in ("safetensors", "gguf") or arch not in ROLES:
+        return []
+    keys = detect.read_header(entry.path).keys if entry.format == "safetensors" else []
+    bundled = {role for prefix, role in _BUNDLED if any(k.startswith(prefix) for k in keys)}
+    found = {r: p for r, p in shared_files(paths, arch).items() if r not in bundled}
+    found.update(picked_files(paths, wanted))
+    roles = ["vae", *ROLES[arch].values()]
+    return [found[r].name if found[r].is_dir() else found[r].stem for r in roles if r in found]
 
 
 def _text_encoders(folder: Path) -> dict[str, Path]:
@@ -274,10 +317,13 @@ def encoder_role(path: Path) -> str | None:
     return None
 
 
-def load_text_encoder(source: Path | dict, slot_config: Path, dtype):
+def load_text_encoder(source: Path | dict, slot_config: Path, dtype, keep_fp8: bool = False):
     """A transformers text encoder of the class the config folder names: from an HF folder, or weights (a
-    .safetensors file, or an all-in-one file's tensors) on the config folder's config.json."""
+    .safetensors file, or an all-in-one file's tensors) on the config folder's config.json; fp8 weights kept
+    fp8 when `keep_fp8`."""
     import transformers
+
+    from modules.models import t5_storage
 
     config = json.loads((slot_config / "config.json").read_text(encoding="utf-8"))
     cls = getattr(transformers, config["architectures"][0])
@@ -289,6 +335,8 @@ def load_text_encoder(source: Path | dict, slot_config: Path, dtype):
 
         state = source if isinstance(source, dict) else load_file(str(source))
         model_config = cls.config_class.from_pretrained(str(slot_config), local_files_only=True)
+        if keep_fp8 and t5_storage.state_is_fp8(state):
+            return t5_storage.load_fp8_encoder(cls, model_config, state, dtype)
         return cls.from_pretrained(None, config=model_config, state_dict=state, torch_dtype=dtype)
     except Exception as exc:
         raise ModelLoadError(f"{where}: could not be loaded as {cls.__name__}: {type(exc).__name__}: "

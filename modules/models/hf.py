@@ -135,6 +135,9 @@ class TransformersAdapter:
 
     def load(self, actx: AdapterContext, entry: "ModelEntry", options: "LoadOptions") -> Loaded:
         _check_entry(entry)
+        if options.t5 != "none":
+            raise InvalidRequest(f"t5 {options.t5} is a Flux / SD3 checkpoint's option; {entry.name} is a "
+                                 f"{entry.kind.upper()}: use quantization", "t5")
         device = actx.device.name
         dtype = options.torch_dtype(actx.device.dtype)
         quant = _quant_config(options, dtype, device)

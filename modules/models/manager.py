@@ -206,9 +206,13 @@ class ModelManager:
         with self.use(kind, name, options) as handle:
             return handle
 
-    def checkpoint(self, name: str | None = None):
-        """`with manager.checkpoint(override) as ckpt:` — the SD checkpoint for one job."""
-        return self.use("checkpoint", name)
+    def checkpoint(self, name: str | None = None, modules: tuple[str, ...] | None = None):
+        """`with manager.checkpoint(override) as ckpt:` — the SD checkpoint for one job; `modules` (Forge's
+        forge_additional_modules) replaces the remembered options' choice of shared text encoder / VAE files."""
+        if modules is None:
+            return self.use("checkpoint", name)
+        entry = self._entry("checkpoint", name)
+        return self.use("checkpoint", entry.name, self.options.get(entry.name).model_copy(update={"modules": modules}))
 
     @property
     def active(self):
@@ -428,14 +432,16 @@ class ModelManager:
             for e in self.registry.list(kind):
                 slot = resident.get((kind, str(e.path)))
                 loaded = slot.loaded if slot else None
+                opts = loaded.options if loaded else self.options.get(e.name)
                 rows.append({
                     "kind": kind, "name": e.name, "size": e.size, "arch": e.arch, "format": e.format,
                     "short_hash": e.short_hash, "location": _location(slot) if slot else "disk",
                     "active": bool(loaded is not None and self._active.get(kind) == loaded.key),
                     "in_use": bool(slot and slot.pinned),
                     "footprint_bytes": loaded.footprint if loaded else 0,
-                    "quantization": (loaded.options if loaded else self.options.get(e.name)).label()
+                    "quantization": opts.label()
                     or (e.metadata.get("quantization") if e.format == "gguf" else None),  # a GGUF file's own type
+                    "t5": opts.t5,  # Flux / SD3: T5's storage (t5_storage.py)
                     "loadable": kind in self._adapters,
                     "demo": e.path.is_dir() and is_demo(e.path),  # random weights: the UI says so
                 })

@@ -1,4 +1,4 @@
-"""Per-model load options (dtype, bitsandbytes 8-bit / 4-bit) and applying them.
+"""Per-model load options (dtype, bitsandbytes 8-bit / 4-bit, T5 storage) and applying them.
 
 On CUDA the UNet is loaded through diffusers' own `BitsAndBytesConfig` (see loaders.py). That
 config refuses the CPU ("A GPU is needed for quantization"), while bitsandbytes' layers run
@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modules import atomic
 from modules.devices import device_type
@@ -30,6 +30,9 @@ class LoadOptions(BaseModel):
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     quantization: Literal["none", "int8", "nf4", "fp4"] = "none"
     double_quant: bool = False  # 4-bit only: quantize the quantization constants too
+    t5: Literal["none", "int8", "fp8"] = "none"  # Flux / SD3's T5 text encoder (t5_storage.py)
+    # Forge's forge_additional_modules: the VAE / text encoder files a transformer-only Flux / SD3 file takes
+    modules: tuple[str, ...] = Field((), max_length=8)
 
     def torch_dtype(self, default):
         import torch

@@ -83,10 +83,8 @@ def run_load_checkpoint(ctx, request) -> dict:
         name, options = request, None
     if name is not None and not isinstance(name, str):
         raise InvalidRequest("must be a checkpoint name", FIELD_CHECKPOINT)
-    if options is not None:
-        services.models.set_options(name or services.models.default_checkpoint_name(), options)
     ctx.progress(0, 1, text=f"loading {name or 'the default checkpoint'}")
-    ckpt = services.models.load(name)
+    ckpt = _load_with(services, name, options)
     if name:
         services.settings.update({"sd_model_checkpoint": ckpt.entry.name})
     ctx.progress(1, 1, text=f"{ckpt.entry.name} ready")
@@ -102,14 +100,28 @@ def run_load_model(ctx, request) -> dict:
     kind = request.get("kind", "checkpoint")
     entry = services.registry.get(kind, request["name"], field="name")
     before = _footprint(services, kind, entry)
-    if request.get("options") is not None:
-        services.models.set_options(entry.name, request["options"], kind=kind)
     ctx.progress(0, 1, text=f"loading {entry.name}")
-    services.models.load(entry.name, kind=kind)
+    _load_with(services, entry.name, request.get("options"), kind)
     ctx.progress(1, 1, text=f"{entry.name} ready")
     after = _footprint(services, kind, entry)
     return {"kind": kind, "name": entry.name, "footprint_before": before, "footprint_bytes": after,
             "seconds": services.models.last_switch_seconds}
+
+
+def _load_with(services: ModelServices, name: str | None, options, kind: str = "checkpoint"):
+    """Remember `options` for the model, then load it; options its load refuses (a 4xx naming the option) are not
+    kept, so the next load without options works again."""
+    models = services.models
+    if options is None:
+        return models.load(name, kind=kind)
+    target = services.registry.get(kind, name or models.default_checkpoint_name()).name
+    previous = models.options.get(target)
+    models.set_options(target, options, kind=kind)
+    try:
+        return models.load(name, kind=kind)
+    except InvalidRequest:
+        models.set_options(target, previous, kind=kind)
+        raise
 
 
 def _footprint(services: ModelServices, kind: str, entry) -> int:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import webuiapi
 
-from tests.api.conftest import server_errors
+from tests.api.conftest import assert_json_error, server_errors
 from tests.conftest import make_data_dir, start_live_server
 from tests.support import rgb_pixels
 
@@ -53,4 +53,15 @@ def test_a_gguf_file_in_models_unet_generates_and_is_listed_with_its_type(server
     rows = rows["models"] if isinstance(rows, dict) else rows
     row = next(r for r in rows if r["name"] == GGUF)
     assert row["arch"] == "flux" and row["quantization"] == "GGUF Q4_K" and row["footprint_bytes"] > 0, row
+    assert not server_errors(server)
+
+
+def test_forges_modules_through_the_a1111_api_are_written_back_and_a_missing_one_is_refused_by_name(server):
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    modules = ["/forge/models/VAE/ae.safetensors", "/forge/models/text_encoder/clip_l.safetensors", "t5xxl"]
+    result = api.txt2img(**ARGS, override_settings={"sd_model_checkpoint": BFL, "forge_additional_modules": modules})
+    assert "Module 1: ae, Module 2: clip_l, Module 3: t5xxl" in result.info["infotexts"][0], result.info["infotexts"][0]
+    body = {**ARGS, "override_settings": {"sd_model_checkpoint": BFL, "forge_additional_modules": ["t5xxl_fp16"]}}
+    refused = assert_json_error(httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=300))
+    assert refused.get("field") == "forge_additional_modules" and "t5xxl_fp16" in refused["detail"], refused
     assert not server_errors(server)

@@ -85,3 +85,23 @@ def test_an_nf4_load_through_the_models_route_generates_and_says_so(server):
     finally:
         c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": FLUX,
                                                 "options": {"quantization": "none"}})
+
+
+def test_t5_fp8_through_the_models_route_shrinks_the_footprint_and_a_t5_on_sd_is_refused_by_name(server):
+    c = httpx.Client(base_url=server.url, timeout=300)
+    body = {"kind": "checkpoint", "name": FLUX}
+    full = c.post("/atelier/v1/models/load", json={**body, "options": {"t5": "none"}})
+    assert full.status_code == 200, full.text
+    try:
+        fp8 = c.post("/atelier/v1/models/load", json={**body, "options": {"t5": "fp8"}})
+        assert fp8.status_code == 200 and fp8.json()["footprint_bytes"] < full.json()["footprint_bytes"], fp8.text
+        made = c.post("/sdapi/v1/txt2img", json=BODY)
+        assert made.status_code == 200, made.text
+    finally:
+        c.post("/atelier/v1/models/load", json={**body, "options": {"t5": "none"}})
+    refused = assert_json_error(c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": "atelier-demo-sd15",
+                                                                       "options": {"t5": "int8"}}))
+    assert refused.get("field") == "t5", refused
+    bad = assert_json_error(c.post("/atelier/v1/models/load", json={**body, "options": {"t5": "fp4"}}))
+    assert bad.get("field") == "t5", bad
+    assert not server_errors(server)

@@ -205,9 +205,69 @@ def test_variation_seeds_reach_flow_img2img(studio):
     assert not np.array_equal(images[0], images[1]) and np.array_equal(images[1], images[2])
 
 
+def _plain_latents(pipe, image, generator=None):
+    """What plain diffusers' VAE makes of `image`: sampled with `generator` (default seed 5), shifted and scaled as
+    the pipelines do."""
+    import torch
+
+    pixels = pipe.image_processor.preprocess(image)
+    latents = pipe.vae.encode(pixels).latent_dist.sample(generator=generator or torch.Generator().manual_seed(5))
+    return (latents - pipe.vae.config.shift_factor) * pipe.vae.config.scaling_factor
+
+
+@pytest.mark.parametrize("checkpoint,cls_name,ours,theirs", [
+    (FLUX, "FluxImg2ImgPipeline", {"cfg_scale": 1}, {"guidance_scale": 3.5}),
+    (SD3, "StableDiffusion3Img2ImgPipeline", {"cfg_scale": 4}, {"guidance_scale": 4}),
+])
+def test_img2img_latent_upscale_equals_plain_diffusers_on_the_resized_latents(studio, checkpoint, cls_name, ours, theirs):
+    import diffusers
+    import torch
+    import torch.nn.functional as F
+
+    made = _job(studio, "img2img", init_images=[_gradient()], resize_mode=3, width=96, height=96, denoising_strength=0.6,
+                steps=4, override_settings={"sd_model_checkpoint": checkpoint}, **ours)
+    made.raise_for_error()
+    pipe = getattr(diffusers, cls_name).from_pretrained(str(studio.registry.get("checkpoint", checkpoint).path),
+                                                         local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        latents = F.interpolate(_plain_latents(pipe, _gradient()), size=(12, 12), mode="bilinear")  # 64 → 96 px
+    plain = pipe("a red fox", image=latents, strength=0.6, num_inference_steps=4, height=96, width=96,
+                 generator=torch.Generator().manual_seed(5), **theirs).images[0]
+    assert np.array_equal(np.asarray(made.result.images[0].image.convert("RGB")), np.asarray(plain.convert("RGB")))
+
+
+def test_flux_inpaint_latent_nothing_equals_plain_diffusers_and_latent_noise_keeps_the_outside(studio):
+    import torch
+    from diffusers import FluxInpaintPipeline
+    from PIL import Image
+
+    init, mask = _gradient(), _half_mask()
+    # strength 0.5 of 4 steps starts at sigma 0.6 (0.8 would start at 1: pure noise, the latents under the mask unread)
+    fields = {"init_images": [init], "mask": mask, "mask_blur": 0, "denoising_strength": 0.5, "steps": 4,
+              "cfg_scale": 1, "override_settings": {"sd_model_checkpoint": FLUX}}
+    images = {}
+    for fill in (1, 2, 3):
+        job = _job(studio, "img2img", inpainting_fill=fill, **fields)
+        job.raise_for_error()
+        images[fill] = np.asarray(job.result.images[0].image.convert("RGB"))
+        assert np.array_equal(images[fill][:, 32:], np.asarray(init)[:, 32:]), fill  # outside the mask: the original
+    for a, b in ((1, 2), (1, 3), (2, 3)):
+        assert not np.array_equal(images[a][:, :32], images[b][:, :32]), (a, b)
+    pipe = FluxInpaintPipeline.from_pretrained(str(studio.registry.get("checkpoint", FLUX).path), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    gen = torch.Generator().manual_seed(5)  # one generator: the encode's draw, then the pipeline's noise
+    with torch.no_grad():
+        latents = _plain_latents(pipe, init, gen)
+        keep = 1 - torch.nn.functional.interpolate(torch.from_numpy(np.asarray(mask, dtype=np.float32) / 255)[None, None],
+                                                   size=latents.shape[-2:], mode="bilinear").round()
+        nothing = latents * keep  # A1111's latent nothing: zeros under the mask
+    plain = pipe("a red fox", image=nothing, mask_image=mask, masked_image_latents=nothing, strength=0.5, height=64,
+                 width=64, num_inference_steps=4, guidance_scale=3.5, generator=gen).images[0]
+    assert np.array_equal(images[3], np.asarray(Image.composite(plain.convert("RGB"), init, mask)))
+
+
 @pytest.mark.parametrize("fields,field", [
-    ({"resize_mode": 3}, "resize_mode"),
-    ({"mask": "half", "inpainting_fill": 2}, "inpainting_fill"),
     ({"mask": "half", "subseed": 3, "subseed_strength": 0.5, "denoising_strength": 1.0}, "subseed_strength"),
 ])
 def test_what_flow_img2img_cannot_do_yet_is_refused_by_field(studio, fields, field):
@@ -216,3 +276,15 @@ def test_what_flow_img2img_cannot_do_yet_is_refused_by_field(studio, fields, fie
     job = _job(studio, "img2img", **{"init_images": [_gradient()], "denoising_strength": 0.6, **fields},
                override_settings={"sd_model_checkpoint": SD3})
     assert job.state.value == "failed" and job.error_field == field, (job.error_field, job.error)
+
+
+@pytest.mark.parametrize("fill", [2, 3])
+def test_sd3_inpaint_latent_noise_and_nothing_keep_the_outside_and_change_the_inside(studio, fill):
+    init = _gradient()
+    fields = {"init_images": [init], "mask": _half_mask(), "mask_blur": 0, "denoising_strength": 0.5, "steps": 4,
+              "cfg_scale": 4, "override_settings": {"sd_model_checkpoint": SD3}}
+    original = _job(studio, "img2img", inpainting_fill=1, **fields)
+    filled = _job(studio, "img2img", inpainting_fill=fill, **fields)
+    filled.raise_for_error()
+    ours, base = (np.asarray(j.result.images[0].image.convert("RGB")) for j in (filled, original))
+    assert np.array_equal(ours[:, 32:], np.asarray(init)[:, 32:]) and not np.array_equal(ours[:, :32], base[:, :32])

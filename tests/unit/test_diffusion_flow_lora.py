@@ -1,6 +1,6 @@
 """LoRAs on Flux and SD3 checkpoints, in the formats people download: a kohya / sd-scripts Flux LoRA
-(`lora_unet_double_blocks_…`, `.alpha`), a diffusers/PEFT Flux LoRA and a PEFT SD3 LoRA, all for the tiny demo
-transformers. `<lora:name:w>` applies them like any LoRA; weight 0 and removal give the base image bit for bit;
+(`lora_unet_double_blocks_…`, `.alpha`), an XLabs Flux LoRA (`double_blocks.0.processor.qkv_lora1.down.weight`),
+a diffusers/PEFT Flux LoRA and a PEFT SD3 LoRA, all for the tiny demo transformers. `<lora:name:w>` applies them like any LoRA; weight 0 and removal give the base image bit for bit;
 a Flux LoRA on an SD checkpoint (and an SD LoRA on Flux) is refused by name."""
 from __future__ import annotations
 
@@ -32,6 +32,22 @@ def save_kohya_flux_lora(path, seed: int = 0):
         down, up = _pair(gen, out_f, in_f)
         sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = down, up
         sd[f"{key}.alpha"] = torch.tensor(float(RANK / 2))
+    save_file(sd, str(path))
+    return path
+
+
+def save_xlabs_flux_lora(path, seed: int = 0):
+    """XLabs' layout (x-flux's trainer): each double block's attention processor with its own LoRA pairs, `qkv_lora1`
+    / `proj_lora1` on the image stream and `qkv_lora2` / `proj_lora2` on the text stream; no alpha."""
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    sd = {}
+    for key, (out_f, in_f) in {"qkv_lora1": (96, 32), "proj_lora1": (32, 32), "qkv_lora2": (96, 32),
+                               "proj_lora2": (32, 32)}.items():
+        down, up = _pair(gen, out_f, in_f)
+        sd[f"double_blocks.0.processor.{key}.down.weight"], sd[f"double_blocks.0.processor.{key}.up.weight"] = down, up
     save_file(sd, str(path))
     return path
 
@@ -68,6 +84,7 @@ def studio(tmp_path_factory, demo_checkpoint):
     loras.mkdir(parents=True, exist_ok=True)
     save_kohya_flux_lora(loras / "flux-kohya.safetensors", seed=3)
     save_peft_lora(loras / "flux-peft.safetensors", FLUX_PEFT, seed=4)
+    save_xlabs_flux_lora(loras / "flux-xlabs.safetensors", seed=7)
     save_peft_lora(loras / "sd3-peft.safetensors", SD3_PEFT, seed=5)
     save_demo_lora(loras / "sd-style.safetensors", seed=6)
     s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
@@ -94,9 +111,11 @@ def _image(studio, checkpoint, prompt="a red fox"):
 def test_flux_loras_are_told_from_their_keys(studio):
     assert studio.registry.get("lora", "flux-kohya").arch == "flux"
     assert studio.registry.get("lora", "flux-peft").arch == "flux"
+    assert studio.registry.get("lora", "flux-xlabs").arch == "flux"
 
 
-@pytest.mark.parametrize("checkpoint,lora", [(FLUX, "flux-kohya"), (FLUX, "flux-peft"), (SD3, "sd3-peft")])
+@pytest.mark.parametrize("checkpoint,lora", [(FLUX, "flux-kohya"), (FLUX, "flux-xlabs"), (FLUX, "flux-peft"),
+                                             (SD3, "sd3-peft")])
 def test_a_lora_changes_the_image_and_weight_zero_and_removal_are_bit_exact(studio, checkpoint, lora):
     base, _ = _image(studio, checkpoint)
     with_lora, info = _image(studio, checkpoint, f"a red fox <lora:{lora}:1>")
@@ -108,14 +127,15 @@ def test_a_lora_changes_the_image_and_weight_zero_and_removal_are_bit_exact(stud
     assert np.array_equal(after, base)
 
 
-def test_a_kohya_flux_lora_matches_plain_diffusers_loading_it(studio):
+@pytest.mark.parametrize("lora", ["flux-kohya", "flux-xlabs"])
+def test_a_kohya_or_xlabs_flux_lora_matches_plain_diffusers_loading_it(studio, lora):
     import torch
     from diffusers import FluxPipeline
 
-    ours, _ = _image(studio, FLUX, "a red fox <lora:flux-kohya:0.8>")
+    ours, _ = _image(studio, FLUX, f"a red fox <lora:{lora}:0.8>")
     pipe = FluxPipeline.from_pretrained(str(studio.registry.get("checkpoint", FLUX).path), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    pipe.load_lora_weights(str(studio.registry.get("lora", "flux-kohya").path), adapter_name="style")
+    pipe.load_lora_weights(str(studio.registry.get("lora", lora).path), adapter_name="style")
     pipe.set_adapters(["style"], adapter_weights=[0.8])
     plain = pipe("a red fox", num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
                  generator=torch.Generator().manual_seed(5)).images[0]

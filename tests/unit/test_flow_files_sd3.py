@@ -1,6 +1,7 @@
-"""SD3 single files (modules/models/flow_files.py): an all-in-one file that carries its text encoders and VAE
-(as SAI's sd3_medium_incl_clips_t5xxlfp16) loads with nothing else but models/configs/sd3; a transformer-only
-one names the CLIP-L, CLIP-G, T5 and VAE it needs and where they go, then loads from models/text_encoder and
+"""SD3 single files (modules/models/flow_files.py): an all-in-one file in SAI's layout
+(`model.diffusion_model.joint_blocks…`) that carries its text encoders and VAE (as SAI's
+sd3_medium_incl_clips_t5xxlfp16) loads with nothing else but models/configs/sd3; a transformer-only one (diffusers'
+names) names the CLIP-L, CLIP-G, T5 and VAE it needs and where they go, then loads from models/text_encoder and
 models/VAE. Both generate bit for bit the image of the diffusers folder they were made from."""
 from __future__ import annotations
 
@@ -51,3 +52,22 @@ def test_sd3_files_are_detected_and_load_all_in_one_then_from_the_shared_folders
         assert needed in job.error, (needed, job.error)
     save_shared_parts(studio.sd3_folder, studio.paths.models)
     assert np.array_equal(_image(studio, "tiny-sd3-file.safetensors"), reference)
+
+
+def test_the_aio_file_is_in_sais_layout_and_its_converter_is_diffusers_inverse(studio):
+    """The key table reads SAI's MMDiT names; sd3_layout.to_sai (which wrote them) undone by diffusers' own
+    converter gives the folder's transformer back tensor for tensor."""
+    import torch
+    from diffusers.loaders.single_file_utils import convert_sd3_transformer_checkpoint_to_diffusers
+    from safetensors.torch import load_file
+
+    from modules.models import detect, sd3_layout
+
+    aio = studio.registry.get("checkpoint", "tiny-sd3-file-aio.safetensors").path
+    keys = list(load_file(str(aio)))
+    assert any(k.startswith("model.diffusion_model.joint_blocks.1.context_block.") for k in keys)
+    kind = detect.flow_kind_from_keys(keys)
+    assert (kind.arch, kind.variant, kind.layout) == ("sd3", "sd3", "bfl")
+    folder = load_file(str(studio.sd3_folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    back = convert_sd3_transformer_checkpoint_to_diffusers(sd3_layout.to_sai(folder))
+    assert set(back) == set(folder) and all(torch.equal(back[k], folder[k]) for k in folder)

@@ -17,7 +17,10 @@ class LoadBody(BaseModel):
     kind: str = Field("checkpoint", description="checkpoint, llm, vlm, or a kind an extension adds")
     name: str = Field(..., description="the model's name as listed")
     options: dict | None = Field(None, description="dtype (auto/fp32/fp16/bf16), quantization (none/int8/nf4/fp4), "
-                                                    "double_quant; remembered for this model")
+                                                    "double_quant, t5 (none/int8/fp8: a Flux / SD3 checkpoint's T5 "
+                                                    "text encoder), modules (Forge's forge_additional_modules: a "
+                                                    "transformer-only file's VAE / text encoder files); checked as "
+                                                    "LoadOptions, remembered for this model")
 
 
 class UnloadBody(BaseModel):

@@ -11,6 +11,7 @@ COLUMNS = ["Name", "Size", "Arch", "Hash", "Where", "In memory", "Options", "Ada
 STARTING = "The studio is still starting; models are listed once it is ready."
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 QUANTIZATIONS = ("none", "int8", "nf4", "fp4")
+T5_STORAGE = ("none", "int8", "fp8")  # Flux / SD3's T5 text encoder (modules/models/t5_storage.py)
 
 
 def _size(n: int | None) -> str:
@@ -39,8 +40,9 @@ def rows(studio, kind: str) -> list[list[str]]:
         note = "in use" if d["in_use"] else ("active" if d["active"] else "")
         if d["demo"]:
             note = ", ".join(filter(None, [note, "demo: random weights"]))
+        options = ", ".join(filter(None, [d["quantization"], f"T5 {d['t5']}" if d["t5"] != "none" else ""]))
         out.append([d["name"], _size(d["size"]), d["arch"] or "", d["short_hash"] or "", d["location"],
-                    _size(d["footprint_bytes"]), d["quantization"] or "", adapters, note])
+                    _size(d["footprint_bytes"]), options, adapters, note])
     return out
 
 
@@ -78,6 +80,7 @@ def build(studio) -> dict:
         c["quantization"] = gr.Dropdown(list(QUANTIZATIONS), value="none", label="Quantization (bitsandbytes)",
                                         elem_id="models_quantization", scale=1)
         c["double_quant"] = gr.Checkbox(False, label="double quant (4-bit)", elem_id="models_double_quant", scale=1)
+        c["t5"] = gr.Dropdown(list(T5_STORAGE), value="none", label="T5 (Flux / SD3)", elem_id="models_t5", scale=1)
         c["load"] = gr.Button("Load", variant="primary", elem_id="models_load", scale=0, min_width=100, size="sm")
         c["unload"] = gr.Button("Unload", elem_id="models_unload", scale=0, min_width=100, size="sm")
     c["status"] = gr.Markdown("", elem_id="models_status")
@@ -109,15 +112,14 @@ def build(studio) -> dict:
 
     c["refresh"].click(refresh, [c["kind"]], outs, queue=False)
 
-    def load(name, kind, dtype, quantization, double_quant):
+    def load(name, kind, dtype, quantization, double_quant, t5):
         if not name:
             gr.Warning("Choose a model first")
             return *show(kind), ""
-        options = {"dtype": dtype, "quantization": quantization, "double_quant": bool(double_quant)}
+        options = {"dtype": dtype, "quantization": quantization, "double_quant": bool(double_quant), "t5": t5}
         try:
             if kind == "checkpoint":  # the A1111 switch: it also becomes the default checkpoint
-                studio.models.set_options(name, options)
-                switch_checkpoint(studio, name)
+                switch_checkpoint(studio, name, options)
                 said = f"{name} loaded."
             else:
                 job = studio.submit("load_model", {"kind": kind, "name": name, "options": options}).wait()
@@ -129,7 +131,7 @@ def build(studio) -> dict:
             raise gr.Error(str(exc)) from None
         return *show(kind), said
 
-    c["load"].click(load, [c["name"], c["kind"], c["dtype"], c["quantization"], c["double_quant"]],
+    c["load"].click(load, [c["name"], c["kind"], c["dtype"], c["quantization"], c["double_quant"], c["t5"]],
                     [*outs, c["status"]], concurrency_id="gpu")
 
     def unload(name, kind):
