@@ -11,16 +11,17 @@ def _pair(gen, out_features: int, in_features: int, scale: float = 0.5):
     return (torch.randn(RANK, in_features, generator=gen) * scale, torch.randn(out_features, RANK, generator=gen) * scale)
 
 
-def save_kohya_flux_lora(path, seed: int = 0):
-    """sd-scripts' Flux layout: fused qkv of the double blocks, linear2 of the single blocks, alpha per module."""
+def save_kohya_flux_lora(path, seed: int = 0, width: int = 32):
+    """sd-scripts' Flux layout: fused qkv of the double blocks, linear2 of the single blocks, alpha per module;
+    `width`: the transformer's (32: the demo's default; 256: tests/fixtures_models.save_flux_file_set's)."""
     import torch
     from safetensors.torch import save_file
 
     gen = torch.Generator().manual_seed(seed)
     sd = {}
-    for key, (out_f, in_f) in {"lora_unet_double_blocks_0_img_attn_qkv": (96, 32),
-                               "lora_unet_double_blocks_0_img_attn_proj": (32, 32),
-                               "lora_unet_single_blocks_0_linear2": (32, 160)}.items():
+    for key, (out_f, in_f) in {"lora_unet_double_blocks_0_img_attn_qkv": (3 * width, width),
+                               "lora_unet_double_blocks_0_img_attn_proj": (width, width),
+                               "lora_unet_single_blocks_0_linear2": (width, 5 * width)}.items():  # attn + 4x mlp
         down, up = _pair(gen, out_f, in_f)
         sd[f"{key}.lora_down.weight"], sd[f"{key}.lora_up.weight"] = down, up
         sd[f"{key}.alpha"] = torch.tensor(float(RANK / 2))

@@ -13,6 +13,7 @@ import webuiapi
 
 from tests.api.conftest import assert_json_error, server_errors
 from tests.conftest import make_data_dir, start_live_server
+from tests.fixtures_flow_loras import save_kohya_flux_lora
 from tests.support import rgb_pixels
 
 FOLDER, BFL, GGUF = "tiny-flux-wide", "tiny-flux-bfl.safetensors", "unet/tiny-flux-Q4_K.gguf"
@@ -30,6 +31,8 @@ def server(tmp_path_factory, demo_checkpoint):
     folder = save_flux_file_set(data / "models", FOLDER, {"Q4_K": GGUF})
     sd3 = save_demo_flow(data / "models" / "Stable-diffusion" / SD3_FOLDER, "sd3", seed=4)
     save_sd3_files(sd3, data / "models", "tiny-sd3-file")  # all in one: no shared encoders in models/text_encoder
+    (data / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    save_kohya_flux_lora(data / "models" / "Lora" / "flux-wide-kohya.safetensors", seed=3, width=256)
     s = start_live_server(data)
     s.flux_folder, s.sd3_folder = folder, sd3
     yield s
@@ -101,4 +104,18 @@ def test_the_bfl_file_in_nf4_through_the_models_route_generates_through_webuiapi
         assert "Quantization: nf4" in made.info["infotexts"][0], made.info["infotexts"][0]
     finally:
         c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": BFL, "options": {"quantization": "none"}})
+    assert not server_errors(server)
+
+
+@pytest.mark.parametrize("checkpoint", [BFL, GGUF])
+def test_a_kohya_lora_on_the_bfl_and_gguf_files_through_webuiapi_changes_the_image_and_weight_zero_is_exact(
+        server, checkpoint):
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    args = {**ARGS, "override_settings": {"sd_model_checkpoint": checkpoint}}
+    base = rgb_pixels(api.txt2img(**args).image)
+    styled = api.txt2img(**{**args, "prompt": "a red fox <lora:flux-wide-kohya:1>"})
+    assert "flux-wide-kohya: " in styled.info["infotexts"][0], styled.info["infotexts"][0]
+    assert not np.array_equal(base, rgb_pixels(styled.image))
+    assert np.array_equal(base, rgb_pixels(api.txt2img(**{**args, "prompt": "a red fox <lora:flux-wide-kohya:0>"}).image))
+    assert np.array_equal(base, rgb_pixels(api.txt2img(**args).image))
     assert not server_errors(server)
