@@ -8,7 +8,8 @@ RANK = 4
 def _pair(gen, out_features: int, in_features: int, scale: float = 0.5):
     import torch
 
-    return (torch.randn(RANK, in_features, generator=gen) * scale, torch.randn(out_features, RANK, generator=gen) * scale)
+    return (torch.randn(RANK, in_features, generator=gen) * scale,
+            torch.randn(out_features, RANK, generator=gen) * scale)
 
 
 def save_kohya_flux_lora(path, seed: int = 0, width: int = 32):

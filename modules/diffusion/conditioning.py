@@ -1,11 +1,11 @@
 """The conditioning of one sampling pass, step by step: prompt editing and alternation applied.
 
 A prompt without `[from:to:when]` or `[a|b]` is encoded as it always was (prompts.encode; Flux / SD3: the
-text, which the pipeline encodes) and handed to the pipeline once. SD3 schedules too (flow.encode_texts:
-its pipeline's own encoder per text, swapped in as `prompt_embeds` / `pooled_prompt_embeds`). One with them is scheduled (prompt_schedule.py), each distinct text
-of the schedule is encoded once, and the embeddings are swapped in through diffusers'
-`callback_on_step_end` — at the end of step i the pipeline gets the conditioning of step i + 1 —
-so the denoising loop stays diffusers' own.
+text, which the pipeline encodes) and handed to the pipeline once. One with them is scheduled
+(prompt_schedule.py), each distinct text of the schedule is encoded once (SD3: by its pipeline's own
+encode_prompt, flow.encode_texts, its loop's `prompt_embeds` / `pooled_prompt_embeds`), and the embeddings
+are swapped in through diffusers' `callback_on_step_end` — at the end of step i the pipeline gets the
+conditioning of step i + 1 — so the denoising loop stays diffusers' own.
 
 Steps are counted as the pipeline's loop counts them, which is what A1111's denoiser counts:
 one per model evaluation (Heun, DPM2 and DPM++ SDE make 2 x steps - 1 of them), from 0 at the

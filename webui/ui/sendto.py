@@ -12,9 +12,9 @@ from webui.ui.generation import record_image, selected_record
 # target tab id -> the component that takes the image
 IMAGE_SLOT = {"tab_img2img": "image", "tab_inpaint": "editor"}
 FILLABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed", "subseed",
-            "subseed_strength", "width", "height", "clip_skip", "distilled_cfg_scale", "denoising_strength", "enable_hr", "hr_scale",
-            "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra", "styles", "tiling",
-            "restore_faces")
+            "subseed_strength", "width", "height", "clip_skip", "distilled_cfg_scale", "denoising_strength",
+            "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra", "styles",
+            "tiling", "restore_faces")
 
 
 def without_unsent(fields: dict, settings) -> dict:
