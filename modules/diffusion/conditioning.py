@@ -1,10 +1,11 @@
 """The conditioning of one sampling pass, step by step: prompt editing and alternation applied.
 
-A prompt without `[from:to:when]` or `[a|b]` is encoded as it always was (prompts.encode) and
-handed to the pipeline once. One with them is scheduled (prompt_schedule.py), each distinct text
-of the schedule is encoded once, and the embeddings are swapped in through diffusers'
-`callback_on_step_end` — at the end of step i the pipeline gets the conditioning of step i + 1 —
-so the denoising loop stays diffusers' own.
+A prompt without `[from:to:when]` or `[a|b]` is encoded as it always was (prompts.encode; Flux / SD3: the
+text, which the pipeline encodes) and handed to the pipeline once. One with them is scheduled
+(prompt_schedule.py), each distinct text of the schedule is encoded once (SD3: by its pipeline's own
+encode_prompt, flow.encode_texts, its loop's `prompt_embeds` / `pooled_prompt_embeds`), and the embeddings
+are swapped in through diffusers' `callback_on_step_end` — at the end of step i the pipeline gets the
+conditioning of step i + 1 — so the denoising loop stays diffusers' own.
 
 Steps are counted as the pipeline's loop counts them, which is what A1111's denoiser counts:
 one per model evaluation (Heun, DPM2 and DPM++ SDE make 2 x steps - 1 of them), from 0 at the
@@ -27,6 +28,7 @@ class StepConditioning:
     variants: list[dict] = field(default_factory=list)
     segments: list[tuple[int, int]] = field(default_factory=list)
     texts: list[tuple[str, ...]] = field(default_factory=list)  # the texts of each variant (positives, negatives)
+    pooled_input: str = "add_text_embeds"  # the loop's name for the pooled embeddings: SDXL's; SD3 keeps its own
 
     @classmethod
     def fixed(cls, kwargs: dict) -> "StepConditioning":
@@ -41,7 +43,7 @@ class StepConditioning:
         """What the step callback must see to swap: the pipeline's names for the CFG-concatenated embeddings."""
         if not self.varies:
             return []
-        return ["prompt_embeds", "add_text_embeds"] if "pooled_prompt_embeds" in self.initial else ["prompt_embeds"]
+        return ["prompt_embeds", self.pooled_input] if "pooled_prompt_embeds" in self.initial else ["prompt_embeds"]
 
     def variant_at(self, step: int) -> int:
         for end, variant in self.segments:
@@ -65,9 +67,10 @@ class StepConditioning:
             cfg = pipe.do_classifier_free_guidance
             tensors["prompt_embeds"] = _for_loop(kw["negative_prompt_embeds"], kw["prompt_embeds"], cfg,
                                                  tensors["prompt_embeds"])
-            if "add_text_embeds" in tensors and "pooled_prompt_embeds" in kw:
-                tensors["add_text_embeds"] = _for_loop(kw["negative_pooled_prompt_embeds"], kw["pooled_prompt_embeds"],
-                                                       cfg, tensors["add_text_embeds"])
+            pooled = self.pooled_input
+            if pooled in tensors and "pooled_prompt_embeds" in kw:
+                tensors[pooled] = _for_loop(kw["negative_pooled_prompt_embeds"], kw["pooled_prompt_embeds"],
+                                            cfg, tensors[pooled])
         return swap
 
 
@@ -102,7 +105,8 @@ def build(pipe, positives: list[str], negatives: list[str], clip_skip: int, arch
         else:
             segments.append((step, index))
     distinct = list(dict.fromkeys(text for combo in combos for text in combo))
-    embeds, pooled = prompts.encode_texts(pipe, distinct, clip_skip, arch)
+    encode = flow.encode_texts if flow.is_flow(arch) else prompts.encode_texts
+    embeds, pooled = encode(pipe, distinct, clip_skip, arch)
     by_text = {t: (e, p) for t, e, p in zip(distinct, embeds, pooled)}
     n = len(positives)
     zero_empty = getattr(pipe.config, "force_zeros_for_empty_prompt", False) and pooled[0] is not None
@@ -111,14 +115,15 @@ def build(pipe, positives: list[str], negatives: list[str], clip_skip: int, arch
         pos, neg = combo[:n], combo[n:]
         kw = {"prompt_embeds": torch.cat([by_text[t][0] for t in pos]),
               "negative_prompt_embeds": torch.cat([by_text[t][0] for t in neg])}
-        if pooled[0] is not None:  # SDXL
+        if pooled[0] is not None:  # SDXL, SD3
             kw["pooled_prompt_embeds"] = torch.cat([by_text[t][1] for t in pos])
             kw["negative_pooled_prompt_embeds"] = torch.cat([by_text[t][1] for t in neg])
             if zero_empty and all(t == "" for t in neg):
                 kw["negative_prompt_embeds"] = torch.zeros_like(kw["negative_prompt_embeds"])
                 kw["negative_pooled_prompt_embeds"] = torch.zeros_like(kw["negative_pooled_prompt_embeds"])
         variants.append(kw)
-    return StepConditioning(initial=variants[segments[0][1]], variants=variants, segments=segments, texts=combos)
+    return StepConditioning(initial=variants[segments[0][1]], variants=variants, segments=segments, texts=combos,
+                            pooled_input="pooled_prompt_embeds" if flow.is_flow(arch) else "add_text_embeds")
 
 
 def loop_steps(run, pipe, steps: int, sampler: tuple[str, str] | None = None) -> int:
@@ -131,8 +136,8 @@ def loop_steps(run, pipe, steps: int, sampler: tuple[str, str] | None = None) ->
 def for_pass(run, pipe, positives: list[str], negatives: list[str], steps: int,
              sampler: tuple[str, str] | None = None, hires: bool = False) -> StepConditioning:
     """The conditioning of a pass of the run: the first pass, img2img, or (hires=True) the hires pass."""
-    if flow.is_flow(run.arch):  # the pipeline encodes the text itself
-        return StepConditioning.fixed(flow.conditioning(positives, negatives))
+    if flow.is_flow(run.arch) and not (flow.schedules_prompts(run.arch) and is_scheduled(positives + negatives)):
+        return StepConditioning.fixed(flow.conditioning(positives, negatives))  # the pipeline encodes the text
     if not is_scheduled(positives + negatives):  # no scheduler needed to know how many steps
         return StepConditioning.fixed(prompts.encode(pipe, positives, negatives, run.clip_skip, run.arch).kwargs)
     total = loop_steps(run, pipe, steps, sampler)

@@ -13,7 +13,11 @@ path, in one place. The rest of a generation (seeds, progress, interrupt, face r
 - Hires fix: the first pass's latents (Flux: unpacked) upscaled and denoised again by the img2img pipeline;
   img2img's latent upscale (resize mode 3) and inpaint's latent noise / latent nothing the same way: the
   16-channel latents (unpacked: the pipelines take them as the image and pack them themselves).
-- Not yet: prompt editing, tiling — each refused by its field.
+- Prompt editing and alternation on SD3: each distinct text encoded by the pipeline's own encode_prompt, the
+  embeddings swapped per step as for SDXL (conditioning.py). Not on Flux: its loop takes only `prompt_embeds`
+  (T5) back from callback_on_step_end — the pooled CLIP vector and true CFG's negative embeddings stay those of
+  the first step — so a per-step swap would be half a prompt change; refused by `prompt`.
+- Not yet: tiling — refused by its field.
 """
 from __future__ import annotations
 
@@ -58,9 +62,9 @@ def check(run) -> None:
     if req.tiling:
         raise InvalidRequest(f"tiling with {label} checkpoints is not available yet; turn it off", "tiling")
     texts = (run.texts.prompt, run.texts.negative_prompt)
-    if any(prompt_schedule.has_schedule(t) for t in texts):
-        raise InvalidRequest(f"prompt editing ([from:to:when], [a|b]) with {label} is not available yet",
-                             "prompt")
+    if not schedules_prompts(arch) and any(prompt_schedule.has_schedule(t) for t in texts):
+        raise InvalidRequest(f"prompt editing ([from:to:when], [a|b]) with {label} is not available: its pipeline "
+                             "swaps only the T5 embeddings per step, not the pooled CLIP ones", "prompt")
     distilled = arch == "flux" and run.ckpt.pipe.transformer.config.guidance_embeds  # dev has it, schnell not
     if not distilled and req.distilled_cfg_scale != DISTILLED_CFG_DEFAULT:
         raise InvalidRequest(f"this {label} checkpoint has no distilled guidance (Flux-dev's); it uses cfg_scale "
@@ -97,6 +101,26 @@ def plain_text(text: str) -> str:
     """The prompt without A1111 markup (emphasis brackets and weights, BREAK), as the pipeline reads it."""
     clean, _ = prompts.extract_loras(text)
     return "".join(piece for piece, weight in prompts.parse_attention(clean) if weight >= 0).strip()
+
+
+def schedules_prompts(arch: str) -> bool:
+    """SD3's loop takes every embedding back from callback_on_step_end; Flux's only the T5 one."""
+    return arch == "sd3"
+
+
+def encode_texts(pipe, texts: list[str], clip_skip: int = 1, arch: str = "sd3") -> tuple[list, list]:
+    """Each text of a prompt schedule → (embeds [1, L, D], pooled [1, D]) by the pipeline's own encoder, as it
+    encodes a text prompt (markup taken out); the same length for every text (CLIP's 77 + T5's padding)."""
+    import torch
+
+    embeds, pooled = [], []
+    with torch.no_grad():
+        for text in texts:
+            e, _, p, _ = pipe.encode_prompt(prompt=plain_text(text), prompt_2=None, prompt_3=None,
+                                            do_classifier_free_guidance=False)
+            embeds.append(e)
+            pooled.append(p)
+    return embeds, pooled
 
 
 def conditioning(positives: list[str], negatives: list[str]) -> dict:

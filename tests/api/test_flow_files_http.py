@@ -1,7 +1,9 @@
 """Flux single files through a real server: the A1111 switch (POST /sdapi/v1/options) to a BFL transformer-only
 file, then the official `webuiapi` client's txt2img — equal to plain diffusers on the folder of the same
 weights; a GGUF Q4_K file in ComfyUI's models/unet as `unet/<name>` generates with `Quantization: GGUF Q4_K`
-in its infotext and is listed by /atelier/v1/models with its type and footprint."""
+in its infotext and is listed by /atelier/v1/models with its type and footprint; SAI's all-in-one SD3 file switched
+to by `webuiapi`'s util_set_model equals plain diffusers on its folder, and the BFL file loaded in nf4 through the
+models route generates through `webuiapi`."""
 from __future__ import annotations
 
 import httpx
@@ -11,9 +13,11 @@ import webuiapi
 
 from tests.api.conftest import assert_json_error, server_errors
 from tests.conftest import make_data_dir, start_live_server
+from tests.fixtures_flow_loras import save_kohya_flux_lora
 from tests.support import rgb_pixels
 
 FOLDER, BFL, GGUF = "tiny-flux-wide", "tiny-flux-bfl.safetensors", "unet/tiny-flux-Q4_K.gguf"
+SD3_FOLDER, SD3_AIO = "tiny-sd3", "tiny-sd3-file-aio.safetensors"
 ARGS = {"prompt": "a red fox", "width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler", "cfg_scale": 1}
 
 
@@ -22,9 +26,15 @@ def server(tmp_path_factory, demo_checkpoint):
     from tests.fixtures_models import save_flux_file_set
 
     data = make_data_dir(tmp_path_factory.mktemp("flow-files-server"), demo_checkpoint)
+    from modules.models.demo_flow import save_demo_flow, save_sd3_files
+
     folder = save_flux_file_set(data / "models", FOLDER, {"Q4_K": GGUF})
+    sd3 = save_demo_flow(data / "models" / "Stable-diffusion" / SD3_FOLDER, "sd3", seed=4)
+    save_sd3_files(sd3, data / "models", "tiny-sd3-file")  # all in one: no shared encoders in models/text_encoder
+    (data / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    save_kohya_flux_lora(data / "models" / "Lora" / "flux-wide-kohya.safetensors", seed=3, width=256)
     s = start_live_server(data)
-    s.flux_folder = folder
+    s.flux_folder, s.sd3_folder = folder, sd3
     yield s
     s.stop()
 
@@ -64,4 +74,49 @@ def test_forges_modules_through_the_a1111_api_are_written_back_and_a_missing_one
     body = {**ARGS, "override_settings": {"sd_model_checkpoint": BFL, "forge_additional_modules": ["t5xxl_fp16"]}}
     refused = assert_json_error(httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=300))
     assert refused.get("field") == "forge_additional_modules" and "t5xxl_fp16" in refused["detail"], refused
+    assert not server_errors(server)
+
+
+def test_webuiapi_switches_to_sais_all_in_one_sd3_file_and_it_equals_plain_diffusers(server):
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    api.util_set_model(SD3_AIO)
+    assert api.util_get_current_model().startswith(SD3_AIO.removesuffix(".safetensors"))
+    result = api.txt2img(**{**ARGS, "cfg_scale": 4}, negative_prompt="dark")
+    pipe = StableDiffusion3Pipeline.from_pretrained(str(server.sd3_folder), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe(ARGS["prompt"], negative_prompt="dark", num_inference_steps=3, height=64, width=64,
+                 guidance_scale=4, generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(rgb_pixels(result.image), rgb_pixels(plain))
+    assert not server_errors(server)
+
+
+def test_the_bfl_file_in_nf4_through_the_models_route_generates_through_webuiapi(server):
+    c = httpx.Client(base_url=server.url, timeout=300)
+    loaded = c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": BFL,
+                                                     "options": {"quantization": "nf4"}})
+    assert loaded.status_code == 200, loaded.text
+    try:
+        api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+        made = api.txt2img(**ARGS, override_settings={"sd_model_checkpoint": BFL})
+        assert "Quantization: nf4" in made.info["infotexts"][0], made.info["infotexts"][0]
+    finally:
+        c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": BFL, "options": {"quantization": "none"}})
+    assert not server_errors(server)
+
+
+@pytest.mark.parametrize("checkpoint", [BFL, GGUF])
+def test_a_kohya_lora_on_the_bfl_and_gguf_files_through_webuiapi_changes_the_image_and_weight_zero_is_exact(
+        server, checkpoint):
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    args = {**ARGS, "override_settings": {"sd_model_checkpoint": checkpoint}}
+    base = rgb_pixels(api.txt2img(**args).image)
+    styled = api.txt2img(**{**args, "prompt": "a red fox <lora:flux-wide-kohya:1>"})
+    assert "flux-wide-kohya: " in styled.info["infotexts"][0], styled.info["infotexts"][0]
+    assert not np.array_equal(base, rgb_pixels(styled.image))
+    zero = api.txt2img(**{**args, "prompt": "a red fox <lora:flux-wide-kohya:0>"})
+    assert np.array_equal(base, rgb_pixels(zero.image))
+    assert np.array_equal(base, rgb_pixels(api.txt2img(**args).image))
     assert not server_errors(server)

@@ -1,7 +1,9 @@
 """Flux and SD3 checkpoints (the tiny diffusers folders of modules/models/demo_flow.py) through a real server:
 the official `webuiapi` client's txt2img equals plain diffusers on the same folder and seed, Forge's
 `distilled_cfg_scale` acts, a UNet sampler is a 4xx naming `sampler_name`, an nf4 load through the model
-manager's REST route generates and says so in the infotext."""
+manager's REST route generates (through `webuiapi`) and says so in the infotext; a kohya Flux LoRA and a PEFT SD3
+LoRA through `webuiapi` change the image, weight 0 gives the base image bit for bit, /sdapi/v1/loras lists them;
+`webuiapi`'s img2img on Flux and SD3 generates at the asked size."""
 from __future__ import annotations
 
 import httpx
@@ -11,6 +13,7 @@ import webuiapi
 
 from tests.api.conftest import assert_json_error, png, server_errors
 from tests.conftest import make_data_dir, start_live_server
+from tests.fixtures_flow_loras import save_server_loras
 from tests.support import rgb_pixels
 
 FLUX, SD3 = "tiny-flux-dev", "tiny-sd3"
@@ -25,6 +28,7 @@ def server(tmp_path_factory, demo_checkpoint):
     data = make_data_dir(tmp_path_factory.mktemp("flow-server"), demo_checkpoint)
     folder = save_demo_flow(data / "models" / "Stable-diffusion" / FLUX, "flux", seed=1)
     save_demo_flow(data / "models" / "Stable-diffusion" / SD3, "sd3", seed=2)
+    save_server_loras(data / "models")
     s = start_live_server(data)
     s.flux_folder = folder
     yield s
@@ -79,9 +83,11 @@ def test_an_nf4_load_through_the_models_route_generates_and_says_so(server):
                                                      "options": {"quantization": "nf4"}})
     assert loaded.status_code == 200, loaded.text
     try:
-        made = c.post("/sdapi/v1/txt2img", json=BODY).json()
-        assert "Quantization: nf4" in made["info"]
-        assert not np.array_equal(rgb_pixels(plain), rgb_pixels(png(made["images"][0])))  # 4-bit weights: another image
+        api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+        made = api.txt2img(prompt=BODY["prompt"], width=64, height=64, steps=3, seed=5, sampler_name="Euler",
+                           cfg_scale=1, override_settings={"sd_model_checkpoint": FLUX})
+        assert "Quantization: nf4" in made.info["infotexts"][0]
+        assert not np.array_equal(rgb_pixels(plain), rgb_pixels(made.image))  # 4-bit weights: another image
     finally:
         c.post("/atelier/v1/models/load", json={"kind": "checkpoint", "name": FLUX,
                                                 "options": {"quantization": "none"}})
@@ -104,4 +110,31 @@ def test_t5_fp8_through_the_models_route_shrinks_the_footprint_and_a_t5_on_sd_is
     assert refused.get("field") == "t5", refused
     bad = assert_json_error(c.post("/atelier/v1/models/load", json={**body, "options": {"t5": "fp4"}}))
     assert bad.get("field") == "t5", bad
+    assert not server_errors(server)
+
+
+@pytest.mark.parametrize("checkpoint, lora, cfg", [(FLUX, "flux-kohya", 1), (SD3, "sd3-peft", 4)])
+def test_webuiapi_loras_on_flux_and_sd3_change_the_image_and_weight_zero_is_bit_exact(server, checkpoint, lora, cfg):
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    args = {"width": 64, "height": 64, "steps": 3, "seed": 5, "sampler_name": "Euler", "cfg_scale": cfg,
+            "override_settings": {"sd_model_checkpoint": checkpoint}}
+    base = rgb_pixels(api.txt2img(prompt="a red fox", **args).image)
+    styled = api.txt2img(prompt=f"a red fox <lora:{lora}:1>", **args)
+    assert not np.array_equal(base, rgb_pixels(styled.image))
+    assert f"{lora}: " in styled.info["infotexts"][0], styled.info["infotexts"][0]  # Lora hashes
+    assert np.array_equal(base, rgb_pixels(api.txt2img(prompt=f"a red fox <lora:{lora}:0>", **args).image))
+    assert np.array_equal(base, rgb_pixels(api.txt2img(prompt="a red fox", **args).image))  # removed: the base again
+    assert lora in [row["name"] for row in httpx.get(server.url + "/sdapi/v1/loras", timeout=60).json()]
+    assert not server_errors(server)
+
+
+@pytest.mark.parametrize("checkpoint, cfg", [(FLUX, 1), (SD3, 4)])
+def test_webuiapi_img2img_on_flux_and_sd3_generates(server, checkpoint, cfg):
+    from PIL import Image
+
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    made = api.img2img(images=[Image.new("RGB", (64, 64), (200, 60, 20))], prompt="a red fox", width=64, height=64,
+                       steps=4, seed=5, sampler_name="Euler", cfg_scale=cfg, denoising_strength=0.5,
+                       override_settings={"sd_model_checkpoint": checkpoint})
+    assert made.image.size == (64, 64) and f"Model: {checkpoint}" in made.info["infotexts"][0], made.info
     assert not server_errors(server)

@@ -127,7 +127,8 @@ def test_the_infotext_round_trips_distilled_guidance(studio):
     ({"enable_hr": True, "hr_scale": 1.4}, "hr_scale"),  # 88 px: 8 off the 16 grid
     ({"width": 72}, "width"),
     ({"tiling": True}, "tiling"),
-    ({"prompt": "a [fox:cat:2]"}, "prompt"),
+    ({"prompt": "a [fox:cat:2]"}, "prompt"),  # Flux's loop takes no pooled embeddings back per step
+    ({"prompt": "a [fox|cat]"}, "prompt"),
 ])
 def test_what_flux_cannot_do_yet_is_refused_by_field(studio, fields, field):
     job = _job(studio, override_settings={"sd_model_checkpoint": FLUX}, **fields)
@@ -288,3 +289,20 @@ def test_sd3_inpaint_latent_noise_and_nothing_keep_the_outside_and_change_the_in
     filled.raise_for_error()
     ours, base = (np.asarray(j.result.images[0].image.convert("RGB")) for j in (filled, original))
     assert np.array_equal(ours[:, 32:], np.asarray(init)[:, 32:]) and not np.array_equal(ours[:, :32], base[:, :32])
+
+
+def test_sd3_prompt_editing_and_alternation_change_the_image_and_a_late_edit_is_the_plain_prompt(studio):
+    args = {"cfg_scale": 4, "negative_prompt": "dark"}
+    plain, _ = _image(studio, SD3, prompt="a red fox", **args)
+    assert np.array_equal(plain, _plain(studio, SD3, guidance_scale=4, negative_prompt="dark"))
+    edited, info = _image(studio, SD3, prompt="[a red fox:a blue bird:1]", **args)
+    assert not np.array_equal(edited, plain) and "[a red fox:a blue bird:1]" in info
+    # The edit after the last of 3 steps: every step has the plain prompt, the embeddings of the pipeline's own.
+    late, _ = _image(studio, SD3, prompt="[a red fox:a blue bird:10]", **args)
+    assert np.array_equal(late, plain)
+    alternated, _ = _image(studio, SD3, prompt="a [red|blue] fox", **args)
+    assert not np.array_equal(alternated, plain)
+    assert not np.array_equal(alternated, _image(studio, SD3, prompt="a blue fox", **args)[0])
+    # The negative prompt is scheduled too.
+    negative, _ = _image(studio, SD3, prompt="a red fox", cfg_scale=4, negative_prompt="[dark:bright:1]")
+    assert not np.array_equal(negative, plain)

@@ -125,6 +125,15 @@ def test_make_request_names_the_bad_field():
     assert err.value.field == "width"
 
 
+def test_the_module_picker_becomes_forges_override_setting_and_empty_sends_none():
+    from modules.diffusion.params import Txt2ImgRequest
+    from webui.ui.generation import make_request
+
+    picked = make_request(Txt2ImgRequest, {"prompt": "a", "_modules": ["ae", "t5xxl"]})
+    assert picked.additional_modules == ("ae", "t5xxl")
+    assert make_request(Txt2ImgRequest, {"prompt": "a", "_modules": []}).override_settings == {}
+
+
 def test_infotext_fills_fields_by_request_name():
     from webui.ui.components import fields_from_infotext
 

@@ -173,6 +173,11 @@ def params_block(studio, tab: str, hires: bool) -> dict:
     c["distilled_cfg_scale"] = gr.Slider(0, 30, value=3.5, step=0.5, label="Distilled CFG Scale",
                                          visible=checkpoint_arch(studio, active_checkpoint(studio)) == "flux",
                                          elem_id=f"{tab}_distilled_cfg_scale")
+    # Forge's VAE / Text Encoder picker (forge_additional_modules): the shared files a transformer-only Flux / SD3
+    # file takes; empty takes models/text_encoder's and models/VAE's defaults. Shown for Flux / SD3 only.
+    c["forge_modules"] = gr.Dropdown(module_choices(studio), value=[], multiselect=True, allow_custom_value=True,
+                                     label="VAE / Text Encoder", elem_id=f"{tab}_forge_modules",
+                                     visible=checkpoint_arch(studio, active_checkpoint(studio)) in ("flux", "sd3"))
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=5, minimum=-1)
         c["random_seed"] = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
@@ -236,6 +241,19 @@ def updates_for_fields(fields: dict, comps: dict) -> dict:
     return out
 
 
+def module_choices(studio) -> list[str]:
+    """The names Forge's infotext gives the shared modules (file stems, folder names) in models/text_encoder and
+    models/VAE, for the VAE / Text Encoder picker."""
+    from modules.models.flow_files import TEXT_ENCODER_FOLDER
+
+    names = []
+    for folder in (studio.paths.models / TEXT_ENCODER_FOLDER, studio.paths.model_dir("vae")):
+        if folder.is_dir():
+            names += [child.name if child.is_dir() else child.stem for child in sorted(folder.iterdir())
+                      if not child.name.startswith(".") and (child.is_dir() or child.suffix == ".safetensors")]
+    return list(dict.fromkeys(names))
+
+
 def checkpoint_arch(studio, name: str | None) -> str | None:
     """The architecture of the checkpoint `name` (sd1, sdxl, flux, …), None when there is no such file."""
     from modules.errors import AtelierError
@@ -251,7 +269,8 @@ def checkpoint_arch(studio, name: str | None) -> str | None:
 def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
     """The fields follow the top bar's checkpoint (chosen, or switched by the API), as Forge's UI presets do:
     Flux and SD3 hide tiling (not there for them yet) and take the Euler sampler; Flux shows
-    Distilled CFG Scale and starts at CFG 1 (true CFG off); back on a UNet checkpoint, CFG 1 goes back to 7."""
+    Distilled CFG Scale and starts at CFG 1 (true CFG off); both show the VAE / Text Encoder picker; back on a UNet
+    checkpoint, CFG 1 goes back to 7."""
     import gradio as gr
 
     from modules.diffusion.flow import DISTILLED_CFG_DEFAULT, is_flow
@@ -263,7 +282,8 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
     inputs, outputs = [checkpoint, last_arch], [last_arch]
     for comps in panels:
         inputs += [comps["sampler_name"], comps["cfg_scale"]]
-        outputs += [comps["distilled_cfg_scale"], comps["tiling"], comps["sampler_name"], comps["cfg_scale"]]
+        outputs += [comps["distilled_cfg_scale"], comps["tiling"], comps["sampler_name"], comps["cfg_scale"],
+                    comps["forge_modules"]]
 
     def follow(name, before, *values):
         arch = checkpoint_arch(studio, name)
@@ -280,7 +300,9 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
             distilled = gr.Slider(visible=True) if arch == "flux" else gr.Slider(visible=False, value=DISTILLED_CFG_DEFAULT)
             updates += [distilled,
                         gr.Checkbox(visible=not flow, value=False) if flow else gr.Checkbox(visible=True),
-                        gr.Dropdown(value="Euler") if flow and sampler != "Euler" else gr.skip(), cfg_update]
+                        gr.Dropdown(value="Euler") if flow and sampler != "Euler" else gr.skip(), cfg_update,
+                        # Off a flow checkpoint the picker empties: the others refuse forge_additional_modules.
+                        gr.Dropdown(visible=True) if flow else gr.Dropdown(visible=False, value=[])]
         return updates
 
     checkpoint.change(follow, inputs, outputs, queue=False, show_progress="hidden", api_visibility="private")

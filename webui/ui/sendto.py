@@ -1,7 +1,8 @@
 """Cross-tab wiring, done once every tab is built: "Send to img2img / inpaint / txt2img" and
 "Reuse parameters". A source gives an image and its infotext; the target tab gets both and is opened.
 A1111's send_seed / send_size settings decide whether a send from a results panel or the gallery carries
-the seed and the size; PNG Info and Reuse parameters carry everything, as in A1111."""
+the seed and the size; PNG Info and Reuse parameters carry everything, as in A1111. Forge's Module 1, 2, … keys
+(a Flux / SD3 file's VAE and text encoders) fill the VAE / Text Encoder picker, as Forge's send does."""
 from __future__ import annotations
 
 from modules.errors import AtelierError
@@ -11,9 +12,9 @@ from webui.ui.generation import record_image, selected_record
 # target tab id -> the component that takes the image
 IMAGE_SLOT = {"tab_img2img": "image", "tab_inpaint": "editor"}
 FILLABLE = ("prompt", "negative_prompt", "steps", "sampler_name", "scheduler", "cfg_scale", "seed", "subseed",
-            "subseed_strength", "width", "height", "clip_skip", "denoising_strength", "enable_hr", "hr_scale",
-            "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra", "styles", "tiling",
-            "restore_faces")
+            "subseed_strength", "width", "height", "clip_skip", "distilled_cfg_scale", "denoising_strength",
+            "enable_hr", "hr_scale", "hr_second_pass_steps", "hr_upscaler", "mask_blur", "seed_extra", "styles",
+            "tiling", "restore_faces")
 
 
 def without_unsent(fields: dict, settings) -> dict:
@@ -41,7 +42,7 @@ def wire(studio, ui: dict, tabs) -> None:
 
     def target_outputs(tab_id: str) -> list:
         comps = ui.get(tab_id) or {}
-        outs = [comps[k] for k in FILLABLE if k in comps]
+        outs = [comps[k] for k in (*FILLABLE, "forge_modules") if k in comps]
         if tab_id in IMAGE_SLOT and IMAGE_SLOT[tab_id] in comps:
             outs.append(comps[IMAGE_SLOT[tab_id]])
         return outs
@@ -61,6 +62,9 @@ def wire(studio, ui: dict, tabs) -> None:
             if send_options:
                 fields = without_unsent(fields, studio.settings.get())
             updates = updates_for_fields({k: v for k, v in fields.items() if k in FILLABLE}, comps)
+            modules = fields.get("override_settings", {}).get("forge_additional_modules")
+            if modules and "forge_modules" in comps:  # Forge's Module 1, 2, …: shown, so a person sees what goes
+                updates[comps["forge_modules"]] = gr.Dropdown(value=list(modules), visible=True)
             if with_image and image is not None and tab_id in IMAGE_SLOT:
                 updates[comps[IMAGE_SLOT[tab_id]]] = image
             if switch:
