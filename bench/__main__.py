@@ -15,7 +15,8 @@ from pathlib import Path
 from bench.common import Figure, machine_info, quiet_libraries
 
 GROUPS = ("overhead", "startup", "switching", "speed", "mixed", "throughput", "llm_load", "chat", "vision",
-          "training", "upscale", "llm_training", "devices", "yolo", "flow", "flow_quant")
+          "training", "upscale", "llm_training", "devices", "yolo", "flow", "flow_quant",
+          "allocator")
 RESULTS = Path(__file__).resolve().parent / "results.json"
 
 
@@ -65,6 +66,9 @@ def _load() -> float | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv if argv is not None else sys.argv[1:])
+    from modules.allocator import keep_freed_memory
+
+    keep_freed_memory()  # as `python -m webui` does at start, so the studio measured here is the one served
     quiet_libraries()
     if args.device == "cuda":
         import torch

@@ -15,7 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # an unknown flag exits here with status 2 and the usage
     check_args(parser, args)
+    from modules.allocator import keep_freed_memory
+
+    # before any other thread allocates: one arena for all of them
+    kept = False if args.system_allocator else keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("webui").info("memory allocator: %s", "glibc, freed memory kept for the next job" if kept
+                                    else "the system's default")
     from modules.studio import Studio
     from webui.server import serve
 

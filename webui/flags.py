@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow installing extensions even when listening beyond localhost")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="with --listen/--share and no auth flags, do not require the made-up login (anyone can use it)")
+    p.add_argument("--system-allocator", action="store_true",
+                   help="leave glibc's malloc as it is (by default freed tensor memory is kept for the next job "
+                        "instead of being page-faulted in anew: faster, but the process keeps its peak RAM)")
     p.add_argument("--no-demo", action="store_true", help="do not build the random-weights demo model")
     return p
 
