@@ -191,7 +191,7 @@ def test_coming_back_to_the_last_fused_set_swaps_its_kept_tensors_and_gives_the_
 def test_weight_changes_add_the_difference_in_place_and_stay_near_a_fresh_fuse_and_exact_after_removal(studio):
     """Only the weight changing: the fused tensors change in place (the same storage, no restore + new fuse),
     every MAX_DELTA_STEPS changes re-fused from the base; each image within 1e-4 of a fresh fuse at that
-    weight (measured drift here ~1e-6), the fused weights within 1e-5 of W + w·s·B·A, and removal after
+    weight, the fused weights within 1e-5 of W + w·s·B·A, and removal after
     them the base bit for bit."""
     import torch
 
