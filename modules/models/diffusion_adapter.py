@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules.errors import InvalidRequest
-from modules.models import flow_files, loaders, lora, memory, skeleton, speed, torch_compile
+from modules.models import flow_files, loaders, lora, memory, skeleton, skeleton_file, speed, torch_compile
 from modules.models.adapters import AdapterContext, Loaded
 from modules.models.quant import LoadOptions
 from modules.models.registry import ModelEntry
@@ -141,20 +141,28 @@ class DiffusionAdapter:
         loaded = Loaded(kind="checkpoint", entry=entry, options=options, handle=ckpt, footprint=ckpt.footprint,
                         device="cpu", movable=movable)
         self.to(actx, loaded, device.name)
+        self.skeletons.make_spares()  # the next switch's copy, now that this one is done
         return loaded
 
     def _read(self, actx: AdapterContext, entry: ModelEntry, options: LoadOptions, dtype):
-        """(pipe, arch, built_from): from the skeleton of a same-architecture diffusers folder, else the ordinary load."""
+        """(pipe, arch, built_from): from the skeleton of a same-architecture diffusers folder or SD1 single
+        file, else the ordinary load."""
         device = actx.device
         key = None
-        if entry.format == "diffusers" and not loaders.quantized_at_load(options, device.name):
-            key = self.skeletons.fingerprint(entry.path, dtype)
+        if not loaders.quantized_at_load(options, device.name):
+            if entry.format == "diffusers":
+                key = self.skeletons.fingerprint(entry.path, dtype)
+            elif entry.format == "safetensors":
+                key = loaders.single_file_fingerprint(entry, actx.registry.paths, dtype)
             built = self.skeletons.build(key, entry.path)
             if built is not None:
                 return (*built, "skeleton")
         pipe, arch = loaders.load_checkpoint(entry, dtype, actx.registry.paths, options, device.name)
-        if key is not None:
-            self.skeletons.remember(key, entry.path, pipe, arch)  # before anything (LoRAs, quantization) touches it
+        # Kept before anything (LoRAs, quantization) touches the modules.
+        if key is not None and entry.format == "diffusers":
+            self.skeletons.remember(key, entry.path, pipe, arch)
+        elif key is not None:
+            self.skeletons.remember_file(key, entry.path, pipe, arch, skeleton_file.ldm_states)
         return pipe, arch, "files"
 
     def to(self, actx: AdapterContext, loaded: Loaded, device: str) -> None:

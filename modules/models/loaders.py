@@ -225,6 +225,18 @@ def _load_single_file(entry: ModelEntry, dtype, paths, options, device_name: str
     return pipe, kind.arch
 
 
+def single_file_fingerprint(entry: ModelEntry, paths, dtype) -> str | None:
+    """The skeleton key of an SD1 .safetensors file whose configs are on disk (skeleton_file.py), else None."""
+    from modules.models import skeleton_file
+
+    try:
+        table = skeleton_file.key_table(entry.path)
+        kind = detect.kind_from_keys(list(table), {k: s for k, s in table.items() if detect._is_shape_key(k)})
+        return skeleton_file.fingerprint(table, kind, config_source(entry, paths, kind), dtype)
+    except (AtelierError, OSError, ValueError, KeyError, TypeError):  # unreadable or not a checkpoint: the ordinary load says why
+        return None
+
+
 def _in_hf_cache(kind: detect.CheckpointKind) -> bool:
     """Whether the Hugging Face cache already holds this architecture's pipeline configs."""
     from diffusers.loaders.single_file_utils import DIFFUSERS_DEFAULT_PIPELINE_PATHS

@@ -6,7 +6,9 @@ costs without LoRAs (peft's unfused layers add work to every step); the touched 
 kept (in RAM) and put back exactly when the set or a weight changes, or a job has no LoRA — so
 weight 0 and removal give the base output bit-exactly. The fused set stays between jobs: the
 same LoRAs again cost nothing, and on the CPU the last set's fused tensors are kept after a
-restore, so alternating jobs with and without it swap tensors. A quantized or offloaded
+restore, so alternating jobs with and without it swap tensors. Only the weights changing (the same
+LoRAs in the same order) adds the difference to the fused tensors in place (LoraState.reweigh),
+re-fusing from the kept base every MAX_DELTA_STEPS changes so rounding never piles up. A quantized or offloaded
 checkpoint keeps the unfused adapters (bnb weights cannot take a delta; offload hooks own the
 weights). A LoRA that cannot apply (unknown, another architecture, keys that match nothing) is
 refused by name.
@@ -27,6 +29,7 @@ log = logging.getLogger("atelier.models")
 
 MAX_LOADED_ADAPTERS = 12
 FUSED_SETS_KEPT = 1  # fused sets whose tensors stay in RAM after a restore (see LoraState)
+MAX_DELTA_STEPS = 8  # weight changes added in place before the next one re-fuses from the base (float drift)
 _NO_MATCH = ("LoRA {!r} has no keys that match this checkpoint's UNet or text encoder, so it would do nothing; "
              "it is not a LoRA for this model (or not a LoRA at all)")  # beyond this the least recently used adapter is deleted from the pipeline
 
@@ -102,7 +105,8 @@ class LoraState:
         self.order: list[str] = []
         self.fused: tuple[tuple[str, float], ...] = ()  # (adapter, weight) fused into the weights now
         self.backup: dict = {}  # peft layer -> its base weight before fusing (on the CPU)
-        self.kept: OrderedDict = OrderedDict()  # fused set -> {peft layer: fused weight}, CPU only
+        self.kept: OrderedDict = OrderedDict()  # fused set -> ({peft layer: fused weight}, its delta steps), CPU only
+        self.steps = 0  # weight changes added in place to the fused tensors since they were computed from the base
         self.unfused_active = False  # the unfused adapters (offload / quantized path) may be enabled
         self._layers: list | None = None  # the pipeline's peft layers, found once per set of loaded adapters
 
@@ -124,7 +128,7 @@ class LoraState:
         import torch
 
         key = tuple(zip(names, weights))
-        kept = self.kept.pop(key, None)
+        kept, self.steps = self.kept.pop(key, (None, 0))
         self.kept.clear()  # never three copies of the touched weights: the one kept set goes before a new one
         with torch.no_grad():
             for module in self.layers(pipe):
@@ -164,8 +168,46 @@ class LoraState:
                 module.merged_adapters.clear()
                 module.enable_adapters(False)  # unmerged adapters would otherwise act, unfused, on the next step
         if kept and len(kept) == len(self.backup) and FUSED_SETS_KEPT:
-            self.kept[self.fused] = kept
-        self.backup, self.fused = {}, ()
+            self.kept[self.fused] = (kept, self.steps)
+        self.backup, self.fused, self.steps = {}, (), 0
+
+    def reweigh(self, pipe, names: list[str], weights: list[float]) -> bool:
+        """The same adapters (names and order) fused now, other weights: add (new - old)·scaling·B·A to each
+        fused weight in place — one addmm per layer instead of a restore and a new fuse. The base tensors in
+        `backup` are not touched, so a restore stays exact. False (nothing changed) where it does not apply:
+        another set, a GPU or non-fp32 weight, DoRA (not linear in the scale), a fused tensor that is its
+        backup, or MAX_DELTA_STEPS changes already added (the caller then re-fuses from the base)."""
+        import torch
+
+        old = dict(self.fused)
+        if [n for n, _ in self.fused] != list(names) or self.steps >= MAX_DELTA_STEPS or 0.0 in weights:
+            return False
+        changes = [(n, w) for n, w in zip(names, weights) if w != old[n]]
+        todo = []
+        for module in self.layers(pipe):
+            active = [n for n, _ in changes if n in module.lora_A]
+            if not active:
+                continue
+            weight = module.get_base_layer().weight
+            base = self.backup.get(module)
+            if (base is None or weight.device.type != "cpu" or weight.dtype != torch.float32
+                    or weight.data.data_ptr() == base.data_ptr() or any(module.use_dora.get(n) for n in active)):
+                return False
+            todo.append((module, weight, active))
+        # A kept set whose tensors are these (none is, while a set is fused: fuse() empties `kept`) would go stale.
+        live = {w.data.data_ptr() for _, w, _ in todo}
+        self.kept = OrderedDict((k, v) for k, v in self.kept.items()
+                                if not any(t.data_ptr() in live for t in v[0].values()))
+        new = dict(changes)
+        with torch.no_grad():
+            for module, weight, active in todo:
+                for name in active:
+                    before = module.scaling[name]
+                    module.set_scale(name, new[name])  # peft's bookkeeping, as fuse() sets it
+                    _add_delta(module, weight.data, name, module.scaling[name] - before)
+        self.fused = tuple(zip(names, weights))
+        self.steps += 1
+        return True
 
     def ensure(self, pipe, entry: ModelEntry) -> str:
         name = adapter_name(entry)
@@ -214,6 +256,19 @@ def _fused_weight(module, weight, active: list[str]):
     return out if on_cpu else None
 
 
+def _add_delta(module, weight, name: str, ds: float) -> None:
+    """weight += ds·(B @ A) in place: ds the change of the adapter's scaling (peft's delta is linear in it)."""
+    import torch
+    from peft.tuners.lora import Linear as LoraLinear
+
+    a, b = module.lora_A[name], module.lora_B[name]
+    if (isinstance(module, LoraLinear) and isinstance(a, torch.nn.Linear) and not module.fan_in_fan_out
+            and not module.lora_bias.get(name) and a.weight.dtype == b.weight.dtype == weight.dtype):
+        weight.addmm_(b.weight, a.weight, alpha=ds)
+    else:  # get_delta_weight is at the scaling set now: rescale it to the change
+        weight.add_(module.get_delta_weight(name).to(weight.dtype), alpha=ds / module.scaling[name])
+
+
 def _lora_components(pipe) -> list:
     return [c for c in (pipe.components.get(n) for n in pipe._lora_loadable_modules) if c is not None]
 
@@ -255,7 +310,12 @@ def applied(registry, ckpt, wanted: list[tuple[str, float]]):
             names.append(adapter)
             weights.append(weight)
     fuse = can_fuse(ckpt)
-    if state.fused != tuple(zip(names, weights)) or not fuse:
+    loaded = all(adapter_name(e) in state.order for e, _ in entries)  # nothing to load into a merged model
+    if state.fused == tuple(zip(names, weights)) and fuse:
+        pass
+    elif fuse and loaded and names and state.reweigh(pipe, names, weights):
+        pass  # only the weights changed: the difference added in place
+    else:
         state.unfuse(pipe)  # before loading more adapters: peft would unmerge (inexactly) on its own
     for entry, _ in entries:
         state.ensure(pipe, entry)

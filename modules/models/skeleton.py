@@ -12,7 +12,9 @@ key, a shape that differs, a sharded or variant file, quantization at load — g
 ordinary way, so the skeleton path never differs from a cold load (checked tensor by tensor
 when the skeleton is made: a library that renames or rewrites a weight on load disables it).
 Copying the skeleton (tens of thousands of Python objects, ~0.3 s for SD1.5) happens ahead, in a
-background thread after each use, so a switch finds a spare copy ready.
+background thread started once a switch is done (make_spares), so the next switch finds a spare copy
+ready and this one does not share the CPU with the copy. SD1 single files use the same skeletons
+through a reader that converts their LDM key names (skeleton_file.py).
 """
 from __future__ import annotations
 
@@ -36,7 +38,9 @@ class Skeleton:
     key: str  # its config fingerprint
     pipe: object  # the pipeline with every weight on the meta device
     arch: str
-    files: dict  # component -> (weight file name, prefix added to its keys)
+    files: dict  # component -> (weight file name, prefix added to its keys); empty for a single file
+    reader: object = None  # single files: (path, pipe) -> {component: state dict}, skeleton_file.ldm_states
+    keys: dict | None = None  # single files: component -> the keys _assign takes (the file's others are dropped)
 
 
 def config_fingerprint(folder: Path, dtype) -> str:
@@ -143,6 +147,7 @@ class SkeletonCache:
         self._lock = threading.Lock()
         self._by_key: OrderedDict[str, Skeleton | None] = OrderedDict()  # None: this architecture cannot use one
         self._spares: dict[str, object] = {}  # key -> a copy of its skeleton made ahead, for the next switch
+        self._pending: dict[str, Skeleton] = {}  # skeletons whose spare copy make_spares() is to start
 
     def fingerprint(self, folder: Path, dtype) -> str | None:
         try:
@@ -170,6 +175,9 @@ class SkeletonCache:
 
     def _fill(self, skeleton: Skeleton, folder: Path):
         states = {}
+        if skeleton.reader is not None:  # a single file: the ordinary load drops the keys its modules lack
+            states = {name: {k: v for k, v in state.items() if k in skeleton.keys[name]}
+                      for name, state in skeleton.reader(folder, skeleton.pipe).items()}
         for name, (file_name, prefix) in skeleton.files.items():
             path = folder / name / file_name
             if not path.is_file():
@@ -189,8 +197,15 @@ class SkeletonCache:
     def _copy(self, skeleton: Skeleton):
         with self._lock:
             spare = self._spares.pop(skeleton.key, None)
-        self._make_spare(skeleton)
+            self._pending[skeleton.key] = skeleton
         return spare if spare is not None else copy.deepcopy(skeleton.pipe)
+
+    def make_spares(self) -> None:
+        """After a switch: copy ahead, in the background, each skeleton the switch used or made."""
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for skeleton in pending:
+            self._make_spare(skeleton)
 
     def _make_spare(self, skeleton: Skeleton) -> None:
         def make():
@@ -205,14 +220,39 @@ class SkeletonCache:
         """After an ordinary load: keep an empty copy, if the skeleton path would reproduce this load exactly."""
         if key is None or self.has(key):
             return
-        skeleton = self._make(key, folder, pipe, arch)
+        self._keep(key, self._make(key, folder, pipe, arch))
+
+    def remember_file(self, key: str | None, path: Path, pipe, arch: str, reader) -> None:
+        """After an ordinary single-file load: keep an empty copy if `reader` (skeleton_file.ldm_states)
+        gives exactly the tensors the ordinary load gave, every one compared."""
+        import torch
+
+        if key is None or self.has(key):
+            return
+        skeleton = None
+        try:
+            modules = _modules(pipe)
+            keys = {name: _own_keys(m) for name, m in modules.items()}
+            states = reader(path, pipe)
+            if states.keys() == modules.keys() and all(
+                    keys[name] <= state.keys() and all(torch.equal(state[k].to(t.dtype), t)
+                                                       for k, t in modules[name].state_dict().items() if k in keys[name])
+                    for name, state in states.items()):
+                skeleton = Skeleton(key=key, pipe=_emptied(pipe), arch=arch, files={}, reader=reader, keys=keys)
+            del states
+        except Exception as exc:  # an unusual layout: this architecture keeps loading the ordinary way
+            log.info("%s: no skeleton kept for same-architecture switches (%s)", path.name, str(exc)[:200])
+        self._keep(key, skeleton)
+
+    def _keep(self, key: str, skeleton: Skeleton | None) -> None:
         with self._lock:
             self._by_key[key] = skeleton
             while len(self._by_key) > self._limit:
                 old, _ = self._by_key.popitem(last=False)
                 self._spares.pop(old, None)
-        if skeleton is not None:
-            self._make_spare(skeleton)
+                self._pending.pop(old, None)
+            if skeleton is not None:
+                self._pending[key] = skeleton
 
     def _make(self, key: str, folder: Path, pipe, arch: str) -> Skeleton | None:
         import torch

@@ -186,3 +186,55 @@ def test_coming_back_to_the_last_fused_set_swaps_its_kept_tensors_and_gives_the_
     other, _ = _image(studio, [("kohya", 0.4)])
     assert not np.array_equal(other, on), "another weight must be fused anew, not taken from the kept set"
     assert np.array_equal(_image(studio)[0], base)
+
+
+def test_weight_changes_add_the_difference_in_place_and_stay_near_a_fresh_fuse_and_exact_after_removal(studio):
+    """Only the weight changing: the fused tensors change in place (the same storage, no restore + new fuse),
+    every MAX_DELTA_STEPS changes re-fused from the base; each image within 1e-4 of a fresh fuse at that
+    weight, the fused weights within 1e-5 of W + w·s·B·A, and removal after
+    them the base bit for bit."""
+    import torch
+
+    from modules.models.lora import MAX_DELTA_STEPS
+
+    base, _ = _image(studio)
+    sequence = [1.0, 0.5, 0.8, 0.3, 1.2, 0.6, 0.9, 0.4, 0.7, 1.1, 0.5, 0.8]
+    assert len(sequence) > MAX_DELTA_STEPS + 2
+    fresh = {}
+    for w in sorted(set(sequence)):  # from another set: a new fuse from the base at w
+        _image(studio, [("sub/peft-style", 1.0)])
+        fresh[w], _ = _image(studio, [("kohya", w)])
+    assert np.array_equal(_image(studio)[0], base)
+    with studio.models.checkpoint(None) as ckpt:  # both adapters loaded: the layers' key names are final
+        before = {k: v.clone() for k, v in ckpt.pipe.unet.state_dict().items() if "lora" not in k}
+    ptrs, images = [], []
+    for w in sequence:
+        img, _ = _image(studio, [("kohya", w)])
+        images.append(img)
+        with studio.models.checkpoint(None) as ckpt:
+            state = ckpt.loras
+            ptrs.append({m: m.get_base_layer().weight.data_ptr() for m in state.backup})
+            for module, original in state.backup.items():  # the fused weight is the base plus w's delta
+                expected = original.clone()
+                for name, _ in state.fused:
+                    if name in module.lora_A:
+                        expected += module.get_delta_weight(name)
+                assert torch.allclose(module.get_base_layer().weight, expected, atol=1e-5)
+        np.testing.assert_allclose(img, fresh[w], atol=1e-4, err_msg=f"weight {w} drifted from a fresh fuse")
+        assert not np.array_equal(img, base)
+    # Changes 1..MAX_DELTA_STEPS were in place; the next one re-fused from the base (new tensors), then in place.
+    for i in range(1, len(sequence)):
+        in_place = ptrs[i] == ptrs[i - 1]
+        assert in_place == (i != MAX_DELTA_STEPS + 1), f"change {i}: in place {in_place}"
+    assert np.array_equal(_image(studio)[0], base), "removal after weight changes must give the base bit for bit"
+    with studio.models.checkpoint(None) as ckpt:
+        after = {k: v for k, v in ckpt.pipe.unet.state_dict().items() if "lora" not in k}
+        assert all(torch.equal(before[k], after[k]) for k in before), "a base tensor changed"
+    # The kept set after the removal is the last weight's (changed in place): coming back to it is that image,
+    # coming back to the first weight is computed anew, not taken from stale tensors.
+    assert np.array_equal(_image(studio, [("kohya", sequence[-1])])[0], images[-1])
+    _image(studio)
+    again, _ = _image(studio, [("kohya", sequence[0])])
+    np.testing.assert_allclose(again, fresh[sequence[0]], atol=1e-4)
+    assert not np.array_equal(again, images[-1])
+    assert np.array_equal(_image(studio, [("kohya", 0.0)])[0], base)

@@ -13,6 +13,7 @@ from tests.conftest import make_data_dir
 SECOND, MISSING, OTHER_SCHEDULER, OTHER_ARCH = "second-sd15", "missing-key-sd15", "other-scheduler-sd15", "wide-sd15"
 DEMO = "atelier-demo-sd15"
 DROPPED = "conv_out.weight"  # the key left out of MISSING's UNet file
+FILE_A, FILE_B, FILE_WIDE = "file-a.safetensors", "file-b.safetensors", "file-wide.safetensors"  # A1111 single files
 
 
 def _studio(data, first: str = DEMO):
@@ -45,6 +46,11 @@ def data(tmp_path_factory, demo_checkpoint, second_checkpoint):
     config.write_text(config.read_text(encoding="utf-8").replace('"timestep_spacing": "leading"', '"timestep_spacing": "trailing"'),
                       encoding="utf-8")
     save_demo_checkpoint(ckpts / OTHER_ARCH, seed=2, unet_channels=(64, 64))
+    from tests.fixtures_models import save_demo_single_file
+
+    save_demo_single_file(ckpts / FILE_A, seed=3)  # each with its <stem>.config/ sidecar (same configs)
+    save_demo_single_file(ckpts / FILE_B, seed=4)
+    save_demo_single_file(ckpts / FILE_WIDE, seed=5, unet_channels=(64, 64))
     return root
 
 
@@ -67,7 +73,7 @@ def _image(studio, name):
                          override_settings={"sd_model_checkpoint": name})
     job = studio.jobs.run("txt2img", req, timeout=300)
     job.raise_for_error()
-    assert f"Model: {name}" in job.result.images[0].infotext
+    assert f"Model: {name.removesuffix('.safetensors')}" in job.result.images[0].infotext
     return np.asarray(job.result.images[0].image)
 
 
@@ -76,28 +82,43 @@ def _state(ckpt) -> dict:
             for k, t in getattr(ckpt.pipe, name).state_dict().items()}
 
 
-def test_a_same_architecture_switch_reads_only_the_weights_and_equals_a_cold_load(studio, data):
+def _assert_nothing_left(state: dict, first_state: dict) -> None:
     import torch
 
+    assert not any(torch.equal(state[k], first_state[k]) for k in state if state[k].numel() > 16 and "norm" not in k
+                   and k.endswith("weight")), "a weight of the first checkpoint was left in the second"
+
+
+def _assert_same_as_a_cold_load(data, name: str, switched, image) -> None:
+    """A fresh studio whose first load is `name` (the ordinary way) has the same tensors, configs and image."""
+    import torch
+
+    fresh = _studio(data, first=name)
+    try:
+        cold = _switch(fresh, name)
+        assert cold.built_from == "files"
+        state, cold_state = _state(switched), _state(cold)
+        assert state.keys() == cold_state.keys()
+        assert all(torch.equal(state[k], cold_state[k]) and state[k].dtype == cold_state[k].dtype for k in state)
+        for part in ("scheduler", "unet", "vae"):  # the same configs (a folder component's own path aside)
+            ours, theirs = ({k: v for k, v in getattr(p, part).config.items() if k != "_name_or_path"}
+                            for p in (switched.pipe, cold.pipe))
+            assert ours == theirs, part
+        assert np.array_equal(image, _image(fresh, name)), "the skeleton path changed the image"
+    finally:
+        fresh.shutdown()
+
+
+def test_a_same_architecture_switch_reads_only_the_weights_and_equals_a_cold_load(studio, data):
     first = _switch(studio, DEMO)
     first_state = {k: t.clone() for k, t in _state(first).items()}
     demo_cold = _image(studio, DEMO)
     second = _switch(studio, SECOND)
     assert second.built_from == "skeleton", "a second SD1 folder with the same configs should reuse the skeleton"
     by_skeleton = _image(studio, SECOND)
-    state = _state(second)
-    assert state.keys() == first_state.keys()
-    assert not any(torch.equal(state[k], first_state[k]) for k in state if state[k].numel() > 16 and "norm" not in k
-                   and k.endswith("weight")), "a weight of the first checkpoint was left in the second"
-    fresh = _studio(data, first=SECOND)
-    try:
-        cold = _switch(fresh, SECOND)
-        assert cold.built_from == "files"
-        cold_state = _state(cold)
-        assert all(torch.equal(state[k], cold_state[k]) and state[k].dtype == cold_state[k].dtype for k in state)
-        assert np.array_equal(by_skeleton, _image(fresh, SECOND)), "the skeleton path changed the image"
-    finally:
-        fresh.shutdown()
+    assert _state(second).keys() == first_state.keys()
+    _assert_nothing_left(_state(second), first_state)
+    _assert_same_as_a_cold_load(data, SECOND, second, by_skeleton)
     back = _switch(studio, DEMO)
     assert back.built_from == "skeleton"
     assert np.array_equal(demo_cold, _image(studio, DEMO)), "switching back by the skeleton changed the first image"
@@ -171,3 +192,27 @@ def test_a_flux_switch_takes_the_skeleton_too_and_equals_a_cold_load(tmp_path_fa
         studio.shutdown()
         if fresh is not None:
             fresh.shutdown()
+
+
+def test_an_sd1_single_file_switch_takes_the_skeleton_and_equals_the_ordinary_single_file_load(studio, data):
+    """Two A1111-layout SD1 files of one architecture: the second is assigned into the first's skeleton (keys
+    converted by diffusers' single-file helpers) and equals from_single_file tensor for tensor and bit for bit."""
+    assert _switch(studio, FILE_A).built_from == "files"
+    first_state = {k: t.clone() for k, t in _state(studio.models.active).items()}
+    first_image = _image(studio, FILE_A)
+    second = _switch(studio, FILE_B)
+    assert second.built_from == "skeleton", "a second SD1 single file of the same architecture should reuse it"
+    by_skeleton = _image(studio, FILE_B)
+    _assert_nothing_left(_state(second), first_state)
+    _assert_same_as_a_cold_load(data, FILE_B, second, by_skeleton)
+    assert _switch(studio, FILE_A).built_from == "skeleton"
+    assert np.array_equal(first_image, _image(studio, FILE_A))
+
+
+def test_a_single_file_of_another_architecture_takes_the_full_load(studio):
+    _switch(studio, FILE_A)
+    wide = _switch(studio, FILE_WIDE)
+    assert wide.built_from == "files", "a file with other shapes must never be assigned into the SD1 skeleton"
+    assert tuple(wide.pipe.unet.config.block_out_channels) == (64, 64)
+    _image(studio, FILE_WIDE)
+    assert _switch(studio, FILE_A).built_from == "skeleton"
