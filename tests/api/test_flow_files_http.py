@@ -4,7 +4,7 @@ weights; a GGUF Q4_K file in ComfyUI's models/unet as `unet/<name>` generates wi
 in its infotext and is listed by /atelier/v1/models with its type and footprint; SAI's all-in-one SD3 file switched
 to by `webuiapi`'s util_set_model equals plain diffusers on its folder, and the BFL file loaded in nf4 through the
 models route generates through `webuiapi`; SD3 as a GGUF Q8_0 file in models/unet with its encoders picked from the
-shared folders, and the SD3 folder in nf4; Flux inpaint through `webuiapi` keeps every pixel outside the mask."""
+shared folders, and the SD3 folder in nf4; Flux and SD3 inpaint through `webuiapi` keep every pixel outside the mask."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -166,7 +166,8 @@ def test_the_sd3_folder_in_nf4_through_the_models_route_generates_through_webuia
     assert not server_errors(server)
 
 
-def test_flux_inpaint_through_webuiapi_keeps_every_pixel_outside_the_mask(server):
+@pytest.mark.parametrize("checkpoint", [FOLDER, SD3_FOLDER])
+def test_flux_and_sd3_inpaint_through_webuiapi_keep_every_pixel_outside_the_mask(server, checkpoint):
     rng = np.random.default_rng(0)
     init = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
     mask = Image.new("L", (64, 64), 0)
@@ -174,8 +175,8 @@ def test_flux_inpaint_through_webuiapi_keeps_every_pixel_outside_the_mask(server
     api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
     made = api.img2img(images=[init], mask_image=mask, inpainting_fill=1, inpaint_full_res=False, mask_blur=0,
                        denoising_strength=1.0, prompt="a red fox", width=64, height=64, steps=3, seed=5,
-                       sampler_name="Euler", cfg_scale=1, override_settings={"sd_model_checkpoint": FOLDER})
-    assert f"Model: {FOLDER}" in made.info["infotexts"][0], made.info["infotexts"][0]
+                       sampler_name="Euler", cfg_scale=1, override_settings={"sd_model_checkpoint": checkpoint})
+    assert f"Model: {checkpoint}" in made.info["infotexts"][0], made.info["infotexts"][0]
     out, src = rgb_pixels(made.image), rgb_pixels(init)
     # A lossless PNG both ways and no blur: every pixel outside the mask is the original's, exactly.
     assert np.array_equal(out[:, 32:], src[:, 32:]), "pixels outside the mask must stay exactly as they were"
