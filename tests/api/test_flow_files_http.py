@@ -182,3 +182,13 @@ def test_flux_and_sd3_inpaint_through_webuiapi_keep_every_pixel_outside_the_mask
     assert np.array_equal(out[:, 32:], src[:, 32:]), "pixels outside the mask must stay exactly as they were"
     assert np.abs(out[:, :32] - src[:, :32]).mean() > 5, "pixels inside the mask must be repainted"
     assert not server_errors(server)
+
+
+
+def test_an_sd3_gguf_file_with_flux_sized_shared_encoders_is_refused_naming_the_encoder_file(server):
+    # models/text_encoder's default clip_l is the tiny Flux's (256 wide): it cannot fill this SD3's slot
+    body = {**ARGS, "override_settings": {"sd_model_checkpoint": SD3_GGUF}}
+    refused = assert_json_error(httpx.post(server.url + "/sdapi/v1/txt2img", json=body, timeout=300))
+    assert refused.get("field") == "sd_model_checkpoint", refused
+    assert "text_encoder/clip_l.safetensors" in refused["detail"], refused
+    assert not server_errors(server)
