@@ -3,8 +3,9 @@ file, then the official `webuiapi` client's txt2img — equal to plain diffusers
 weights; a GGUF Q4_K file in ComfyUI's models/unet as `unet/<name>` generates with `Quantization: GGUF Q4_K`
 in its infotext and is listed by /atelier/v1/models with its type and footprint; SAI's all-in-one SD3 file switched
 to by `webuiapi`'s util_set_model equals plain diffusers on its folder, and the BFL file loaded in nf4 through the
-models route generates through `webuiapi`; SD3 as a GGUF Q8_0 file in models/unet with its encoders picked from the
-shared folders equals plain diffusers with that GGUF transformer, and the SD3 folder in nf4; Flux and SD3 inpaint through `webuiapi` keep every pixel outside the mask."""
+models route generates through `webuiapi`; SD3 as a GGUF Q8_0 file in models/unet with its encoders picked from
+the shared folders equals plain diffusers with that GGUF transformer, and the SD3 folder in nf4; Flux and SD3
+inpaint through `webuiapi` keep every pixel outside the mask."""
 from __future__ import annotations
 
 from contextlib import contextmanager
