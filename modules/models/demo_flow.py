@@ -149,8 +149,9 @@ def save_configs(folder: Path, models: Path) -> Path:
     return configs
 
 
-def save_shared_parts(folder: Path, models: Path) -> None:
-    """The folder's text encoders into models/text_encoder (ENCODER_FILES) and its VAE into models/VAE."""
+def save_shared_parts(folder: Path, models: Path, suffix: str = "") -> None:
+    """The folder's text encoders into models/text_encoder (ENCODER_FILES, `suffix` after each name so a second
+    model's encoders sit beside the first's, as a user's clip_l_sd3) and its VAE into models/VAE."""
     from safetensors.torch import save_file
 
     pipe = _load_saved(folder)
@@ -158,6 +159,7 @@ def save_shared_parts(folder: Path, models: Path) -> None:
     encoders = models / "text_encoder"
     encoders.mkdir(parents=True, exist_ok=True)
     for slot, name in ENCODER_FILES[arch]:
+        name = name.replace(".safetensors", suffix + ".safetensors") if name.endswith(".safetensors") else name + suffix
         if name.endswith(".safetensors"):
             save_file(_contiguous(pipe.components[slot].state_dict()), str(encoders / name))
         else:
@@ -206,14 +208,28 @@ def save_sd3_files(folder: Path, models: Path, name: str) -> tuple[Path, Path]:
     return aio, alone
 
 
+def save_sd3_gguf(folder: Path, models: Path, name: str, qtype: str = "Q8_0", suffix: str = "_sd3") -> Path:
+    """The tiny SD3 folder's transformer as a GGUF file in SAI's MMDiT names (as city96's SD3 GGUFs), at
+    models/<name>, with its encoders in models/text_encoder (names + `suffix`), its VAE in models/VAE and
+    configs/sd3. Q8_0: the tiny model's 32-wide rows hold whole Q8_0 blocks, not Q4_K's 256."""
+    from modules.models import sd3_layout
+
+    save_configs(folder, models)
+    save_shared_parts(folder, models, suffix)
+    target = models / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return save_gguf(target, sd3_layout.to_sai(_load_saved(folder).transformer.state_dict()), qtype, arch="sd3")
+
+
 def _contiguous(state: dict) -> dict:
     """Own copies: safetensors refuses tensors that share memory (T5's tied embeddings)."""
     return {k: v.detach().clone().contiguous() for k, v in state.items()}
 
 
-def save_gguf(path: Path, state: dict, qtype: str) -> Path:
-    """A GGUF file of `state` (BFL names, as city96's Flux GGUFs): 2-D weights whose rows fit the type's blocks
-    in `qtype` (Q8_0, Q5_0, Q4_0: the gguf package's quantizers; Q4_K, Q5_K: gguf_kquants'), the rest F32."""
+def save_gguf(path: Path, state: dict, qtype: str, arch: str = "flux") -> Path:
+    """A GGUF file of `state` (BFL / SAI names, as city96's Flux and SD3 GGUFs; `arch` its general.architecture):
+    2-D weights whose rows fit the type's blocks in `qtype` (Q8_0, Q5_0, Q4_0: the gguf package's quantizers;
+    Q4_K, Q5_K: gguf_kquants'), the rest F32."""
     import gguf
     import numpy as np
 
@@ -221,7 +237,7 @@ def save_gguf(path: Path, state: dict, qtype: str) -> Path:
 
     kind = getattr(gguf.GGMLQuantizationType, qtype)
     block = gguf.GGML_QUANT_SIZES[kind][0]
-    writer = gguf.GGUFWriter(str(path), arch="flux")
+    writer = gguf.GGUFWriter(str(path), arch=arch)
     for key, tensor in state.items():
         data = tensor.detach().float().numpy()
         if data.ndim == 2 and key.endswith(".weight") and data.shape[1] % block == 0:
