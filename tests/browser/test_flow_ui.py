@@ -108,6 +108,9 @@ def test_flux_files_gguf_and_nf4_from_the_ui_and_send_to_carries_the_modules(bro
         page.click("#models_load")
         page.wait_for_function("() => document.querySelector('#models_status').innerText.includes('loaded')",
                                timeout=120_000)
+        # the top bar follows the Models tab's load: it names the checkpoint now active
+        page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value"
+                               f" === {FLUX!r}", timeout=30_000)
         open_tab(page, "txt2img")  # the tab generates with the active checkpoint: the one just loaded
         made = _generate_until(page, "txt2img", "Quantization: nf4")
         assert f"Model: {FLUX}," in made, made

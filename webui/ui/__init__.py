@@ -73,6 +73,9 @@ def build_ui(studio):
         components.wire_arch_fields(studio, top["checkpoint"], ui)
         fn, inputs, outputs = top["_on_load"]
         blocks.load(fn, inputs, outputs, queue=False, show_progress="hidden")
+        for comps in ui.values():  # a tab that loads or unloads a checkpoint: the top bar shows what is active now
+            for event in comps.get("_checkpoint_events", []):
+                event.then(fn, inputs, outputs, queue=False, show_progress="hidden")
         gradio_api.control_endpoints(studio)
         log.debug("Gradio API endpoints: %s", gradio_api.keep_only_public(blocks))  # before the config is made
     blocks.atelier_components = ui  # for tests and extensions that want to reach a built tab

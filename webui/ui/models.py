@@ -131,8 +131,8 @@ def build(studio) -> dict:
             raise gr.Error(str(exc)) from None
         return *show(kind), said
 
-    c["load"].click(load, [c["name"], c["kind"], c["dtype"], c["quantization"], c["double_quant"], c["t5"]],
-                    [*outs, c["status"]], concurrency_id="gpu")
+    loaded = c["load"].click(load, [c["name"], c["kind"], c["dtype"], c["quantization"], c["double_quant"],
+                                    c["t5"]], [*outs, c["status"]], concurrency_id="gpu")
 
     def unload(name, kind):
         if not studio.ready.is_set():
@@ -146,7 +146,8 @@ def build(studio) -> dict:
                 raise gr.Error(str(exc)) from None
         return show(kind)
 
-    c["unload"].click(unload, [c["name"], c["kind"]], outs, concurrency_id="gpu")
+    unloaded = c["unload"].click(unload, [c["name"], c["kind"]], outs, concurrency_id="gpu")
+    c["_checkpoint_events"] = [loaded, unloaded]  # the top bar's checkpoint box follows them (webui/ui/__init__.py)
 
     def download(source, kind):
         source = (source or "").strip()
