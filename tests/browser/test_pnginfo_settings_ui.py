@@ -44,7 +44,6 @@ def test_png_info_send_to_txt2img(page, tmp_path):
 
 def test_settings_apply_persists_to_config_json(page, live_server):
     open_tab(page, "Settings")
-    page.wait_for_timeout(800)  # opening the tab re-reads the live settings into the fields; let that land
     set_number(page, "setting_show_progress_every_n_steps", 5)
     page.locator("#setting_save_images_default input[type=checkbox]").uncheck()
     page.click("#settings_submit")
@@ -61,7 +60,6 @@ def test_settings_apply_persists_to_config_json(page, live_server):
 
 def test_a_task_section_is_saved_under_tasks(page, live_server):
     open_tab(page, "Settings")
-    page.wait_for_timeout(800)
     page.locator("#settings_section_models").get_by_text("models").first.click()
     set_number(page, "setting_models_ram_budget_gb", 20)
     page.click("#settings_submit")
@@ -72,3 +70,23 @@ def test_a_task_section_is_saved_under_tasks(page, live_server):
     page.click("#settings_submit")
     page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('Saved 1')")
     assert json.loads((live_server.data_dir / "config.json").read_text())["tasks"]["models"]["ram_budget_gb"] == 0
+
+
+def test_opening_settings_shows_a_change_made_through_the_api_and_keeps_what_is_typed(page, live_server):
+    import httpx
+
+    # The page was built before this change: opening the tab brings it in, and leaves the other fields alone.
+    r = httpx.post(live_server.url + "/sdapi/v1/options", json={"show_progress_every_n_steps": 7}, timeout=30)
+    assert r.status_code == 200, r.text
+    try:
+        open_tab(page, "Settings")
+        page.wait_for_function("() => document.querySelector('#setting_show_progress_every_n_steps "
+                               "input[type=number]').value === '7'")
+        page.locator("#settings_section_models").get_by_text("models").first.click()
+        set_number(page, "setting_models_ram_budget_gb", 3)
+        page.get_by_role("tab", name="txt2img", exact=True).click()
+        open_tab(page, "Settings")  # opened again: the server has not changed it, so the typed 3 stays
+        page.wait_for_timeout(500)
+        assert page.locator("#setting_models_ram_budget_gb input[type=number]").first.input_value() == "3"
+    finally:
+        httpx.post(live_server.url + "/sdapi/v1/options", json={"show_progress_every_n_steps": 2}, timeout=30)

@@ -92,6 +92,14 @@ def build(studio) -> dict:
     def _value(ann, value):
         return int(value) if ann is int and isinstance(value, float) else value
 
+    def live_values() -> list:
+        now = studio.settings.get().model_dump()
+        return [now[n] for n in names] + [studio.settings.section(sec).model_dump()[n] for sec, n in section_fields]
+
+    # What this page last got from the server: opening the tab updates only the fields the server changed since
+    # (the API, another page), so a value typed while the tab opens is never overwritten by the same old value.
+    synced = gr.State(live_values())
+
     def save(*values):
         given = dict(zip(keys, values))
         now = studio.settings.get().model_dump()
@@ -103,7 +111,7 @@ def build(studio) -> dict:
             if value != studio.settings.section(sec).model_dump()[name]:
                 by_section.setdefault(sec, {})[name] = value
         if not changes and not by_section:
-            return "Nothing changed."
+            return "Nothing changed.", live_values()
         try:
             if changes:
                 studio.settings.update(changes)
@@ -112,15 +120,15 @@ def build(studio) -> dict:
         except AtelierError as exc:
             raise gr.Error(str(exc), title="Setting not saved") from None
         saved = sorted(changes) + [f"{sec}.{n}" for sec, vs in by_section.items() for n in vs]
-        return f"Saved {len(saved)} setting(s) to config.json: {', '.join(saved)}."
+        return f"Saved {len(saved)} setting(s) to config.json: {', '.join(saved)}.", live_values()
 
-    c["save"].click(save, [fields[k] for k in keys], [c["result"]], queue=False)
+    c["save"].click(save, [fields[k] for k in keys], [c["result"], synced], queue=False)
 
-    def reload():
-        now = studio.settings.get().model_dump()
-        return [now[n] for n in names] + [studio.settings.section(sec).model_dump()[n] for sec, n in section_fields]
+    def reload(last: list):
+        live = live_values()
+        return [value if value != before else gr.skip() for value, before in zip(live, last)] + [live]
 
-    c["_on_show"] = (reload, None, [fields[k] for k in keys])
+    c["_on_show"] = (reload, [synced], [*(fields[k] for k in keys), synced])
     return c
 
 
