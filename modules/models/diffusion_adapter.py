@@ -113,7 +113,7 @@ class DiffusionAdapter:
 
         device = actx.device
         t5_storage.check(options, entry.arch, device.name)  # before the read: a refusal costs nothing
-        if options.modules and (entry.format not in ("safetensors", "gguf") or entry.arch not in flow_files.ARCHS):
+        if options.modules and not flow_files.takes_modules(entry):
             raise InvalidRequest(f"{entry.name} brings its own text encoders and VAE: forge_additional_modules "
                                  "choose them for transformer-only Flux / SD3 files; leave it out",
                                  flow_files.MODULES_FIELD)

@@ -44,6 +44,11 @@ _TRANSFORMERS = {"flux": "FluxTransformer2DModel", "sd3": "SD3Transformer2DModel
 _CLIP_WIDTHS = {768: "clip_l", 1280: "clip_g"}
 
 
+def takes_modules(entry: ModelEntry) -> bool:
+    """A Flux / SD3 file (safetensors, GGUF) may take shared modules; a diffusers folder brings its own."""
+    return entry.format in ("safetensors", "gguf") and entry.arch in ARCHS
+
+
 def config_source(entry: ModelEntry, paths, kind: detect.CheckpointKind) -> Path | None:
     """The diffusers config folder of this file's variant: sidecar, models/configs/<variant>/, HF cache."""
     sidecar = entry.path.with_name(entry.path.stem + SIDECAR_SUFFIX)
@@ -339,8 +344,10 @@ def load_text_encoder(source: Path | dict, slot_config: Path, dtype, keep_fp8: b
             return t5_storage.load_fp8_encoder(cls, model_config, state, dtype)
         return cls.from_pretrained(None, config=model_config, state_dict=state, torch_dtype=dtype)
     except Exception as exc:
+        fix = "" if isinstance(source, dict) else (f"; pick one that fits in the VAE / Text Encoder picker "
+                                                    f"({MODULES_FIELD})")
         raise ModelLoadError(f"{where}: could not be loaded as {cls.__name__}: {type(exc).__name__}: "
-                             f"{str(exc)[:300]}", FIELD) from None
+                             f"{str(exc)[:300]}{fix}", FIELD) from None
 
 
 def _vae_channels(path: Path) -> int | None:

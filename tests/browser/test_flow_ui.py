@@ -4,7 +4,9 @@ distilled value in its infotext; an SD3 checkpoint generates from the same tab w
 SD demo, tiling and CFG 7 return. A kohya Flux LoRA in the prompt reaches the image. A transformer-only Flux file
 chosen in the top bar shows the VAE / Text Encoder picker and writes Forge's Module 1, 2, … keys; "Send to
 img2img" carries them into img2img's picker and its image says them again; a GGUF file in models/unet and an nf4
-load from the Models tab generate from the same tab and say so; PNG Info's send fills the picker too."""
+load from the Models tab generate from the same tab and say so; PNG Info's send fills the picker too. SD3's
+all-in-one file, an SD3 GGUF whose default encoders do not fit (the top bar refuses it by name; its modules picked,
+the tab generates with it) and the SD3 folder in nf4 from the Models tab generate the same way."""
 from __future__ import annotations
 
 import re
@@ -17,17 +19,21 @@ from tests.conftest import make_data_dir, start_live_server
 
 FLUX, SD3 = "tiny-flux-dev", "tiny-sd3"
 BFL, GGUF = "tiny-flux-bfl.safetensors", "unet/tiny-flux-Q4_K.gguf"
+SD3_AIO, SD3_GGUF = "tiny-sd3-file-aio.safetensors", "unet/tiny-sd3-Q8_0.gguf"
+SD3_MODULES = ("sd3_vae", "clip_l_sd3", "clip_g_sd3", "t5xxl_sd3")  # its encoders: the Flux-sized defaults do not fit
 
 
 @pytest.fixture(scope="module")
 def flow_server(tmp_path_factory, demo_checkpoint):
-    from modules.models.demo_flow import save_demo_flow
+    from modules.models.demo_flow import save_demo_flow, save_sd3_files, save_sd3_gguf
     from tests.fixtures_flow_loras import save_server_loras
     from tests.fixtures_models import save_flux_file_set
 
     data = make_data_dir(tmp_path_factory.mktemp("flow-ui"), demo_checkpoint)
     save_demo_flow(data / "models" / "Stable-diffusion" / FLUX, "flux", seed=1)
-    save_demo_flow(data / "models" / "Stable-diffusion" / SD3, "sd3", seed=2)
+    sd3 = save_demo_flow(data / "models" / "Stable-diffusion" / SD3, "sd3", seed=2)
+    save_sd3_files(sd3, data / "models", "tiny-sd3-file")  # SAI's all-in-one file (+ a transformer-only one)
+    save_sd3_gguf(sd3, data / "models", SD3_GGUF)  # its encoders as clip_l_sd3, clip_g_sd3, t5xxl_sd3, sd3_vae
     save_flux_file_set(data / "models", "tiny-flux-wide", {"Q4_K": GGUF})
     save_server_loras(data / "models")
     server = start_live_server(data)
@@ -131,3 +137,40 @@ def test_flux_files_gguf_and_nf4_from_the_ui_and_send_to_carries_the_modules(bro
             picker.get_by_text(name, exact=True).wait_for(timeout=30_000)
         assert page.locator("#txt2img_distilled_cfg_scale input[type=number]").input_value() == "4.5"
 
+
+
+def test_sd3_single_file_gguf_with_picked_modules_and_nf4_from_the_ui(browser, flow_server):
+    with page_of(browser, flow_server) as page:
+        picker = page.locator("#txt2img_forge_modules")
+        page.fill("#txt2img_prompt textarea", "a red fox")
+        small_run(page, "txt2img", steps=3, size=64)
+        # SAI's all-in-one file: its own encoders and VAE.
+        choose(page, "setting_sd_model_checkpoint", SD3_AIO)
+        page.wait_for_function("() => document.querySelector('#txt2img_sampling input').value === 'Euler'",
+                               timeout=120_000)
+        info = _generate_until(page, "txt2img", "Model: tiny-sd3-file-aio")
+        assert "Module 1" not in info and "Quantization" not in info, info
+        # The GGUF file: the top bar's switch refuses the Flux-sized default encoders by name and says what to do.
+        choose(page, "setting_sd_model_checkpoint", SD3_GGUF)
+        refusal = page.locator(".toast-body").filter(has_text="clip_l.safetensors")
+        refusal.wait_for(timeout=120_000)
+        assert "VAE / Text Encoder" in refusal.inner_text()
+        picker.wait_for(state="visible")  # a file that takes modules: the picker is there
+        for name in SD3_MODULES:
+            choose(page, "txt2img_forge_modules", name)
+        made = _generate_until(page, "txt2img", "Quantization: GGUF")
+        assert "Quantization: GGUF Q8_0" in made and "Model: tiny-sd3-Q8_0" in made, made
+        assert "Module 1: sd3_vae, Module 2: clip_l_sd3, Module 3: clip_g_sd3, Module 4: t5xxl_sd3" in made, made
+        # nf4 from the Models tab: the folder brings its own encoders, so the picker empties and hides.
+        open_tab(page, "Models")
+        choose(page, "models_name", SD3)
+        choose(page, "models_quantization", "nf4")
+        page.click("#models_load")
+        page.wait_for_function("() => document.querySelector('#models_status').innerText.includes('loaded')",
+                               timeout=120_000)
+        page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value"
+                               f" === {SD3!r}", timeout=30_000)
+        open_tab(page, "txt2img")
+        picker.wait_for(state="hidden")
+        made = _generate_until(page, "txt2img", "Quantization: nf4")
+        assert f"Model: {SD3}," in made and "Module 1" not in made, made

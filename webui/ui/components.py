@@ -174,10 +174,13 @@ def params_block(studio, tab: str, hires: bool) -> dict:
                                          visible=checkpoint_arch(studio, active_checkpoint(studio)) == "flux",
                                          elem_id=f"{tab}_distilled_cfg_scale")
     # Forge's VAE / Text Encoder picker (forge_additional_modules): the shared files a transformer-only Flux / SD3
-    # file takes; empty takes models/text_encoder's and models/VAE's defaults. Shown for Flux / SD3 only.
+    # file takes; empty takes models/text_encoder's and models/VAE's defaults. Shown for Flux / SD3 files only.
     c["forge_modules"] = gr.Dropdown(module_choices(studio), value=[], multiselect=True, allow_custom_value=True,
                                      label="VAE / Text Encoder", elem_id=f"{tab}_forge_modules",
-                                     visible=checkpoint_arch(studio, active_checkpoint(studio)) in ("flux", "sd3"))
+                                     visible=takes_modules(studio, active_checkpoint(studio)))
+    # The top bar's choice (wire_arch_fields keeps it): with modules picked, the job loads that checkpoint with them,
+    # as Forge does — a GGUF / transformer-only file whose default encoders do not fit loads only so.
+    c["chosen_checkpoint"] = gr.State(active_checkpoint(studio))
     with gr.Row(equal_height=True):
         c["seed"] = gr.Number(-1, label="Seed", precision=0, elem_id=f"{tab}_seed", scale=5, minimum=-1)
         c["random_seed"] = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
@@ -266,11 +269,25 @@ def checkpoint_arch(studio, name: str | None) -> str | None:
         return None
 
 
+def takes_modules(studio, name: str | None) -> bool:
+    """Whether the checkpoint `name` is a Flux / SD3 file that takes the VAE / Text Encoder picker's modules."""
+    from modules.errors import AtelierError
+    from modules.models.flow_files import takes_modules as entry_takes_modules
+
+    if not name:
+        return False
+    try:
+        return entry_takes_modules(studio.registry.get("checkpoint", name))
+    except AtelierError:
+        return False
+
+
 def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
     """The fields follow the top bar's checkpoint (chosen, or switched by the API), as Forge's UI presets do:
     Flux and SD3 hide tiling (not there for them yet) and take the Euler sampler; Flux shows
-    Distilled CFG Scale and starts at CFG 1 (true CFG off); both show the VAE / Text Encoder picker; back on a UNet
-    checkpoint, CFG 1 goes back to 7."""
+    Distilled CFG Scale and starts at CFG 1 (true CFG off); their files show the VAE / Text Encoder picker (each
+    tab keeps the choice: with modules picked, a job loads it with them); back on a UNet checkpoint, CFG 1 goes
+    back to 7."""
     import gradio as gr
 
     from modules.diffusion.flow import DISTILLED_CFG_DEFAULT, is_flow
@@ -283,11 +300,11 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
     for comps in panels:
         inputs += [comps["sampler_name"], comps["cfg_scale"]]
         outputs += [comps["distilled_cfg_scale"], comps["tiling"], comps["sampler_name"], comps["cfg_scale"],
-                    comps["forge_modules"]]
+                    comps["forge_modules"], comps["chosen_checkpoint"]]
 
     def follow(name, before, *values):
         arch = checkpoint_arch(studio, name)
-        flow = arch is not None and is_flow(arch)
+        flow, modules = arch is not None and is_flow(arch), takes_modules(studio, name)
         updates: list = [arch]
         for comps, (sampler, cfg) in zip(panels, zip(values[0::2], values[1::2])):
             if arch == "flux" and before != "flux":
@@ -301,8 +318,8 @@ def wire_arch_fields(studio, checkpoint, tabs: dict[str, dict]) -> None:
             updates += [distilled,
                         gr.Checkbox(visible=not flow, value=False) if flow else gr.Checkbox(visible=True),
                         gr.Dropdown(value="Euler") if flow and sampler != "Euler" else gr.skip(), cfg_update,
-                        # Off a flow checkpoint the picker empties: the others refuse forge_additional_modules.
-                        gr.Dropdown(visible=True) if flow else gr.Dropdown(visible=False, value=[])]
+                        # Off a Flux / SD3 file the picker empties: the others refuse forge_additional_modules.
+                        gr.Dropdown(visible=True) if modules else gr.Dropdown(visible=False, value=[]), name]
         return updates
 
     checkpoint.change(follow, inputs, outputs, queue=False, show_progress="hidden", api_visibility="private")

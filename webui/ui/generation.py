@@ -24,15 +24,17 @@ def make_request(request_cls, values: dict, prepare: Callable[[dict], dict] | No
     """UI values (request field names + helpers) → the request the API builds too, validated by it alone.
 
     Only what the widgets add is handled here: helpers start with "_" (the hidden variation-seed row
-    means no variation; the VAE / Text Encoder picker is forge_additional_modules), and `prepare` turns a
+    means no variation; the VAE / Text Encoder picker is forge_additional_modules, for the top bar's `_checkpoint`), and `prepare` turns a
     tab's image widgets into request fields."""
     from modules.requests import parse_request
 
     body = {k: v for k, v in values.items() if not k.startswith("_")}
     if not values.get("_seed_extra", True):
         body["subseed_strength"] = 0.0
-    if values.get("_modules"):  # the VAE / Text Encoder picker: Forge's override setting, as its API clients send it
-        body["override_settings"] = {**body.get("override_settings", {}),
+    if values.get("_modules"):  # the VAE / Text Encoder picker: Forge's override setting, as its API clients send it,
+        # for the top bar's checkpoint (chosen, even where its switch refused the default encoders)
+        chosen = {"sd_model_checkpoint": values["_checkpoint"]} if values.get("_checkpoint") else {}
+        body["override_settings"] = {**body.get("override_settings", {}), **chosen,
                                      "forge_additional_modules": list(values["_modules"])}
     if prepare is not None:
         body = prepare(body)

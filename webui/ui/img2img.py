@@ -58,7 +58,8 @@ def build(studio) -> dict:
     wire_interrogate(studio, c["interrogate"], c["image"], c["prompt"])
     fields = {k: c[k] for k in c if k in Img2ImgRequest.model_fields or k == "image"}
     generation.wire_generation(studio, TAB, "img2img", Img2ImgRequest, fields,
-                               {"_seed_extra": c["seed_extra"], "_modules": c["forge_modules"]}, c,
+                               {"_seed_extra": c["seed_extra"], "_modules": c["forge_modules"],
+                                "_checkpoint": c["chosen_checkpoint"]}, c,
                                prepare=prepare)
     gradio_api.generation_endpoint(studio, "img2img", "img2img", Img2ImgRequest, c, {"image": c["image"]},
                                    prepare=prepare)

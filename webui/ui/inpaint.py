@@ -102,7 +102,8 @@ def build(studio) -> dict:
 
     fields = {k: c[k] for k in c if k in Img2ImgRequest.model_fields or k in ("editor", "mask_upload")}
     generation.wire_generation(studio, TAB, "img2img", Img2ImgRequest, fields,
-                               {"_seed_extra": c["seed_extra"], "_modules": c["forge_modules"]}, c,
+                               {"_seed_extra": c["seed_extra"], "_modules": c["forge_modules"],
+                                "_checkpoint": c["chosen_checkpoint"]}, c,
                                prepare=prepare)
 
     # /inpaint for scripts: an image and a mask file (white = repaint) instead of strokes on the editor

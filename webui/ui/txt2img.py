@@ -23,7 +23,8 @@ def build(studio) -> dict:
     c.update(r)
     fields = {k: c[k] for k in request_field_names(c)} | xyz_ui.inputs(c)
     generation.wire_generation(studio, TAB, "txt2img", Txt2ImgRequest, fields,
-                               {"_seed_extra": c["seed_extra"], "_modules": c["forge_modules"]}, c,
+                               {"_seed_extra": c["seed_extra"], "_modules": c["forge_modules"],
+                                "_checkpoint": c["chosen_checkpoint"]}, c,
                                prepare=xyz_ui.prepare)
     gradio_api.generation_endpoint(studio, "txt2img", "txt2img", Txt2ImgRequest, c, {})
     return c
