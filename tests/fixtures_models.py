@@ -243,3 +243,23 @@ def save_fp8_t5_file(t5_folder: Path, target: Path) -> Path:
     fp8 = {k: (v.to(torch.float8_e4m3fn) if v.ndim == 2 else v).contiguous() for k, v in state.items()}
     save_file(fp8, str(target))
     return target
+
+
+def bnb_nf4_dequantized(path: Path) -> dict:
+    """The file's transformer in diffusers' names, every packed weight through bitsandbytes' own QuantState.from_dict
+    + dequantize_4bit in float32 (the compute dtype here), every other tensor as stored."""
+    import bitsandbytes.functional as bnb_f
+    import torch
+    from safetensors.torch import load_file
+
+    from modules.models import flux_layout
+
+    state = {k: v for k, v in load_file(str(path)).items() if k.startswith("model.diffusion_model.")}
+    out = {}
+    for key in [k for k in state if k.endswith(".weight") and state[k].dtype == torch.uint8]:
+        stats = {k[len(key) + 1:]: state.pop(k) for k in list(state) if k.startswith(key + ".")}
+        quant_state = bnb_f.QuantState.from_dict(stats, device="cpu")
+        quant_state.dtype = torch.float32
+        out[key] = bnb_f.dequantize_4bit(state.pop(key), quant_state)
+    out.update({k: v.float() for k, v in state.items()})
+    return flux_layout.to_diffusers(out)

@@ -185,6 +185,42 @@ def save_flux_files(folder: Path, models: Path, name: str) -> Path:
     return target
 
 
+# Forge's all-in-one prefixes of the parts a Flux file may bundle (flow_files reads them back).
+FLUX_BUNDLED = (("text_encoders.clip_l.transformer.", "text_encoder"), ("text_encoders.t5xxl.transformer.",
+                                                                       "text_encoder_2"), ("vae.", "vae"))
+
+
+def save_flux_bnb_nf4(folder: Path, models: Path, name: str, nested: bool = False, all_in_one: bool = False) -> Path:
+    """The tiny Flux folder's transformer as Forge's pre-quantized bitsandbytes nf4 file (lllyasviel's
+    flux1-dev-bnb-nf4; `nested`: v1's double quantization, else v2's float32 absmax) at
+    models/Stable-diffusion/<name>.safetensors, in BFL names under model.diffusion_model.: every Linear weight (the
+    2-D ones) packed by bitsandbytes' own quantize_4bit (nf4, blocksize 64) from bf16, its
+    QuantState.as_dict(packed=True) beside it, the rest bf16; `all_in_one` bundles CLIP-L, T5 and the VAE under
+    Forge's prefixes. + configs/flux-dev; the shared encoders and VAE are save_flux_files'."""
+    import bitsandbytes.functional as bnb_f
+    import torch
+    from safetensors.torch import save_file
+
+    from modules.models import flux_layout
+
+    save_configs(folder, models)
+    pipe = _load_saved(folder)
+    out = {}
+    for key, tensor in flux_layout.to_bfl(pipe.transformer.state_dict()).items():
+        key, tensor = "model.diffusion_model." + key, tensor.to(torch.bfloat16)
+        if tensor.ndim == 2 and key.endswith(".weight"):
+            out[key], quant_state = bnb_f.quantize_4bit(tensor, blocksize=64, compress_statistics=nested,
+                                                        quant_type="nf4")
+            out.update({f"{key}.{part}": value for part, value in quant_state.as_dict(packed=True).items()})
+        else:
+            out[key] = tensor
+    for prefix, slot in FLUX_BUNDLED if all_in_one else ():
+        out.update({prefix + k: v for k, v in pipe.components[slot].state_dict().items()})
+    target = models / "Stable-diffusion" / f"{name}.safetensors"
+    save_file(_contiguous(out), str(target))
+    return target
+
+
 def save_sd3_files(folder: Path, models: Path, name: str) -> tuple[Path, Path]:
     """The tiny SD3 folder as single files: `<name>-aio.safetensors`, all in one as SAI ships them (the transformer
     in SAI's MMDiT names under model.diffusion_model.joint_blocks…, the encoders under text_encoders.clip_l /

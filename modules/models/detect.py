@@ -48,6 +48,7 @@ class CheckpointKind:
     refiner: bool = False
     variant: str = ""  # flux / sd3: flux-dev, flux-schnell, sd3, sd35_medium, sd35_large (diffusers' names)
     layout: str = ""  # flux / sd3: "bfl" (BFL / SAI / ComfyUI key names) or "diffusers"
+    prequantized: bool = False  # Forge's bitsandbytes nf4 file: packed weights + their quant state (bnb_nf4.py)
 
     @property
     def hub_key(self) -> str:
@@ -72,11 +73,20 @@ def checkpoint_kind(path: Path) -> CheckpointKind:
 
 
 _DIFFUSION_PREFIX = "model.diffusion_model."
+BNB_NF4_STATE = ".quant_state.bitsandbytes__nf4"  # bitsandbytes' packed quant state of one nf4 weight
 
 
 def flow_kind_from_keys(keys) -> CheckpointKind | None:
     """Flux / SD3 of a transformer file, by its top-level key names (BFL / SAI as Forge and ComfyUI keep
-    them, or diffusers'; with or without `model.diffusion_model.`); None for anything else."""
+    them, or diffusers'; with or without `model.diffusion_model.`), and whether its weights are Forge's
+    pre-quantized bitsandbytes nf4; None for anything else."""
+    kind = _flow_kind(keys)
+    if kind is not None and any(k.endswith(BNB_NF4_STATE) for k in keys):
+        kind.prequantized = True
+    return kind
+
+
+def _flow_kind(keys) -> CheckpointKind | None:
     names = {k[len(_DIFFUSION_PREFIX):] if k.startswith(_DIFFUSION_PREFIX) else k for k in keys}
     tops = {n.split(".", 1)[0] for n in names}
     if {"double_blocks", "single_blocks"} <= tops:  # BFL: guidance_in is Flux-dev's distilled guidance

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modules.errors import InvalidRequest
-from modules.models import flow_files, loaders, lora, memory, skeleton, skeleton_file, speed, torch_compile
+from modules.models import bnb_nf4, flow_files, loaders, lora, memory, skeleton, skeleton_file, speed, torch_compile
 from modules.models.adapters import AdapterContext, Loaded
 from modules.models.quant import LoadOptions
 from modules.models.registry import ModelEntry
@@ -118,18 +118,19 @@ class DiffusionAdapter:
                                  "choose them for transformer-only Flux / SD3 files; leave it out",
                                  flow_files.MODULES_FIELD)
         dtype = options.torch_dtype(device.dtype)
+        used = bnb_nf4.load_options(entry, options)  # a pre-quantized nf4 file stays nf4 (the options kept asked)
         # A big file is hashed (once, then cached) while it loads: both read the same pages.
         hasher = None
         if entry.sha256 is None:
             hasher = threading.Thread(target=actx.registry.ensure_hash, args=(entry,), name="atelier-hash", daemon=True)
             hasher.start()
         try:
-            pipe, arch, built_from = self._read(actx, entry, options, dtype)
+            pipe, arch, built_from = self._read(actx, entry, used, dtype)
         finally:
             if hasher is not None:
                 hasher.join()
         pipe.set_progress_bar_config(disable=True)
-        quantization = quant.quantize_pipeline(pipe, options, device.name)
+        quantization = quant.quantize_pipeline(pipe, used, device.name)
         t5 = t5_storage.apply(pipe, arch, options, device.name)
         ckpt = LoadedCheckpoint(entry=entry, pipe=pipe, arch=arch, options=options, quantization=quantization,
                                 t5_storage=t5, footprint=memory.footprint_bytes(pipe), built_from=built_from,

@@ -14,8 +14,9 @@ models/configs/<variant>/ or the Hugging Face cache; a component a config folder
 loaded from there when the shared folders lack it. What is missing is named with where to put it.
 
 Quantization: a GGUF file loads through diffusers' GGUFQuantizationConfig (dequantized layer by layer as it
-runs); bitsandbytes nf4 / int8 of the transformer through diffusers' BitsAndBytesConfig on CUDA, and on the
-CPU by quant.py's layer swap after loading.
+runs); Forge's pre-quantized bitsandbytes nf4 files are dequantized first (bnb_nf4.py), then kept in nf4;
+bitsandbytes nf4 / int8 of the transformer through diffusers' BitsAndBytesConfig on CUDA, and on the CPU by
+quant.py's layer swap after loading.
 """
 from __future__ import annotations
 
@@ -130,6 +131,10 @@ def load_file(entry: ModelEntry, kind: detect.CheckpointKind | None, dtype, path
     if config is None:
         raise ModelLoadError(missing_config_message(entry, kind, paths), FIELD)
     state = read_state(entry)
+    if kind.prequantized:  # Forge's bnb-nf4 file: plain tensors for the BFL path (quantized again after)
+        from modules.models import bnb_nf4
+
+        state = bnb_nf4.dequantize_state(state, dtype, entry.name)
     keep_fp8 = options is None or options.t5 != "int8"  # int8 is made from the upcast weights
     wanted = options.modules if options is not None else ()
     components = shared_components(entry, kind, config, paths, dtype, _bundled(state), keep_fp8, wanted)

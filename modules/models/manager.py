@@ -439,8 +439,8 @@ class ModelManager:
                     "active": bool(loaded is not None and self._active.get(kind) == loaded.key),
                     "in_use": bool(slot and slot.pinned),
                     "footprint_bytes": loaded.footprint if loaded else 0,
-                    "quantization": opts.label()
-                    or (e.metadata.get("quantization") if e.format == "gguf" else None),  # a GGUF file's own type
+                    "quantization": opts.label()  # else a file's own: a GGUF type, Forge's pre-quantized nf4
+                    or (e.metadata.get("quantization") if e.format in ("gguf", "safetensors") else None),
                     "t5": opts.t5,  # Flux / SD3: T5's storage (t5_storage.py)
                     "loadable": kind in self._adapters,
                     "demo": e.path.is_dir() and is_demo(e.path),  # random weights: the UI says so
@@ -525,7 +525,10 @@ class ModelManager:
 
 
 def _estimate_bytes(entry: ModelEntry, opts: LoadOptions) -> int:
-    """Weights in memory before loading them: the files' size, scaled by the quantization asked for."""
+    """Weights in memory before loading them: the files' size, scaled by the quantization asked for (a file
+    quantized already — GGUF, Forge's nf4 — stays about its size)."""
+    if entry.metadata.get("quantization"):
+        return entry.size
     scale = {"none": 1.0, "int8": 0.55, "nf4": 0.35, "fp4": 0.35}[opts.quantization]
     return int(entry.size * scale)
 

@@ -94,7 +94,12 @@ def _describe(entry: ModelEntry) -> None:
         elif entry.format != "safetensors":
             return
         elif entry.kind == "checkpoint":
-            entry.arch = detect.checkpoint_kind(entry.path).arch
+            kind = detect.checkpoint_kind(entry.path)
+            entry.arch = kind.arch
+            if kind.prequantized:  # Forge's bnb-nf4 file: its own quantization, as a GGUF file's type
+                from modules.models import bnb_nf4
+
+                entry.metadata = {"variant": kind.variant, "quantization": bnb_nf4.LABEL}
         elif entry.kind == "lora":
             entry.arch = detect.lora_arch(entry.path)
             entry.metadata = detect.read_header(entry.path).metadata

@@ -1,11 +1,13 @@
 """Flux single files through a real server: the A1111 switch (POST /sdapi/v1/options) to a BFL transformer-only
 file, then the official `webuiapi` client's txt2img — equal to plain diffusers on the folder of the same
 weights; a GGUF Q4_K file in ComfyUI's models/unet as `unet/<name>` generates with `Quantization: GGUF Q4_K`
-in its infotext and is listed by /atelier/v1/models with its type and footprint; SAI's all-in-one SD3 file switched
-to by `webuiapi`'s util_set_model equals plain diffusers on its folder, and the BFL file loaded in nf4 through the
-models route generates through `webuiapi`; SD3 as a GGUF Q8_0 file in models/unet with its encoders picked from
-the shared folders equals plain diffusers with that GGUF transformer, and the SD3 folder in nf4; Flux and SD3
-inpaint through `webuiapi` keep every pixel outside the mask."""
+in its infotext and is listed by /atelier/v1/models with its type and footprint; Forge's pre-quantized bnb-nf4
+file switched to by override_settings generates with `Quantization: nf4`, equal to plain diffusers on its
+dequantized weights; SAI's all-in-one SD3 file switched to by `webuiapi`'s util_set_model equals plain diffusers
+on its folder, and the BFL file loaded in nf4 through the models route generates through `webuiapi`; SD3 as a
+GGUF Q8_0 file in models/unet with its encoders picked from the shared folders equals plain diffusers with that
+GGUF transformer, and the SD3 folder in nf4; Flux and SD3 inpaint through `webuiapi` keep every pixel outside
+the mask."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -22,6 +24,7 @@ from tests.fixtures_flow_loras import save_kohya_flux_lora
 from tests.support import rgb_pixels
 
 FOLDER, BFL, GGUF = "tiny-flux-wide", "tiny-flux-bfl.safetensors", "unet/tiny-flux-Q4_K.gguf"
+NF4 = "tiny-flux-bnb-nf4-v2.safetensors"  # Forge's pre-quantized bitsandbytes nf4 file (lllyasviel's v2 layout)
 SD3_FOLDER, SD3_AIO, SD3_GGUF = "tiny-sd3", "tiny-sd3-file-aio.safetensors", "unet/tiny-sd3-Q8_0.gguf"
 # SD3's tiny encoders beside Flux's (other widths), picked as a Forge user picks them: the VAE, then the encoders.
 SD3_MODULES = ["sd3_vae.safetensors", "clip_l_sd3", "clip_g_sd3", "t5xxl_sd3"]
@@ -33,9 +36,10 @@ def server(tmp_path_factory, demo_checkpoint):
     from tests.fixtures_models import save_flux_file_set
 
     data = make_data_dir(tmp_path_factory.mktemp("flow-files-server"), demo_checkpoint)
-    from modules.models.demo_flow import save_demo_flow, save_sd3_files, save_sd3_gguf
+    from modules.models.demo_flow import save_demo_flow, save_flux_bnb_nf4, save_sd3_files, save_sd3_gguf
 
     folder = save_flux_file_set(data / "models", FOLDER, {"Q4_K": GGUF})
+    save_flux_bnb_nf4(folder, data / "models", NF4.removesuffix(".safetensors"))
     sd3 = save_demo_flow(data / "models" / "Stable-diffusion" / SD3_FOLDER, "sd3", seed=4)
     save_sd3_files(sd3, data / "models", "tiny-sd3-file")  # all in one: no shared encoders in models/text_encoder
     save_sd3_gguf(sd3, data / "models", SD3_GGUF)  # its encoders as clip_l_sd3, clip_g_sd3, t5xxl_sd3
@@ -47,19 +51,26 @@ def server(tmp_path_factory, demo_checkpoint):
     s.stop()
 
 
-def test_an_a1111_switch_to_a_bfl_file_then_webuiapi_equals_plain_diffusers(server):
+def plain_flux(server, transformer_state: dict | None = None):
+    """Plain diffusers' image of ARGS on the tiny Flux folder (its transformer's weights replaced by
+    `transformer_state` when given); cfg_scale 1 is Forge's distilled guidance 3.5."""
     import torch
     from diffusers import FluxPipeline
 
+    pipe = FluxPipeline.from_pretrained(str(server.flux_folder), local_files_only=True)
+    if transformer_state is not None:
+        pipe.transformer.load_state_dict(transformer_state)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe(ARGS["prompt"], num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
+                generator=torch.Generator().manual_seed(5)).images[0]
+
+
+def test_an_a1111_switch_to_a_bfl_file_then_webuiapi_equals_plain_diffusers(server):
     switched = httpx.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": BFL}, timeout=300)
     assert switched.status_code == 200, switched.text
     api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
     result = api.txt2img(**ARGS)
-    pipe = FluxPipeline.from_pretrained(str(server.flux_folder), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    plain = pipe(ARGS["prompt"], num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
-                 generator=torch.Generator().manual_seed(5)).images[0]
-    assert np.array_equal(rgb_pixels(result.image), rgb_pixels(plain))
+    assert np.array_equal(rgb_pixels(result.image), rgb_pixels(plain_flux(server)))
     assert f"Model: {BFL.removesuffix('.safetensors')}" in result.info["infotexts"][0], result.info["infotexts"][0]
 
 
@@ -76,6 +87,18 @@ def test_a_gguf_file_in_models_unet_generates_and_is_listed_with_its_type(server
     result = api.txt2img(**ARGS, override_settings={"sd_model_checkpoint": GGUF})
     assert "Quantization: GGUF Q4_K" in result.info["infotexts"][0], result.info["infotexts"][0]
     assert_listed(server, GGUF, "flux", "GGUF Q4_K")
+    assert not server_errors(server)
+
+
+def test_webuiapi_switches_to_forges_bnb_nf4_file_by_override_and_it_equals_plain_diffusers_on_its_weights(server):
+    from tests.fixtures_models import bnb_nf4_dequantized
+
+    api = webuiapi.WebUIApi(baseurl=server.url + "/sdapi/v1")
+    result = api.txt2img(**ARGS, override_settings={"sd_model_checkpoint": NF4})
+    assert "Quantization: nf4" in result.info["infotexts"][0], result.info["infotexts"][0]
+    dequantized = bnb_nf4_dequantized(server.models / "Stable-diffusion" / NF4)
+    assert np.array_equal(rgb_pixels(result.image), rgb_pixels(plain_flux(server, dequantized)))
+    assert_listed(server, NF4, "flux", "nf4 (pre-quantized)")
     assert not server_errors(server)
 
 

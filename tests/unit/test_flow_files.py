@@ -3,7 +3,9 @@
 CLIP-L / T5 in models/text_encoder, the 16-channel VAE in models/VAE, configs in models/configs/flux-dev.
 All made from one tiny diffusers folder (the demo factory), so the folder is the reference: the single file
 loads bit for bit the same weights and image; GGUF and bitsandbytes nf4 / int8 (the CPU layer swap) generate
-an image close to it, not equal, with the quantization in the infotext and a smaller footprint."""
+an image close to it, not equal, with the quantization in the infotext and a smaller footprint. Forge's
+pre-quantized bitsandbytes nf4 files (v2; v1 all in one) run exactly bnb's dequantization of their blocks and
+equal plain diffusers on those weights."""
 from __future__ import annotations
 
 import shutil
@@ -15,6 +17,10 @@ from modules.models.demo import DEMO_NAME
 
 FOLDER, BFL, DIFFUSERS_LAYOUT = "tiny-flux-wide", "tiny-flux-bfl.safetensors", "tiny-flux-diffusers.safetensors"
 GGUFS = {"Q8_0": "unet/tiny-flux-Q8_0.gguf", "Q5_K": "unet/tiny-flux-Q5_K.gguf", "Q4_K": "tiny-flux-Q4_K.gguf"}
+# Forge's pre-quantized bitsandbytes nf4 files: v2 (transformer only, float32 absmax), v1 (double quantization,
+# all in one with CLIP-L, T5 and the VAE), and a v2 whose first quant state is not JSON.
+NF4_V2, NF4_V1_AIO, NF4_DAMAGED = ("tiny-flux-bnb-nf4-v2.safetensors", "tiny-flux-bnb-nf4.safetensors",
+                                   "tiny-flux-bnb-nf4-damaged.safetensors")
 
 
 def _own(state: dict) -> dict:
@@ -23,10 +29,12 @@ def _own(state: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory, demo_checkpoint):
+    import torch
     from safetensors.torch import load_file, save_file
 
     from modules.studio import Studio, StudioOptions
     from tests.conftest import make_data_dir
+    from modules.models.demo_flow import save_flux_bnb_nf4
     from tests.fixtures_models import save_flux_file_set
 
     data = make_data_dir(tmp_path_factory.mktemp("flow-files"), demo_checkpoint)
@@ -39,6 +47,12 @@ def studio(tmp_path_factory, demo_checkpoint):
               str(models / "Stable-diffusion" / DIFFUSERS_LAYOUT))
     schnell = {k: v for k, v in load_file(str(bfl_file)).items() if ".guidance_in." not in k}
     save_file(schnell, str(models / "Stable-diffusion" / "tiny-flux-schnell.safetensors"))
+    v2 = save_flux_bnb_nf4(folder, models, NF4_V2.removesuffix(".safetensors"))
+    save_flux_bnb_nf4(folder, models, NF4_V1_AIO.removesuffix(".safetensors"), nested=True, all_in_one=True)
+    damaged = load_file(str(v2))
+    first = next(k for k in sorted(damaged) if k.endswith(".quant_state.bitsandbytes__nf4"))
+    damaged[first] = torch.tensor(list(b"{not json"), dtype=torch.uint8)
+    save_file(damaged, str(models / "Stable-diffusion" / NF4_DAMAGED))
     s = Studio(StudioOptions(data_dir=data, device="cpu", build_demo=False))
     s.load()
     assert s.load_error is None, s.load_error
@@ -196,3 +210,49 @@ def test_missing_configs_and_encoders_are_named_with_where_they_go(studio):
         aside.rename(t5)
     assert job.state.value == "failed" and job.error_field == "sd_model_checkpoint", job.error
     assert "T5" in job.error and "models/text_encoder" in job.error and "CLIP" not in job.error, job.error
+
+
+def test_forges_bnb_nf4_files_are_listed_as_flux_with_their_own_quantization(studio):
+    for name in (NF4_V2, NF4_V1_AIO):
+        entry = studio.registry.get("checkpoint", name)
+        assert entry.arch == "flux" and entry.metadata["quantization"] == "nf4 (pre-quantized)", entry
+        row = next(r for r in studio.models.describe() if r["name"] == name)
+        assert row["arch"] == "flux" and row["quantization"] == "nf4 (pre-quantized)", row
+
+
+@pytest.mark.parametrize("name", [NF4_V2, NF4_V1_AIO])
+def test_a_bnb_nf4_file_runs_the_files_nf4_weights_and_equals_plain_diffusers_on_them(studio, name):
+    """Kept in nf4 (as Forge keeps it), re-quantized from the dequantized weights: every Linear4bit dequantizes to
+    exactly bnb's reading of the file's blocks, and the image equals plain diffusers with those weights."""
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnb_f
+    import torch
+    from diffusers import FluxPipeline
+
+    from tests.fixtures_models import bnb_nf4_dequantized
+
+    expected = bnb_nf4_dequantized(studio.registry.get("checkpoint", name).path)
+    loaded = _load(studio, name)
+    assert loaded.quantization == "nf4"
+    transformer = loaded.pipe.transformer
+    layers = {n: m for n, m in transformer.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    assert len(layers) == sum(1 for m in transformer.modules() if isinstance(m, torch.nn.Linear))
+    for layer_name, layer in layers.items():
+        back = bnb_f.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+        assert torch.equal(back, expected[layer_name + ".weight"]), layer_name
+    plain_state = {k: v for k, v in transformer.state_dict().items() if k in expected and v.dtype == torch.float32}
+    assert plain_state and all(torch.equal(v, expected[k]) for k, v in plain_state.items())
+    image, info = _image(studio, name)
+    assert "Quantization: nf4" in info, info
+    pipe = FluxPipeline.from_pretrained(str(studio.paths.models / "Stable-diffusion" / FOLDER), local_files_only=True)
+    pipe.transformer.load_state_dict(expected)
+    pipe.set_progress_bar_config(disable=True)
+    plain = pipe("a red fox", num_inference_steps=3, height=64, width=64, guidance_scale=3.5,
+                 generator=torch.Generator().manual_seed(5)).images[0]
+    assert np.array_equal(image, np.asarray(plain.convert("RGB")).astype(int))
+
+
+def test_a_bnb_nf4_file_with_a_damaged_quant_state_is_refused_naming_the_file(studio):
+    job = studio.jobs.run("load_checkpoint", {"name": NF4_DAMAGED}, timeout=120)
+    assert job.state.value == "failed" and job.error_field == "sd_model_checkpoint", job.error
+    assert NF4_DAMAGED in job.error and "nf4" in job.error and "download it again" in job.error, job.error
