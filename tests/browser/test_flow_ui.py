@@ -75,6 +75,20 @@ def _info(page, tab: str) -> str:
     return page.locator(f"#{tab}_info textarea").input_value()
 
 
+def _load_nf4_from_the_models_tab(page, name: str) -> None:
+    """Load `name` in nf4 from the Models tab, wait until the top bar follows (it names the checkpoint now active),
+    and come back to txt2img."""
+    open_tab(page, "Models")
+    choose(page, "models_name", name)
+    choose(page, "models_quantization", "nf4")
+    page.click("#models_load")
+    page.wait_for_function("() => document.querySelector('#models_status').innerText.includes('loaded')",
+                           timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value"
+                           f" === {name!r}", timeout=30_000)
+    open_tab(page, "txt2img")
+
+
 def _generate_until(page, tab: str, text: str) -> str:
     page.click(f"#{tab}_generate")
     page.wait_for_function(f"() => document.querySelector('#{tab}_info textarea').value.includes({text!r})",
@@ -108,16 +122,7 @@ def test_flux_files_gguf_and_nf4_from_the_ui_and_send_to_carries_the_modules(bro
                                f" === {GGUF!r}")
         assert "Quantization: GGUF Q4_K" in _generate_until(page, "txt2img", "Quantization: GGUF")
         # nf4 from the Models tab: the folder checkpoint, then the same tab generates with it.
-        open_tab(page, "Models")
-        choose(page, "models_name", FLUX)
-        choose(page, "models_quantization", "nf4")
-        page.click("#models_load")
-        page.wait_for_function("() => document.querySelector('#models_status').innerText.includes('loaded')",
-                               timeout=120_000)
-        # the top bar follows the Models tab's load: it names the checkpoint now active
-        page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value"
-                               f" === {FLUX!r}", timeout=30_000)
-        open_tab(page, "txt2img")  # the tab generates with the active checkpoint: the one just loaded
+        _load_nf4_from_the_models_tab(page, FLUX)  # the tab generates with the active checkpoint: the one just loaded
         made = _generate_until(page, "txt2img", "Quantization: nf4")
         assert f"Model: {FLUX}," in made, made
         # PNG Info's send: a Forge Flux image's Module keys fill txt2img's picker.
@@ -162,15 +167,7 @@ def test_sd3_single_file_gguf_with_picked_modules_and_nf4_from_the_ui(browser, f
         assert "Quantization: GGUF Q8_0" in made and "Model: tiny-sd3-Q8_0" in made, made
         assert "Module 1: sd3_vae, Module 2: clip_l_sd3, Module 3: clip_g_sd3, Module 4: t5xxl_sd3" in made, made
         # nf4 from the Models tab: the folder brings its own encoders, so the picker empties and hides.
-        open_tab(page, "Models")
-        choose(page, "models_name", SD3)
-        choose(page, "models_quantization", "nf4")
-        page.click("#models_load")
-        page.wait_for_function("() => document.querySelector('#models_status').innerText.includes('loaded')",
-                               timeout=120_000)
-        page.wait_for_function("() => document.querySelector('#setting_sd_model_checkpoint input').value"
-                               f" === {SD3!r}", timeout=30_000)
-        open_tab(page, "txt2img")
+        _load_nf4_from_the_models_tab(page, SD3)
         picker.wait_for(state="hidden")
         made = _generate_until(page, "txt2img", "Quantization: nf4")
         assert f"Model: {SD3}," in made and "Module 1" not in made, made
